@@ -1,0 +1,1 @@
+"""The `gpt2` command line: one subcommand per module in gpt2cli/commands."""

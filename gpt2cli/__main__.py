@@ -1,0 +1,5 @@
+import sys
+
+from gpt2cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,51 @@
+"""`gpt2`: the project's one command line.
+
+Each subcommand lives in its own module under gpt2cli/commands and exposes
+`register(subparsers)`, which adds its parser and sets `func=<callable(args) -> int>`.
+Modules import heavy libraries (torch, matplotlib) inside their functions, so
+`gpt2 --help` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Order here is the order in `gpt2 --help`.
+COMMAND_MODULES = [
+    "gpt2cli.commands.demo",
+]
+
+
+class UserError(Exception):
+    """An error caused by the user's input; printed without a traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gpt2",
+        description="GPT-2 written twice (NumPy with hand-written gradients, PyTorch), proven equal.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (UserError, ValueError, FileNotFoundError, KeyError, OSError) as error:
+        # Errors raised on bad input carry a message that names the problem and the fix.
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"gpt2 {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
