@@ -1,0 +1,154 @@
+"""Self-attention, built up in the book's teaching steps, then the causal multi-head version GPT-2 uses.
+
+    simple_attention              no weights: scores are dot products of the inputs themselves
+    single_head_attention_*       trainable query/key/value projections, one head, optional causal mask
+    multihead_attention_*         H heads of width D = C // H in parallel, causal, dropout, output projection
+"""
+import math
+
+import numpy as np
+
+from npgpt.dropout import dropout_backward, dropout_forward
+from npgpt.linear import linear_backward, linear_forward
+from npgpt.softmax import softmax_backward, softmax_forward
+
+
+def causal_mask(T):
+    """(T, T) bool, True above the diagonal: the future positions s > t that query t may not see."""
+    return np.triu(np.ones((T, T), dtype=bool), k=1)
+
+
+def simple_attention(x):
+    """The first step: context_t = sum_s softmax_s(x_t . x_s) x_s, no trainable weights.
+
+    x: (T, C) -> context: (T, C). Forward only: there is nothing to train.
+    """
+    scores = x @ x.T                                 # (T, T)
+    weights, _ = softmax_forward(scores, axis=-1)    # (T, T), rows sum to 1
+    return weights @ x                               # (T, C)
+
+
+def _masked_scaled_softmax(scores, causal, scale):
+    """softmax(scale * scores) with the future masked out; scores: (..., T, T), modified in place."""
+    scores *= scale
+    if causal:
+        np.copyto(scores, -np.inf, where=causal_mask(scores.shape[-1]))
+    return softmax_forward(scores, axis=-1)
+
+
+def _attention_core_forward(q, k, v, *, causal, drop_rate, rng, dropout_mask):
+    """weights = dropout(softmax(q k^T / sqrt(D) + mask)); context = weights v.
+
+    q, k, v: (..., T, D) -> context: (..., T, D)
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    scores = q @ np.swapaxes(k, -1, -2)              # (..., T, T)
+    weights, softmax_cache = _masked_scaled_softmax(scores, causal, scale)
+    dropped, dropout_cache = dropout_forward(weights, drop_rate, rng=rng, mask=dropout_mask)
+    context = dropped @ v                            # (..., T, D)
+    return context, (q, k, v, dropped, scale, softmax_cache, dropout_cache)
+
+
+def _attention_core_backward(dcontext, cache):
+    """Backward of context = dropout(softmax(q k^T * scale)) v.
+
+        dv = dropped^T dcontext        ddropped = dcontext v^T
+        dweights = dropout_backward(ddropped)          dscores = softmax_backward(dweights) * scale
+        dq = dscores k                 dk = dscores^T q
+    Masked positions have weight 0, so softmax_backward already gives them zero gradient.
+    """
+    q, k, v, dropped, scale, softmax_cache, dropout_cache = cache
+    dv = np.swapaxes(dropped, -1, -2) @ dcontext     # (..., T, D)
+    ddropped = dcontext @ np.swapaxes(v, -1, -2)     # (..., T, T)
+    dweights = dropout_backward(ddropped, dropout_cache)
+    dscores = softmax_backward(dweights, softmax_cache)
+    dscores *= scale
+    dq = dscores @ k                                 # (..., T, D)
+    dk = np.swapaxes(dscores, -1, -2) @ q            # (..., T, D)
+    return dq, dk, dv
+
+
+def _project_qkv(x, p):
+    """The three projections; biases only where p has them (config.qkv_bias)."""
+    q, cache_q = linear_forward(x, p["W_query.weight"], p.get("W_query.bias"))
+    k, cache_k = linear_forward(x, p["W_key.weight"], p.get("W_key.bias"))
+    v, cache_v = linear_forward(x, p["W_value.weight"], p.get("W_value.bias"))
+    return (q, k, v), (cache_q, cache_k, cache_v)
+
+
+def _project_qkv_backward(dq, dk, dv, caches, grads):
+    """Sums the three input gradients; writes the weight (and bias) gradients into `grads`."""
+    dx = None
+    for name, dproj, cache in zip(("W_query", "W_key", "W_value"), (dq, dk, dv), caches):
+        dx_part, dweight, dbias = linear_backward(dproj, cache)
+        grads[f"{name}.weight"] = dweight
+        if dbias is not None:
+            grads[f"{name}.bias"] = dbias
+        if dx is None:
+            dx = dx_part
+        else:
+            dx += dx_part
+    return dx
+
+
+def single_head_attention_forward(x, p, *, causal=True, drop_rate=0.0, rng=None, dropout_mask=None):
+    """One head with trainable projections (the book's SelfAttention_v2 / CausalAttention).
+
+    x: (B, T, C); p: {"W_query.weight", "W_key.weight", "W_value.weight"}: (D, C) each (+ optional biases)
+    -> out: (B, T, D)
+    """
+    (q, k, v), proj_caches = _project_qkv(x, p)      # (B, T, D) each
+    context, core_cache = _attention_core_forward(
+        q, k, v, causal=causal, drop_rate=drop_rate, rng=rng, dropout_mask=dropout_mask
+    )
+    return context, (proj_caches, core_cache)
+
+
+def single_head_attention_backward(dout, cache):
+    """dout: (B, T, D) -> dx: (B, T, C), grads: {name: gradient} for the projections."""
+    proj_caches, core_cache = cache
+    dq, dk, dv = _attention_core_backward(dout, core_cache)
+    grads = {}
+    dx = _project_qkv_backward(dq, dk, dv, proj_caches, grads)
+    return dx, grads
+
+
+def _split_heads(t, n_heads):
+    """(B, T, C) -> (B, H, T, D)."""
+    B, T, C = t.shape
+    return t.reshape(B, T, n_heads, C // n_heads).transpose(0, 2, 1, 3)
+
+
+def _merge_heads(t):
+    """(B, H, T, D) -> (B, T, C), contiguous."""
+    B, H, T, D = t.shape
+    return t.transpose(0, 2, 1, 3).reshape(B, T, H * D)
+
+
+def multihead_attention_forward(x, p, n_heads, *, drop_rate=0.0, rng=None, dropout_mask=None):
+    """Causal multi-head self-attention as in GPT-2.
+
+    x: (B, T, C); p: W_query/W_key/W_value .weight (C, C) [+ .bias (C)], out_proj.weight (C, C), out_proj.bias (C)
+    dropout_mask: optional bool keep-mask (B, H, T, T) for the attention weights (else drawn from rng)
+    -> out: (B, T, C)
+    """
+    (q, k, v), proj_caches = _project_qkv(x, p)      # (B, T, C) each
+    q, k, v = (_split_heads(t, n_heads) for t in (q, k, v))          # (B, H, T, D)
+    context, core_cache = _attention_core_forward(
+        q, k, v, causal=True, drop_rate=drop_rate, rng=rng, dropout_mask=dropout_mask
+    )                                                # (B, H, T, D)
+    out, out_cache = linear_forward(_merge_heads(context), p["out_proj.weight"], p["out_proj.bias"])
+    return out, (n_heads, proj_caches, core_cache, out_cache)
+
+
+def multihead_attention_backward(dout, cache):
+    """dout: (B, T, C) -> dx: (B, T, C), grads: {name: gradient} under the same keys as p.
+
+    The forward read in reverse: out_proj, merge heads, attention core, split heads, q/k/v projections.
+    """
+    n_heads, proj_caches, core_cache, out_cache = cache
+    dcontext, dW_out, db_out = linear_backward(dout, out_cache)       # (B, T, C)
+    dq, dk, dv = _attention_core_backward(_split_heads(dcontext, n_heads), core_cache)
+    grads = {"out_proj.weight": dW_out, "out_proj.bias": db_out}
+    dx = _project_qkv_backward(*(_merge_heads(t) for t in (dq, dk, dv)), proj_caches, grads)
+    return dx, grads

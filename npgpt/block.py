@@ -1,0 +1,52 @@
+"""The pre-LayerNorm transformer block of GPT-2:
+
+    x = x + dropout(attention(norm1(x)))
+    x = x + dropout(feedforward(norm2(x)))
+"""
+from npgpt.attention import multihead_attention_backward, multihead_attention_forward
+from npgpt.dropout import dropout_backward, dropout_forward
+from npgpt.feedforward import feedforward_backward, feedforward_forward
+from npgpt.layernorm import layernorm_backward, layernorm_forward
+from npgpt.params import prefixed, subdict
+
+
+def block_forward(x, p, config, *, train=False, rng=None):
+    """x: (B, T, C); p: this block's parameters (keys "norm1.scale", "att.W_query.weight", "ff.fc1.weight", ...)
+    -> out: (B, T, C).  With train=True, the dropout masks are drawn from rng in this order:
+    attention weights, residual after attention, residual after feed-forward.
+    """
+    drop_rate = config.drop_rate if train else 0.0
+    h, norm1_cache = layernorm_forward(x, p["norm1.scale"], p["norm1.shift"])
+    a, att_cache = multihead_attention_forward(h, subdict(p, "att."), config.n_heads, drop_rate=drop_rate, rng=rng)
+    a, drop1_cache = dropout_forward(a, drop_rate, rng=rng)
+    x = x + a                                        # residual 1, (B, T, C)
+    h, norm2_cache = layernorm_forward(x, p["norm2.scale"], p["norm2.shift"])
+    f, ff_cache = feedforward_forward(h, subdict(p, "ff."))
+    f, drop2_cache = dropout_forward(f, drop_rate, rng=rng)
+    out = x + f                                      # residual 2, (B, T, C)
+    return out, (norm1_cache, att_cache, drop1_cache, norm2_cache, ff_cache, drop2_cache)
+
+
+def block_backward(dout, cache):
+    """dout: (B, T, C) -> dx: (B, T, C), grads under p's keys.
+
+    A residual x + f(x) passes dout straight through and adds f's input gradient:
+        dx = dout + df/dx^T dout
+    """
+    norm1_cache, att_cache, drop1_cache, norm2_cache, ff_cache, drop2_cache = cache
+    # residual 2: out = x1 + dropout(ff(norm2(x1)))
+    df = dropout_backward(dout, drop2_cache)
+    dh, ff_grads = feedforward_backward(df, ff_cache)
+    dh, dscale2, dshift2 = layernorm_backward(dh, norm2_cache)
+    dx1 = dh
+    dx1 += dout
+    # residual 1: x1 = x + dropout(att(norm1(x)))
+    da = dropout_backward(dx1, drop1_cache)
+    dh, att_grads = multihead_attention_backward(da, att_cache)
+    dh, dscale1, dshift1 = layernorm_backward(dh, norm1_cache)
+    dx = dh
+    dx += dx1
+    grads = {"norm1.scale": dscale1, "norm1.shift": dshift1, "norm2.scale": dscale2, "norm2.shift": dshift2}
+    grads.update(prefixed(att_grads, "att."))
+    grads.update(prefixed(ff_grads, "ff."))
+    return dx, grads

@@ -1,0 +1,41 @@
+"""LayerNorm over the last axis, with a learned scale and shift (GPT-2: eps = 1e-5, biased variance)."""
+import numpy as np
+
+
+def layernorm_forward(x, scale, shift, eps=1e-5):
+    """out = scale * (x - mean) / sqrt(var + eps) + shift, statistics over the last axis.
+
+    x: (..., C); scale, shift: (C,) -> out: (..., C)
+    """
+    mean = x.mean(axis=-1, keepdims=True)            # (..., 1)
+    xc = x - mean                                    # (..., C)
+    var = (xc * xc).mean(axis=-1, keepdims=True)     # (..., 1), biased like torch
+    rstd = 1.0 / np.sqrt(var + eps)                  # (..., 1)
+    xhat = xc                                        # reuse the buffer: xhat = (x - mean) * rstd
+    xhat *= rstd
+    out = xhat * scale + shift
+    cache = (xhat, rstd, scale)
+    return out, cache
+
+
+def layernorm_backward(dout, cache):
+    """Gradients of out = scale * xhat + shift, xhat = (x - mean) * rstd.
+
+    dout: (..., C) -> dx: (..., C), dscale: (C,), dshift: (C,)
+        dxhat  = dout * scale
+        dx     = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))     (means over C)
+        dscale = sum(dout * xhat)      dshift = sum(dout)                      (sums over all rows)
+    """
+    xhat, rstd, scale = cache
+    C = xhat.shape[-1]
+    rows_axes = tuple(range(dout.ndim - 1))
+    dshift = dout.sum(axis=rows_axes)
+    dscale = (dout * xhat).sum(axis=rows_axes)
+    dxhat = dout * scale
+    mean_dxhat = dxhat.mean(axis=-1, keepdims=True)
+    mean_dxhat_xhat = (dxhat * xhat).sum(axis=-1, keepdims=True) / C
+    dx = dxhat
+    dx -= mean_dxhat
+    dx -= xhat * mean_dxhat_xhat
+    dx *= rstd
+    return dx, dscale, dshift

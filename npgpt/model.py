@@ -1,0 +1,168 @@
+"""The GPT-2 model in NumPy: parameter layout, initialization, forward and backward.
+
+    forward(params, idx, config) -> (logits, cache)        backward(dlogits, cache) -> grads
+
+    x = dropout(tok_emb[idx] + pos_emb[:T])                 (B, T, C)
+    x = block_i(x)  for i in 0 .. L-1                       (B, T, C)
+    logits = final_norm(x) @ out_head.weight^T              (B, T, V)
+
+The backward is the forward read in reverse. With tie_weights, out_head.weight IS tok_emb.weight (one array
+under two names) and its gradient is the sum of the head's and the embedding's contributions.
+"""
+import math
+
+import numpy as np
+
+from npgpt.block import block_backward, block_forward
+from npgpt.config import GPTConfig
+from npgpt.dropout import dropout_backward, dropout_forward
+from npgpt.embedding import embedding_backward, embedding_forward, pos_embedding_backward, pos_embedding_forward
+from npgpt.layernorm import layernorm_backward, layernorm_forward
+from npgpt.loss import cross_entropy_backward, cross_entropy_forward
+from npgpt.params import prefixed, subdict, unique_arrays
+
+
+def block_param_shapes(config: GPTConfig):
+    """Shapes of one block's parameters under their names inside the block."""
+    C, F = config.emb_dim, config.ff_dim
+    shapes = {"norm1.scale": (C,), "norm1.shift": (C,)}
+    for proj in ("W_query", "W_key", "W_value"):
+        shapes[f"att.{proj}.weight"] = (C, C)
+        if config.qkv_bias:
+            shapes[f"att.{proj}.bias"] = (C,)
+    shapes.update({
+        "att.out_proj.weight": (C, C), "att.out_proj.bias": (C,),
+        "norm2.scale": (C,), "norm2.shift": (C,),
+        "ff.fc1.weight": (F, C), "ff.fc1.bias": (F,),
+        "ff.fc2.weight": (C, F), "ff.fc2.bias": (C,),
+    })
+    return shapes
+
+
+def param_shapes(config: GPTConfig):
+    """Every canonical parameter name -> shape, in a fixed order (the order of initialization)."""
+    V, C = config.vocab_size, config.emb_dim
+    shapes = {"tok_emb.weight": (V, C), "pos_emb.weight": (config.context_length, C)}
+    for i in range(config.n_layers):
+        shapes.update(prefixed(block_param_shapes(config), f"blocks.{i}."))
+    shapes.update({"final_norm.scale": (C,), "final_norm.shift": (C,), "out_head.weight": (V, C)})
+    return shapes
+
+
+def _init_std(name, config):
+    """GPT-2 init: N(0, 0.02) for weights; projections into the residual stream scaled by 1/sqrt(2 L)."""
+    if name.endswith(("att.out_proj.weight", "ff.fc2.weight")):
+        return 0.02 / math.sqrt(2 * config.n_layers)
+    return 0.02
+
+
+def init_params(config: GPTConfig, seed=0, dtype=np.float32):
+    """A fresh GPT-2 parameter dict: weights ~ N(0, std), biases 0, LayerNorm scale 1 and shift 0.
+
+    Values are drawn in float32 whatever `dtype` is, so a float64 model starts from the same numbers.
+    """
+    rng = np.random.default_rng(seed)
+    params = {}
+    for name, shape in param_shapes(config).items():
+        if name == "out_head.weight" and config.tie_weights:
+            params[name] = params["tok_emb.weight"]
+        elif name.endswith(".scale"):
+            params[name] = np.ones(shape, dtype=dtype)
+        elif name.endswith((".shift", ".bias")):
+            params[name] = np.zeros(shape, dtype=dtype)
+        else:
+            draw = rng.standard_normal(shape, dtype=np.float32)
+            draw *= np.float32(_init_std(name, config))
+            params[name] = draw.astype(dtype, copy=False)
+    return params
+
+
+def count_params(params):
+    """Number of trainable numbers, counting a tied array once."""
+    return sum(value.size for _, value in unique_arrays(params))
+
+
+def check_params(params, config: GPTConfig):
+    """Clear error when the dict does not match the config's canonical names and shapes."""
+    expected = param_shapes(config)
+    missing = sorted(set(expected) - set(params))
+    unexpected = sorted(set(params) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"parameters do not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    for name, shape in expected.items():
+        if tuple(params[name].shape) != shape:
+            raise ValueError(f"parameter {name} has shape {tuple(params[name].shape)}, the config needs {shape}")
+
+
+def check_token_ids(idx, config: GPTConfig):
+    """Token ids must be a (B, T) integer array with T <= context_length and every id in [0, V)."""
+    idx = np.asarray(idx)
+    if not np.issubdtype(idx.dtype, np.integer):
+        raise ValueError(f"token ids must be integers, got dtype {idx.dtype}; encode text with a tokenizer first")
+    if idx.ndim != 2:
+        raise ValueError(f"token ids must have shape (B, T), got {idx.shape}; use idx[None] for a single sequence")
+    if idx.shape[1] > config.context_length:
+        raise ValueError(
+            f"sequence length {idx.shape[1]} exceeds the context length {config.context_length}; "
+            f"crop the input to its last {config.context_length} tokens"
+        )
+    if idx.size and (idx.min() < 0 or idx.max() >= config.vocab_size):
+        raise ValueError(f"token ids must be in [0, {config.vocab_size}), got values {idx.min()}..{idx.max()}")
+    return idx
+
+
+def forward(params, idx, config: GPTConfig, *, train=False, rng=None):
+    """idx: (B, T) int token ids -> logits: (B, T, V), cache for backward.
+
+    train=True applies dropout (config.drop_rate) with masks drawn from rng in a fixed order: the embedding
+    dropout, then per block the attention-weight, post-attention and post-feed-forward dropouts.
+    """
+    idx = check_token_ids(idx, config)
+    T = idx.shape[1]
+    drop_rate = config.drop_rate if train else 0.0
+    if drop_rate > 0 and rng is None:
+        raise ValueError("forward(train=True) with drop_rate > 0 needs rng=np.random.default_rng(seed)")
+    tok, tok_cache = embedding_forward(params["tok_emb.weight"], idx)            # (B, T, C)
+    pos, pos_cache = pos_embedding_forward(params["pos_emb.weight"], T)          # (T, C)
+    tok += pos
+    x, drop_cache = dropout_forward(tok, drop_rate, rng=rng)
+    block_caches = []
+    for i in range(config.n_layers):
+        x, block_cache = block_forward(x, subdict(params, f"blocks.{i}."), config, train=train, rng=rng)
+        block_caches.append(block_cache)
+    x, norm_cache = layernorm_forward(x, params["final_norm.scale"], params["final_norm.shift"])
+    head = params["out_head.weight"]
+    logits = (x.reshape(-1, x.shape[-1]) @ head.T).reshape(*idx.shape, head.shape[0])      # (B, T, V)
+    cache = (config, params, tok_cache, pos_cache, drop_cache, block_caches, norm_cache, x)
+    return logits, cache
+
+
+def backward(dlogits, cache):
+    """dlogits: (B, T, V) -> grads: dict with the same keys as params (a tied array's gradient under both)."""
+    config, params, tok_cache, pos_cache, drop_cache, block_caches, norm_cache, x_final = cache
+    head = params["out_head.weight"]
+    dlogits2d = dlogits.reshape(-1, dlogits.shape[-1])                           # (N, V)
+    x2d = x_final.reshape(-1, x_final.shape[-1])                                 # (N, C)
+    grads = {"out_head.weight": dlogits2d.T @ x2d}                               # (V, C)
+    dx = (dlogits2d @ head).reshape(x_final.shape)                               # (B, T, C)
+    dx, grads["final_norm.scale"], grads["final_norm.shift"] = layernorm_backward(dx, norm_cache)
+    for i in reversed(range(config.n_layers)):
+        dx, block_grads = block_backward(dx, block_caches[i])
+        grads.update(prefixed(block_grads, f"blocks.{i}."))
+    dx = dropout_backward(dx, drop_cache)
+    grads["pos_emb.weight"] = pos_embedding_backward(dx, pos_cache)
+    if params["out_head.weight"] is params["tok_emb.weight"]:
+        # Tied: one array, one gradient = head part + embedding part (scatter-added into the head's).
+        grads["tok_emb.weight"] = embedding_backward(dx, tok_cache, dweight=grads["out_head.weight"])
+    else:
+        grads["tok_emb.weight"] = embedding_backward(dx, tok_cache)
+    return {name: grads[name] for name in params}
+
+
+def loss_and_grads(params, idx, targets, config: GPTConfig, *, train=False, rng=None):
+    """Mean cross-entropy of the next-token predictions and the gradient of every parameter."""
+    logits, cache = forward(params, idx, config, train=train, rng=rng)
+    loss, loss_cache = cross_entropy_forward(logits, targets)
+    del logits  # the loss cache holds the probabilities; the logits buffer can go
+    grads = backward(cross_entropy_backward(loss_cache), cache)
+    return loss, grads
