@@ -202,6 +202,9 @@ class TiktokenGPT2:
 GPT2_SPLIT_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 
+NO_MERGE = float("inf")  # the rank of a pair that vocab.bpe never merges
+
+
 def bytes_to_unicode() -> dict[int, str]:
     """The byte -> printable character table of GPT-2's vocabulary files.
 
@@ -294,11 +297,15 @@ class GPT2Tokenizer:
         Greedy: always merge the adjacent pair with the lowest rank, everywhere it occurs, then
         look again. E.g. ' hello' = 'Ġhello' -> ... -> ['Ġhello'].
         """
+        if symbols in self.encoder:
+            # A whole word that is one vocabulary entry: its merges would rebuild exactly that
+            # entry, so skip them (tiktoken takes the same shortcut; most common words hit it).
+            return [symbols]
+        ranks = self.merge_ranks
         parts = list(symbols)
         while len(parts) > 1:
-            pairs = set(zip(parts, parts[1:]))
-            best = min(pairs, key=lambda pair: self.merge_ranks.get(pair, float("inf")))
-            if best not in self.merge_ranks:
+            rank, best = min((ranks.get(pair, NO_MERGE), pair) for pair in zip(parts, parts[1:]))
+            if rank == NO_MERGE:
                 break  # no adjacent pair can be merged any more
             parts = merge_pair(parts, best)
         return parts

@@ -298,3 +298,12 @@ def test_corrupted_merge_rank_is_caught(data_dir, ours, tiktoken_enc, verdict):
     assert bad.decode(bad_ids) == verdict          # round-trip alone cannot see the bug
     assert bad_ids != tiktoken_enc.encode(verdict)  # the equality check does
     assert ours.encode(verdict) == tiktoken_enc.encode(verdict)
+
+
+def test_benchmark_runs_and_prints_table(data_dir, tiktoken_enc, tmp_path, capsys):
+    from benchmarks.bench_tokenizer import main
+
+    assert main(["--data-dir", str(data_dir), "--repeats", "1", "--json", str(tmp_path / "b.json")]) == 0
+    out = capsys.readouterr().out
+    assert "| the-verdict | ours (cold cache) | 5,145 |" in out
+    assert (tmp_path / "b.json").is_file()

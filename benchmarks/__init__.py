@@ -1,0 +1,1 @@
+"""Benchmarks: NumPy vs torch timings, tokenizer speed, reports."""
