@@ -1,0 +1,21 @@
+"""GELU, tanh approximation, as GPT-2 uses it (twin of npgpt/gelu.py)."""
+import math
+
+import torch
+from torch import nn
+
+SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+GELU_CUBIC = 0.044715
+
+
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    """out = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).   x: any shape -> same shape.
+
+    The same numbers as F.gelu(x, approximate="tanh") (checked in tests); written out to show the formula.
+    """
+    return 0.5 * x * (1.0 + torch.tanh(SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x)))
+
+
+class GELU(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return gelu(x)
