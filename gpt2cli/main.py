@@ -14,6 +14,7 @@ import sys
 # Order here is the order in `gpt2 --help`.
 COMMAND_MODULES = [
     "gpt2cli.commands.demo",
+    "gpt2cli.commands.data",
 ]
 
 
