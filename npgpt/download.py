@@ -63,7 +63,7 @@ class _BrokenTransfer(Exception):
 
 
 class _Refused(Exception):
-    """The server answered but not with the file (HTTP error, bad reply): try the next URL."""
+    """No usable answer (cannot connect, no answer in time, HTTP error, bad reply): try the next URL."""
 
 
 def _stream_into_part(url: str, part: Path, *, resume: bool, timeout: float, progress: bool,
