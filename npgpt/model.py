@@ -111,11 +111,10 @@ def check_token_ids(idx, config: GPTConfig):
     return idx
 
 
-def forward(params, idx, config: GPTConfig, *, train=False, rng=None):
-    """idx: (B, T) int token ids -> logits: (B, T, V), cache for backward.
+def trunk_forward(params, idx, config: GPTConfig, *, train=False, rng=None):
+    """Everything but the output head: idx (B, T) -> final-normed hidden states x (B, T, C), cache.
 
-    train=True applies dropout (config.drop_rate) with masks drawn from rng in a fixed order: the embedding
-    dropout, then per block the attention-weight, post-attention and post-feed-forward dropouts.
+    The classification head and LoRA reuse it; forward() adds the language-model head.
     """
     idx = check_token_ids(idx, config)
     T = idx.shape[1]
@@ -131,31 +130,48 @@ def forward(params, idx, config: GPTConfig, *, train=False, rng=None):
         x, block_cache = block_forward(x, subdict(params, f"blocks.{i}."), config, train=train, rng=rng)
         block_caches.append(block_cache)
     x, norm_cache = layernorm_forward(x, params["final_norm.scale"], params["final_norm.shift"])
-    head = params["out_head.weight"]
-    logits = (x.reshape(-1, x.shape[-1]) @ head.T).reshape(*idx.shape, head.shape[0])      # (B, T, V)
-    cache = (config, params, tok_cache, pos_cache, drop_cache, block_caches, norm_cache, x)
-    return logits, cache
+    return x, (config, params, tok_cache, pos_cache, drop_cache, block_caches, norm_cache)
 
 
-def backward(dlogits, cache):
-    """dlogits: (B, T, V) -> grads: dict with the same keys as params (a tied array's gradient under both)."""
-    config, params, tok_cache, pos_cache, drop_cache, block_caches, norm_cache, x_final = cache
-    head = params["out_head.weight"]
-    dlogits2d = dlogits.reshape(-1, dlogits.shape[-1])                           # (N, V)
-    x2d = x_final.reshape(-1, x_final.shape[-1])                                 # (N, C)
-    grads = {"out_head.weight": dlogits2d.T @ x2d}                               # (V, C)
-    dx = (dlogits2d @ head).reshape(x_final.shape)                               # (B, T, C)
+def trunk_backward(dx, cache, grads):
+    """dx: (B, T, C) gradient of the final-normed hidden states -> fills `grads` for every trunk parameter.
+
+    If `grads` already holds "out_head.weight" and the head is tied, the embedding gradient is
+    scatter-added into that same array (one array, one gradient = head part + embedding part).
+    """
+    config, params, tok_cache, pos_cache, drop_cache, block_caches, norm_cache = cache
     dx, grads["final_norm.scale"], grads["final_norm.shift"] = layernorm_backward(dx, norm_cache)
     for i in reversed(range(config.n_layers)):
         dx, block_grads = block_backward(dx, block_caches[i])
         grads.update(prefixed(block_grads, f"blocks.{i}."))
     dx = dropout_backward(dx, drop_cache)
     grads["pos_emb.weight"] = pos_embedding_backward(dx, pos_cache)
-    if params["out_head.weight"] is params["tok_emb.weight"]:
-        # Tied: one array, one gradient = head part + embedding part (scatter-added into the head's).
-        grads["tok_emb.weight"] = embedding_backward(dx, tok_cache, dweight=grads["out_head.weight"])
-    else:
-        grads["tok_emb.weight"] = embedding_backward(dx, tok_cache)
+    tied = params.get("out_head.weight") is params["tok_emb.weight"] and "out_head.weight" in grads
+    grads["tok_emb.weight"] = embedding_backward(dx, tok_cache, dweight=grads["out_head.weight"] if tied else None)
+    return grads
+
+
+def forward(params, idx, config: GPTConfig, *, train=False, rng=None):
+    """idx: (B, T) int token ids -> logits: (B, T, V), cache for backward.
+
+    train=True applies dropout (config.drop_rate) with masks drawn from rng in a fixed order: the embedding
+    dropout, then per block the attention-weight, post-attention and post-feed-forward dropouts.
+    """
+    x, trunk_cache = trunk_forward(params, idx, config, train=train, rng=rng)   # (B, T, C)
+    head = params["out_head.weight"]                                            # (V, C)
+    logits = (x.reshape(-1, x.shape[-1]) @ head.T).reshape(*x.shape[:2], head.shape[0])   # (B, T, V)
+    return logits, (trunk_cache, x)
+
+
+def backward(dlogits, cache):
+    """dlogits: (B, T, V) -> grads: dict with the same keys as params (a tied array's gradient under both)."""
+    trunk_cache, x_final = cache
+    params = trunk_cache[1]
+    head = params["out_head.weight"]
+    dlogits2d = dlogits.reshape(-1, dlogits.shape[-1])                           # (N, V)
+    grads = {"out_head.weight": dlogits2d.T @ x_final.reshape(-1, x_final.shape[-1])}   # (V, C)
+    dx = (dlogits2d @ head).reshape(x_final.shape)                               # (B, T, C)
+    trunk_backward(dx, trunk_cache, grads)
     return {name: grads[name] for name in params}
 
 

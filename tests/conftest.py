@@ -32,5 +32,5 @@ def shared_data_dir() -> Path:
         return folder
     folder = REPO_ROOT.parent / "shared" / "data"
     if not folder.is_dir():
-        pytest.skip("no data: set GPT2_DATA_DIR to a folder holding the files of data/manifest.json")
+        pytest.fail("no data: set GPT2_DATA_DIR to a folder holding the files of data/manifest.json")
     return folder
