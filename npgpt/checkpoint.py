@@ -1,0 +1,316 @@
+"""Our checkpoint format: safetensors + JSON, written atomically, loadable by both backends.
+
+A checkpoint is a folder:
+
+    config.json                  {"format": "gpt2-twice-checkpoint", "format_version": 1, "config": {...GPTConfig},
+                                  "param_order": [...], "aliases": {"out_head.weight": "tok_emb.weight"},
+                                  "metadata": {...}}
+    model.safetensors            every parameter once (a tied head is stored under its first name only;
+                                  `aliases` restores it as the same array); its header metadata repeats the
+                                  config, so the file alone is self-describing
+    training_state.json          optional: the training state's JSON-able part (step, scheduler, RNG states,
+                                  optimizer hyperparameters); arrays are replaced by {"__array__": "<key>"}
+    training_state.safetensors   optional: the training state's arrays under those keys
+                                  (optimizer/m/<param name>, optimizer/v/<param name>, rng/torch_cpu, ...)
+
+The training state is a nested dict of JSON values and NumPy arrays; the convention both backends use:
+
+    {"step": int,                                     # optimizer steps taken
+     "optimizer": {"t": int, "m": {name: array}, "v": {name: array},   # AdamW moments by parameter name
+                   "lr": float, "betas": [b1, b2], "eps": float, "weight_decay": float},
+     "scheduler": {...} or None,                      # JSON-able schedule state
+     "rng": {"numpy": Generator.bit_generator.state, "torch_cpu": uint8 array, ...}}
+
+npgpt's AdamW.state_dict() is the "optimizer" entry as is; torchgpt/checkpoint.py converts a torch
+optimizer's per-parameter exp_avg / exp_avg_sq to and from it, so a checkpoint saved by one backend
+resumes in the other. Tuples come back as lists.
+
+Safety: only safetensors and JSON are read; nothing is unpickled.
+Atomicity: everything is written into a temporary folder next to the target, fsynced, then moved into place
+with os.replace; an existing checkpoint is swapped out only after the new one is complete.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from npgpt.config import ConfigError, GPTConfig
+from npgpt.params import unique_arrays
+
+CHECKPOINT_FORMAT = "gpt2-twice-checkpoint"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.safetensors"
+STATE_JSON_FILE = "training_state.json"
+STATE_TENSORS_FILE = "training_state.safetensors"
+_ARRAY_TAG = "__array__"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be written or read; the message names the file and the fix."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# safetensors writing, streamed (no second copy of the model in memory)
+# ---------------------------------------------------------------------------------------------------
+
+_DTYPE_NAMES = {np.dtype("float64"): "F64", np.dtype("float32"): "F32", np.dtype("float16"): "F16",
+                np.dtype("int64"): "I64", np.dtype("int32"): "I32", np.dtype("int16"): "I16",
+                np.dtype("int8"): "I8", np.dtype("uint8"): "U8", np.dtype("bool"): "BOOL"}
+
+
+def write_safetensors(file: str | os.PathLike, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None):
+    """Write `tensors` in the safetensors format, one tensor at a time.
+
+    Layout: 8-byte little-endian header length, JSON header {name: {dtype, shape, data_offsets}, "__metadata__"},
+    padded with spaces to a multiple of 8, then the raw little-endian bytes. safetensors.numpy.save_file
+    would first build every tensor's bytes in memory (a second copy of the whole model).
+    """
+    header, offset = {}, 0
+    for name, array in tensors.items():
+        dtype = np.dtype(array.dtype).newbyteorder("=")
+        if dtype not in _DTYPE_NAMES:
+            raise CheckpointError(f"cannot store tensor {name} of dtype {array.dtype} in safetensors; "
+                                  f"use a float or integer dtype")
+        header[name] = {"dtype": _DTYPE_NAMES[dtype], "shape": list(array.shape),
+                        "data_offsets": [offset, offset + array.nbytes]}
+        offset += array.nbytes
+    if metadata:
+        header["__metadata__"] = {str(key): str(value) for key, value in metadata.items()}
+    header_bytes = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    header_bytes += b" " * (-len(header_bytes) % 8)
+    with open(file, "wb") as handle:
+        handle.write(len(header_bytes).to_bytes(8, "little"))
+        handle.write(header_bytes)
+        for array in tensors.values():
+            little = np.ascontiguousarray(array, dtype=np.dtype(array.dtype).newbyteorder("<"))
+            handle.write(memoryview(little.reshape(-1)).cast("B") if little.size else b"")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _read_safetensors(file: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """(tensors, header metadata) of a safetensors file; each tensor an owned, writable array."""
+    from npgpt.weights import SafetensorsFile, WeightsError
+    if not file.is_file():
+        raise FileNotFoundError(f"missing {file}: the checkpoint is incomplete; save it again")
+    try:
+        with SafetensorsFile(file) as source:
+            tensors = {key: np.array(source.array(key)) for key in source.keys}
+            return tensors, source.metadata
+    except WeightsError as error:
+        raise CheckpointError(str(error)) from error
+
+
+# ---------------------------------------------------------------------------------------------------
+# the training state: nested JSON + arrays <-> (JSON tree, flat array dict)
+# ---------------------------------------------------------------------------------------------------
+
+def split_arrays(tree, path: str = "") -> tuple[object, dict[str, np.ndarray]]:
+    """(JSON-able tree with {"__array__": key} placeholders, {key: array}); keys are '/'-joined paths."""
+    arrays: dict[str, np.ndarray] = {}
+
+    def walk(node, where):
+        if isinstance(node, np.ndarray):
+            arrays[where] = node
+            return {_ARRAY_TAG: where}
+        if isinstance(node, np.generic):
+            return node.item()
+        if isinstance(node, dict):
+            out = {}
+            for key, value in node.items():
+                if not isinstance(key, str):
+                    raise CheckpointError(f"training state key {key!r} at {where or '/'} is not a string; "
+                                          f"JSON keys must be strings")
+                out[key] = walk(value, f"{where}/{key}" if where else key)
+            return out
+        if isinstance(node, (list, tuple)):
+            return [walk(value, f"{where}/{i}" if where else str(i)) for i, value in enumerate(node)]
+        if node is None or isinstance(node, (bool, int, float, str)):
+            return node
+        raise CheckpointError(f"training state entry {where or '/'} has type {type(node).__name__}, which is "
+                              f"neither JSON nor a NumPy array; convert it (e.g. .tolist() or np.asarray)")
+
+    return walk(tree, path), arrays
+
+
+def join_arrays(tree, arrays: dict[str, np.ndarray]):
+    """Inverse of split_arrays: put the arrays back where their placeholders are."""
+    if isinstance(tree, dict):
+        if set(tree) == {_ARRAY_TAG}:
+            key = tree[_ARRAY_TAG]
+            if key not in arrays:
+                raise CheckpointError(f"{STATE_TENSORS_FILE} lacks tensor {key} named in {STATE_JSON_FILE}; "
+                                      f"the checkpoint is incomplete")
+            return arrays[key]
+        return {key: join_arrays(value, arrays) for key, value in tree.items()}
+    if isinstance(tree, list):
+        return [join_arrays(value, arrays) for value in tree]
+    return tree
+
+
+# ---------------------------------------------------------------------------------------------------
+# save / load
+# ---------------------------------------------------------------------------------------------------
+
+def _aliases(params: dict[str, np.ndarray]) -> dict[str, str]:
+    """Names whose array is the same object as an earlier name's: {alias: first name}."""
+    first_name = {id(value): name for name, value in reversed(list(params.items()))}
+    return {name: first_name[id(value)] for name, value in params.items() if first_name[id(value)] != name}
+
+
+def _write_json(file: Path, values: dict):
+    with open(file, "w", encoding="utf-8") as handle:
+        json.dump(values, handle, indent=2, allow_nan=True)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _replace_dir_atomically(build, target: Path) -> Path:
+    """build(tmp_dir) writes the files; the finished folder then takes `target`'s place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists() and not is_checkpoint(target) and (target.is_file() or any(target.iterdir())):
+        raise CheckpointError(f"{target} exists and is not a checkpoint; refusing to replace it. "
+                              f"Choose another path or remove it yourself")
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    try:
+        build(tmp)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0o700
+        if target.exists():
+            old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
+            os.replace(target, old / "previous")  # one rename away from a complete checkpoint at all times
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def save_checkpoint(path: str | os.PathLike, params: dict[str, np.ndarray], config: GPTConfig, *,
+                    training_state: dict | None = None, metadata: dict | None = None) -> Path:
+    """Write params (+ training state) as a checkpoint folder at `path`, atomically; returns the path.
+
+    params: canonical name -> array (any float dtype is kept as is); a tied array is stored once.
+    training_state: nested dict of JSON values and arrays (see the module docstring), or None.
+    metadata: JSON-able information for people (run name, data, git commit, ...).
+    """
+    path = Path(path)
+    aliases = _aliases(params)
+    stored = {name: value for name, value in unique_arrays(params)}
+    header = {"format": CHECKPOINT_FORMAT, "format_version": FORMAT_VERSION, "config": config.to_dict(),
+              "param_order": list(params), "aliases": aliases, "metadata": metadata or {}}
+    try:
+        json.dumps(header)
+    except TypeError as error:
+        raise CheckpointError(f"checkpoint metadata must be JSON-able: {error}") from error
+    state_tree, state_arrays = split_arrays(training_state) if training_state is not None else (None, {})
+
+    def build(folder: Path):
+        write_safetensors(folder / MODEL_FILE, stored, metadata={
+            "format": CHECKPOINT_FORMAT, "config": json.dumps(config.to_dict()), "aliases": json.dumps(aliases),
+            "param_order": json.dumps(list(params))})
+        _write_json(folder / CONFIG_FILE, header)
+        if training_state is not None:
+            write_safetensors(folder / STATE_TENSORS_FILE, state_arrays)
+            _write_json(folder / STATE_JSON_FILE, {"format": CHECKPOINT_FORMAT, "state": state_tree})
+
+    return _replace_dir_atomically(build, path)
+
+
+def is_checkpoint(path: str | os.PathLike) -> bool:
+    """True for one of our checkpoint folders, or a model.safetensors written by save_checkpoint."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            values = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+            return isinstance(values, dict) and values.get("format") == CHECKPOINT_FORMAT
+        if path.is_file() and path.suffix == ".safetensors":
+            with open(path, "rb") as handle:
+                size = int.from_bytes(handle.read(8), "little")
+                if size > 100_000_000:
+                    return False
+                header = json.loads(handle.read(size))
+            return header.get("__metadata__", {}).get("format") == CHECKPOINT_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+    return False
+
+
+def _read_header(path: Path) -> tuple[dict, Path]:
+    """(config.json values, model file) for a checkpoint folder or a bare model.safetensors of ours."""
+    if path.is_file():
+        from npgpt.weights import SafetensorsFile, WeightsError
+        try:
+            with SafetensorsFile(path) as source:
+                meta = source.metadata
+        except WeightsError as error:
+            raise CheckpointError(str(error)) from error
+        return {"config": json.loads(meta["config"]), "aliases": json.loads(meta.get("aliases", "{}")),
+                "param_order": json.loads(meta.get("param_order", "[]")), "metadata": {}}, path
+    file = path / CONFIG_FILE
+    if not file.is_file():
+        raise FileNotFoundError(f"missing {file}: {path} is not a checkpoint folder (save one with save_checkpoint)")
+    try:
+        values = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{file} is not valid JSON ({error}); the checkpoint is corrupt") from error
+    if values.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{file} is not one of our checkpoints (format {values.get('format')!r}); "
+                              f"load released weights with npgpt.load_weights")
+    if values.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{file} has format_version {values['format_version']}, newer than this code "
+                              f"reads ({FORMAT_VERSION}); update the package")
+    return values, path / MODEL_FILE
+
+
+def load_checkpoint(path: str | os.PathLike, *, load_training_state: bool = True
+                    ) -> tuple[GPTConfig, dict[str, np.ndarray], dict | None]:
+    """(config, params, training_state or None) from a checkpoint folder (or its model.safetensors).
+
+    Tied names come back as one shared array (params["out_head.weight"] is params["tok_emb.weight"]).
+    """
+    path = Path(path)
+    header, model_file = _read_header(path)
+    try:
+        config = GPTConfig.from_dict(header["config"])
+    except (ConfigError, TypeError) as error:
+        raise CheckpointError(f"{model_file.parent / CONFIG_FILE}: invalid config ({error})") from error
+    tensors, _ = _read_safetensors(model_file)
+    aliases = header.get("aliases", {})
+    for alias, target in aliases.items():
+        if target not in tensors:
+            raise CheckpointError(f"{model_file}: tensor {target} (shared by {alias}) is missing; the file is incomplete")
+        tensors[alias] = tensors[target]
+    order = header.get("param_order") or list(tensors)
+    missing = [name for name in order if name not in tensors]
+    if missing:
+        raise CheckpointError(f"{model_file}: tensors {missing[:5]} are missing; the file is incomplete")
+    params = {name: tensors[name] for name in order}
+    params.update({name: value for name, value in tensors.items() if name not in params})
+
+    training_state = None
+    state_json = model_file.parent / STATE_JSON_FILE
+    if load_training_state and path.is_dir() and state_json.is_file():
+        try:
+            tree = json.loads(state_json.read_text(encoding="utf-8"))["state"]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError) as error:
+            raise CheckpointError(f"{state_json} is not a valid training state ({error}); the checkpoint is "
+                                  f"corrupt") from error
+        arrays, _ = _read_safetensors(model_file.parent / STATE_TENSORS_FILE)
+        training_state = join_arrays(tree, arrays)
+    return config, params, training_state
+
+
+def read_checkpoint_metadata(path: str | os.PathLike) -> dict:
+    """The `metadata` dict saved with a checkpoint (empty for a bare model.safetensors)."""
+    header, _ = _read_header(Path(path))
+    return header.get("metadata", {})

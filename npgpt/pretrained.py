@@ -1,0 +1,87 @@
+"""OpenAI's released GPT-2 checkpoints: the file list, expected sizes, and download_gpt2.
+
+    folder = download_gpt2("124M")            # -> ./gpt2/124M with the seven files
+    config, params = npgpt.load_weights(folder)
+
+Every file comes from OpenAI's original URL first, then from the mirror the book's readers use (download
+failures are their most reported problem), through npgpt.download.download_file: streamed with a
+progress bar, resumed with an HTTP Range request after a broken connection, size-checked, and moved into
+place atomically. Tests and private mirrors pass their own `base_urls`.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from npgpt.config import SIZE_ALIASES
+
+OPENAI_BASE_URL = "https://openaipublic.blob.core.windows.net/gpt-2/models"
+MIRROR_BASE_URL = "https://f001.backblazeb2.com/file/LLMs-from-scratch/gpt2"
+DEFAULT_BASE_URLS = (OPENAI_BASE_URL, MIRROR_BASE_URL)
+MODELS_DIR_ENV = "GPT2_MODELS_DIR"
+
+# The tokenizer files and the TF `checkpoint` pointer file are the same for every size.
+_COMMON = {"checkpoint": 77, "encoder.json": 1_042_301, "vocab.bpe": 456_318}
+
+# Expected size in bytes of each released file; None where we have not seen the file's size (the
+# download then only checks that it completes; `load_weights` still checks every tensor's shape).
+GPT2_FILES: dict[str, dict[str, int | None]] = {
+    "124M": {**_COMMON, "hparams.json": 90, "model.ckpt.data-00000-of-00001": 497_759_232,
+             "model.ckpt.index": 5_215, "model.ckpt.meta": 471_155},
+    "355M": {**_COMMON, "hparams.json": 91, "model.ckpt.data-00000-of-00001": 1_419_292_672,
+             "model.ckpt.index": 10_399, "model.ckpt.meta": 926_519},
+    # 774M and 1558M: sizes not verified. The data file of 124M and 355M is exactly 4 bytes x the
+    # parameter count (124,439,808 and 354,823,168), which predicts 3,096,120,320 for 774M and
+    # 6,230,444,800 for 1558M; unverified, so not enforced. hparams.json is probably 91 bytes.
+    "774M": {**_COMMON, "hparams.json": None, "model.ckpt.data-00000-of-00001": None,
+             "model.ckpt.index": None, "model.ckpt.meta": None},
+    "1558M": {**_COMMON, "hparams.json": None, "model.ckpt.data-00000-of-00001": None,
+              "model.ckpt.index": None, "model.ckpt.meta": None},
+}
+# Download order: the small files first, so a wrong size or a dead URL shows up before the big one.
+_ORDER = ("checkpoint", "hparams.json", "encoder.json", "vocab.bpe", "model.ckpt.index", "model.ckpt.meta",
+          "model.ckpt.data-00000-of-00001")
+
+
+def normalize_size(size: str) -> str:
+    """'124M' (or the preset name 'gpt2-small') -> '124M'; ValueError listing the choices otherwise."""
+    by_preset = {preset: openai for openai, preset in SIZE_ALIASES.items()}
+    key = by_preset.get(size, size)
+    if key not in GPT2_FILES:
+        raise ValueError(f"unknown GPT-2 size {size!r}; choose one of {', '.join(GPT2_FILES)} "
+                         f"(or {', '.join(by_preset)})")
+    return key
+
+
+def default_models_dir() -> Path:
+    """$GPT2_MODELS_DIR, else ./gpt2 (the folder the book's readers use)."""
+    return Path(os.environ.get(MODELS_DIR_ENV) or "gpt2")
+
+
+def gpt2_file_urls(size: str, file: str, base_urls: list[str] | tuple[str, ...] | None = None) -> list[str]:
+    """The URLs to try for one file: '{base}/{size}/{file}' for each base, canonical first."""
+    size = normalize_size(size)
+    bases = DEFAULT_BASE_URLS if base_urls is None else ([base_urls] if isinstance(base_urls, str) else base_urls)
+    return [f"{base.rstrip('/')}/{size}/{file}" for base in bases]
+
+
+def download_gpt2(size: str = "124M", dest_dir: str | os.PathLike | None = None, *,
+                  base_urls: list[str] | tuple[str, ...] | None = None, timeout: float = 30.0,
+                  progress: bool = True) -> Path:
+    """Download OpenAI's GPT-2 `size` files into `dest_dir` (default <models dir>/<size>); return the folder.
+
+    Files already there with the expected size are kept (no network). Raises npgpt.download.DownloadError
+    naming the file, the URLs tried and the fix.
+    """
+    from npgpt.download import download_file
+
+    size = normalize_size(size)
+    folder = Path(dest_dir) if dest_dir is not None else default_models_dir() / size
+    folder.mkdir(parents=True, exist_ok=True)
+    expected = GPT2_FILES[size]
+    for file in _ORDER:
+        download_file(gpt2_file_urls(size, file, base_urls), folder / file, expected_size=expected[file],
+                      timeout=timeout, progress=progress,
+                      hint=f"check your network connection and run the command again (it resumes), or put "
+                           f"OpenAI's {size}/{file} at {folder / file} yourself")
+    return folder
