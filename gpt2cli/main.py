@@ -15,6 +15,7 @@ import sys
 COMMAND_MODULES = [
     "gpt2cli.commands.demo",
     "gpt2cli.commands.data",
+    "gpt2cli.commands.finetune",
 ]
 
 
