@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from npgpt.dropout import dropout_backward, dropout_forward
-from npgpt.linear import linear_backward, linear_forward
+from npgpt.linear import linear_layer_backward, linear_layer_forward
 from npgpt.softmax import softmax_backward, softmax_forward
 
 
@@ -69,21 +69,19 @@ def _attention_core_backward(dcontext, cache):
 
 
 def _project_qkv(x, p):
-    """The three projections; biases only where p has them (config.qkv_bias)."""
-    q, cache_q = linear_forward(x, p["W_query.weight"], p.get("W_query.bias"))
-    k, cache_k = linear_forward(x, p["W_key.weight"], p.get("W_key.bias"))
-    v, cache_v = linear_forward(x, p["W_value.weight"], p.get("W_value.bias"))
+    """The three projections; biases only where p has them (config.qkv_bias), adapters where p has them (LoRA)."""
+    q, cache_q = linear_layer_forward(x, p, "W_query")
+    k, cache_k = linear_layer_forward(x, p, "W_key")
+    v, cache_v = linear_layer_forward(x, p, "W_value")
     return (q, k, v), (cache_q, cache_k, cache_v)
 
 
 def _project_qkv_backward(dq, dk, dv, caches, grads):
-    """Sums the three input gradients; writes the weight (and bias) gradients into `grads`."""
+    """Sums the three input gradients; writes the projections' parameter gradients into `grads`."""
     dx = None
-    for name, dproj, cache in zip(("W_query", "W_key", "W_value"), (dq, dk, dv), caches):
-        dx_part, dweight, dbias = linear_backward(dproj, cache)
-        grads[f"{name}.weight"] = dweight
-        if dbias is not None:
-            grads[f"{name}.bias"] = dbias
+    for dproj, cache in zip((dq, dk, dv), caches):
+        dx_part, layer_grads = linear_layer_backward(dproj, cache)
+        grads.update(layer_grads)
         if dx is None:
             dx = dx_part
         else:
@@ -137,7 +135,7 @@ def multihead_attention_forward(x, p, n_heads, *, drop_rate=0.0, rng=None, dropo
     context, core_cache = _attention_core_forward(
         q, k, v, causal=True, drop_rate=drop_rate, rng=rng, dropout_mask=dropout_mask
     )                                                # (B, H, T, D)
-    out, out_cache = linear_forward(_merge_heads(context), p["out_proj.weight"], p["out_proj.bias"])
+    out, out_cache = linear_layer_forward(_merge_heads(context), p, "out_proj")
     return out, (n_heads, proj_caches, core_cache, out_cache)
 
 
@@ -147,8 +145,7 @@ def multihead_attention_backward(dout, cache):
     The forward read in reverse: out_proj, merge heads, attention core, split heads, q/k/v projections.
     """
     n_heads, proj_caches, core_cache, out_cache = cache
-    dcontext, dW_out, db_out = linear_backward(dout, out_cache)       # (B, T, C)
+    dcontext, grads = linear_layer_backward(dout, out_cache)          # (B, T, C)
     dq, dk, dv = _attention_core_backward(_split_heads(dcontext, n_heads), core_cache)
-    grads = {"out_proj.weight": dW_out, "out_proj.bias": db_out}
     dx = _project_qkv_backward(*(_merge_heads(t) for t in (dq, dk, dv)), proj_caches, grads)
     return dx, grads

@@ -18,6 +18,7 @@ from npgpt.config import GPTConfig
 from npgpt.dropout import dropout_backward, dropout_forward
 from npgpt.embedding import embedding_backward, embedding_forward, pos_embedding_backward, pos_embedding_forward
 from npgpt.layernorm import layernorm_backward, layernorm_forward
+from npgpt.linear import linear_layer_backward, linear_layer_forward
 from npgpt.loss import cross_entropy_backward, cross_entropy_forward
 from npgpt.params import prefixed, subdict, unique_arrays
 
@@ -158,21 +159,21 @@ def forward(params, idx, config: GPTConfig, *, train=False, rng=None):
     dropout, then per block the attention-weight, post-attention and post-feed-forward dropouts.
     """
     x, trunk_cache = trunk_forward(params, idx, config, train=train, rng=rng)   # (B, T, C)
-    head = params["out_head.weight"]                                            # (V, C)
-    logits = (x.reshape(-1, x.shape[-1]) @ head.T).reshape(*x.shape[:2], head.shape[0])   # (B, T, V)
-    return logits, (trunk_cache, x)
+    logits, head_cache = linear_layer_forward(x, params, "out_head")            # (B, T, V), out_head.weight (V, C)
+    return logits, (trunk_cache, head_cache)
 
 
 def backward(dlogits, cache):
-    """dlogits: (B, T, V) -> grads: dict with the same keys as params (a tied array's gradient under both)."""
-    trunk_cache, x_final = cache
+    """dlogits: (B, T, V) -> grads: dict with the same keys as params (a tied array's gradient under both).
+
+    With LoRA adapters in params (npgpt/lora.py), an adapted layer's frozen weight and bias get no
+    gradient and its lora_A / lora_B do; the adapters' constant lora_scaling gets none either.
+    """
+    trunk_cache, head_cache = cache
     params = trunk_cache[1]
-    head = params["out_head.weight"]
-    dlogits2d = dlogits.reshape(-1, dlogits.shape[-1])                           # (N, V)
-    grads = {"out_head.weight": dlogits2d.T @ x_final.reshape(-1, x_final.shape[-1])}   # (V, C)
-    dx = (dlogits2d @ head).reshape(x_final.shape)                               # (B, T, C)
+    dx, grads = linear_layer_backward(dlogits, head_cache)                       # dx (B, T, C); dW (V, C)
     trunk_backward(dx, trunk_cache, grads)
-    return {name: grads[name] for name in params}
+    return {name: grads[name] for name in params if name in grads}
 
 
 def loss_and_grads(params, idx, targets, config: GPTConfig, *, train=False, rng=None):
