@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "gpt2cli.commands.demo",
     "gpt2cli.commands.data",
     "gpt2cli.commands.finetune",
+    "gpt2cli.commands.evaluate",
 ]
 
 

@@ -1,0 +1,196 @@
+"""Instruction data: records, the Alpaca prompt, the split, tokenized examples and the padding collate.
+
+A record is a dict with string values under "instruction", "input" (may be empty) and "output":
+
+    {"instruction": "Rewrite the sentence in passive voice.", "input": "The cat ate the fish.",
+     "output": "The fish was eaten by the cat."}
+
+The model sees it in the Alpaca format (the "### Input:" section is left out when input is empty):
+
+    Below is an instruction that describes a task. Write a response that appropriately completes the request.
+
+    ### Instruction:
+    Rewrite the sentence in passive voice.
+
+    ### Input:
+    The cat ate the fish.
+
+    ### Response:
+    The fish was eaten by the cat.
+
+collate_instructions() turns a list of tokenized examples into (inputs, targets) arrays; see its docstring
+for a worked example. torchgpt/instruct.py wraps it for torch (Dataset, device transfer).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from npgpt.fileio import read_jsonl
+
+RECORD_KEYS = ("instruction", "input", "output")
+RESPONSE_KEY = "model_response"
+PREAMBLE = ("Below is an instruction that describes a task. "
+            "Write a response that appropriately completes the request.")
+RESPONSE_HEADER = "\n\n### Response:\n"
+END_OF_TEXT_ID = 50256
+IGNORE_INDEX = -100
+DEFAULT_MAX_LENGTH = 1024
+
+
+# ---------------------------------------------------------------------------------------------------
+# records
+# ---------------------------------------------------------------------------------------------------
+
+def validate_records(records, required_keys=RECORD_KEYS, source: str = "the data") -> list[dict]:
+    """Checks that `records` is a list of dicts holding a string under every required key.
+
+    Raises ValueError naming the record index and the key (e.g. "record 17: key 'output' is missing").
+    """
+    if not isinstance(records, list):
+        raise ValueError(f"{source}: expected a list of records (a JSON array, or one JSON object per line), "
+                         f"got {type(records).__name__}")
+    for index, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise ValueError(f"{source}: record {index} is a {type(record).__name__}, not an object with keys "
+                             f"{list(required_keys)}")
+        for key in required_keys:
+            if key not in record:
+                raise ValueError(f"{source}: record {index}: key {key!r} is missing (every record needs "
+                                 f"{list(required_keys)}; use \"\" for an empty input)")
+            if not isinstance(record[key], str):
+                raise ValueError(f"{source}: record {index}: key {key!r} must be a string, got "
+                                 f"{type(record[key]).__name__} ({record[key]!r:.40})")
+    return records
+
+
+def read_records(path: str | os.PathLike) -> list:
+    """The records of a JSON file (one array) or a JSON-lines file (.jsonl/.ndjson, or JSON with extra lines)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file {path}: give a JSON or JSONL file of instruction records "
+                                f"(or fetch the book's data with `gpt2 data fetch instruction-data`)")
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
+        return read_jsonl(path)
+    text = path.read_text(encoding="utf-8")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        if error.msg == "Extra data":          # several JSON values: one per line (JSONL under a .json name)
+            return read_jsonl(path)
+        raise ValueError(f"{path} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg}); "
+                         f"give a JSON array of records or one JSON object per line") from error
+
+
+def load_instruction_data(path: str | os.PathLike) -> list[dict]:
+    """Validated instruction records (keys instruction, input, output) from a JSON or JSONL file."""
+    return validate_records(read_records(path), RECORD_KEYS, source=str(path))
+
+
+def split_records(records: list, train_fraction: int = 85, test_fraction: int = 10) -> tuple[list, list, list]:
+    """(train, test, validation) in file order: the first 85%, the next 10%, the rest (5%).
+
+    Integer arithmetic, so 1,100 records give exactly 935 / 110 / 55.
+    """
+    n = len(records)
+    n_train = n * train_fraction // 100
+    n_test = n * test_fraction // 100
+    return records[:n_train], records[n_train:n_train + n_test], records[n_train + n_test:]
+
+
+# ---------------------------------------------------------------------------------------------------
+# the prompt
+# ---------------------------------------------------------------------------------------------------
+
+def format_input(record: dict) -> str:
+    """The preamble, the instruction and (when not empty) the input: everything before "### Response:"."""
+    text = f"{PREAMBLE}\n\n### Instruction:\n{record['instruction']}"
+    if record["input"]:
+        text += f"\n\n### Input:\n{record['input']}"
+    return text
+
+
+def format_prompt(record: dict) -> str:
+    """What the model is given at answer time: format_input + "### Response:" and a newline."""
+    return format_input(record) + RESPONSE_HEADER
+
+
+def format_example(record: dict) -> str:
+    """The full training text: the prompt followed by the reference output."""
+    return format_prompt(record) + record["output"]
+
+
+@dataclass(frozen=True)
+class EncodedExample:
+    """Token ids of one training text and how many of them are the prompt (masked with --mask-instruction)."""
+    token_ids: tuple
+    prompt_length: int
+
+
+def encode_example(record: dict, tokenizer) -> EncodedExample:
+    """prompt tokens + output tokens. Encoding the two parts separately makes the prompt/response boundary
+    exact (the prompt ends in a newline, which GPT-2's BPE never merges with the next word anyway)."""
+    prompt_ids = tokenizer.encode(format_prompt(record))
+    output_ids = tokenizer.encode(record["output"])
+    return EncodedExample(tuple(prompt_ids) + tuple(output_ids), len(prompt_ids))
+
+
+def encode_records(records: list, tokenizer) -> list[EncodedExample]:
+    return [encode_example(record, tokenizer) for record in records]
+
+
+# ---------------------------------------------------------------------------------------------------
+# collate
+# ---------------------------------------------------------------------------------------------------
+
+def _as_example(item) -> EncodedExample:
+    if isinstance(item, EncodedExample):
+        return item
+    return EncodedExample(tuple(item), 0)
+
+
+def collate_instructions(batch, *, pad_token_id: int = END_OF_TEXT_ID, ignore_index: int = IGNORE_INDEX,
+                         max_length: int | None = DEFAULT_MAX_LENGTH, mask_instruction: bool = False):
+    """Pads a batch of token sequences into (inputs, targets), both int64 arrays of shape (B, T).
+
+    batch: EncodedExample items (or plain lists of token ids, which have no prompt to mask).
+    1. Every sequence gets one end-of-text token (pad_token_id, 50256) appended, then more of it up to the
+       longest sequence + 1.
+    2. inputs = padded[:, :-1], targets = padded[:, 1:] (the next token at every position).
+    3. The first end-of-text target of a row stays (the model learns to stop); every later one, pure
+       padding, becomes ignore_index (-100) and is left out of the loss.
+    4. mask_instruction: targets that predict prompt tokens become ignore_index too (the loss is over the
+       response and its end-of-text only). Target j predicts token j + 1, so that is j < prompt_length - 1.
+    5. max_length: rows are cut to their first max_length positions (None: no cut).
+
+    Worked example (E = 50256), token rows [0, 1, 2, 3, 4], [5, 6], [7, 8, 9]; the first has a 3-token prompt:
+
+        padded    [0, 1, 2, 3, 4, E]      [5, 6, E, E, E, E]        [7, 8, 9, E, E, E]
+        inputs    [0, 1, 2, 3, 4]         [5, 6, E, E, E]           [7, 8, 9, E, E]
+        targets   [1, 2, 3, 4, E]         [6, E, -100, -100, -100]  [8, 9, E, -100, -100]
+        mask_instruction, row 0:  targets [-100, -100, 3, 4, E]
+        max_length=3:             inputs [[0, 1, 2], [5, 6, E], [7, 8, 9]], targets [[1, 2, 3], [6, E, -100], [8, 9, E]]
+    """
+    examples = [_as_example(item) for item in batch]
+    if not examples:
+        raise ValueError("collate_instructions needs at least one example")
+    if max_length is not None and max_length < 1:
+        raise ValueError(f"max_length must be a positive number of tokens or None, got {max_length}")
+    width = max(len(ex.token_ids) for ex in examples) + 1            # longest + its end-of-text
+    padded = np.full((len(examples), width), pad_token_id, dtype=np.int64)
+    for row, ex in enumerate(examples):
+        padded[row, :len(ex.token_ids)] = ex.token_ids
+    inputs = padded[:, :-1].copy()                                   # (B, width - 1)
+    targets = padded[:, 1:].copy()                                   # (B, width - 1)
+    for row, ex in enumerate(examples):
+        n = len(ex.token_ids)
+        targets[row, n:] = ignore_index                              # target n - 1 is the kept end-of-text
+        if mask_instruction:
+            targets[row, :max(ex.prompt_length - 1, 0)] = ignore_index
+    if max_length is not None:
+        inputs, targets = inputs[:, :max_length], targets[:, :max_length]
+    return inputs, targets

@@ -1,0 +1,43 @@
+"""Instruction data for torch (twin of npgpt/instruct.py): a Dataset of tokenized examples and the padding
+collate as torch tensors moved to a device. The padding and masking rules, with a worked example, are in
+npgpt.instruct.collate_instructions, which this wraps."""
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from npgpt import instruct as np_instruct
+from npgpt.instruct import DEFAULT_MAX_LENGTH, END_OF_TEXT_ID, IGNORE_INDEX, EncodedExample
+
+
+class InstructionDataset(Dataset):
+    """Records encoded once, up front: item i is an EncodedExample (token ids, prompt length)."""
+
+    def __init__(self, records: list[dict], tokenizer):
+        self.examples = np_instruct.encode_records(records, tokenizer)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> EncodedExample:
+        return self.examples[index]
+
+
+def collate_instructions(batch, *, device="cpu", pad_token_id: int = END_OF_TEXT_ID, ignore_index: int = IGNORE_INDEX,
+                         max_length: int | None = DEFAULT_MAX_LENGTH, mask_instruction: bool = False):
+    """(inputs, targets): int64 tensors (B, T) on `device`; the rules of npgpt.instruct.collate_instructions."""
+    inputs, targets = np_instruct.collate_instructions(batch, pad_token_id=pad_token_id, ignore_index=ignore_index,
+                                                       max_length=max_length, mask_instruction=mask_instruction)
+    return torch.from_numpy(inputs).to(device), torch.from_numpy(targets).to(device)
+
+
+def instruction_loader(dataset: InstructionDataset, batch_size: int, *, shuffle: bool, drop_last: bool,
+                       seed: int = 123, device="cpu", max_length: int | None = DEFAULT_MAX_LENGTH,
+                       mask_instruction: bool = False, num_workers: int = 0) -> DataLoader:
+    """A DataLoader of padded (inputs, targets) batches; shuffling from a seeded generator (reproducible)."""
+    collate = partial(collate_instructions, device=device, max_length=max_length, mask_instruction=mask_instruction)
+    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, collate_fn=collate,
+                      generator=generator, num_workers=num_workers)
