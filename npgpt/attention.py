@@ -28,22 +28,28 @@ def simple_attention(x):
     return weights @ x                               # (T, C)
 
 
-def _masked_scaled_softmax(scores, causal, scale):
-    """softmax(scale * scores) with the future masked out; scores: (..., T, T), modified in place."""
+def _masked_scaled_softmax(scores, causal, scale, hide=None):
+    """softmax(scale * scores) with the future masked out; scores: (..., T, T), modified in place.
+
+    hide: an explicit bool mask broadcastable to scores (True = not seen), used instead of the causal one
+    (decoding with a KV cache, where queries and keys differ in number, and left padding).
+    """
     scores *= scale
-    if causal:
+    if hide is not None:
+        np.copyto(scores, -np.inf, where=hide)
+    elif causal:
         np.copyto(scores, -np.inf, where=causal_mask(scores.shape[-1]))
     return softmax_forward(scores, axis=-1)
 
 
-def _attention_core_forward(q, k, v, *, causal, drop_rate, rng, dropout_mask):
+def _attention_core_forward(q, k, v, *, causal, drop_rate, rng, dropout_mask, hide=None):
     """weights = dropout(softmax(q k^T / sqrt(D) + mask)); context = weights v.
 
-    q, k, v: (..., T, D) -> context: (..., T, D)
+    q: (..., T, D), k, v: (..., S, D) (S = T without a KV cache) -> context: (..., T, D)
     """
     scale = 1.0 / math.sqrt(q.shape[-1])
-    scores = q @ np.swapaxes(k, -1, -2)              # (..., T, T)
-    weights, softmax_cache = _masked_scaled_softmax(scores, causal, scale)
+    scores = q @ np.swapaxes(k, -1, -2)              # (..., T, S)
+    weights, softmax_cache = _masked_scaled_softmax(scores, causal, scale, hide)
     dropped, dropout_cache = dropout_forward(weights, drop_rate, rng=rng, mask=dropout_mask)
     context = dropped @ v                            # (..., T, D)
     return context, (q, k, v, dropped, scale, softmax_cache, dropout_cache)
@@ -123,17 +129,23 @@ def _merge_heads(t):
     return t.transpose(0, 2, 1, 3).reshape(B, T, H * D)
 
 
-def multihead_attention_forward(x, p, n_heads, *, drop_rate=0.0, rng=None, dropout_mask=None):
+def multihead_attention_forward(x, p, n_heads, *, drop_rate=0.0, rng=None, dropout_mask=None, kv_cache=None):
     """Causal multi-head self-attention as in GPT-2.
 
     x: (B, T, C); p: W_query/W_key/W_value .weight (C, C) [+ .bias (C)], out_proj.weight (C, C), out_proj.bias (C)
     dropout_mask: optional bool keep-mask (B, H, T, T) for the attention weights (else drawn from rng)
+    kv_cache: optional npgpt.kvcache.LayerKV (decoding, inference only): the new keys and values are stored
+    after the cached ones and the queries attend over all of them (no backward through this path)
     -> out: (B, T, C)
     """
     (q, k, v), proj_caches = _project_qkv(x, p)      # (B, T, C) each
     q, k, v = (_split_heads(t, n_heads) for t in (q, k, v))          # (B, H, T, D)
+    hide = None
+    if kv_cache is not None:
+        k, v = kv_cache.append(k, v)                 # (B, H, S, D): cached keys/values, then the new ones
+        hide = kv_cache.hide
     context, core_cache = _attention_core_forward(
-        q, k, v, causal=True, drop_rate=drop_rate, rng=rng, dropout_mask=dropout_mask
+        q, k, v, causal=kv_cache is None, drop_rate=drop_rate, rng=rng, dropout_mask=dropout_mask, hide=hide
     )                                                # (B, H, T, D)
     out, out_cache = linear_layer_forward(_merge_heads(context), p, "out_proj")
     return out, (n_heads, proj_caches, core_cache, out_cache)

@@ -10,14 +10,16 @@ from npgpt.layernorm import layernorm_backward, layernorm_forward
 from npgpt.params import prefixed, subdict
 
 
-def block_forward(x, p, config, *, train=False, rng=None):
+def block_forward(x, p, config, *, train=False, rng=None, kv_cache=None):
     """x: (B, T, C); p: this block's parameters (keys "norm1.scale", "att.W_query.weight", "ff.fc1.weight", ...)
     -> out: (B, T, C).  With train=True, the dropout masks are drawn from rng in this order:
     attention weights, residual after attention, residual after feed-forward.
+    kv_cache: this layer's npgpt.kvcache.LayerKV when decoding with a cache (inference only).
     """
     drop_rate = config.drop_rate if train else 0.0
     h, norm1_cache = layernorm_forward(x, p["norm1.scale"], p["norm1.shift"])
-    a, att_cache = multihead_attention_forward(h, subdict(p, "att."), config.n_heads, drop_rate=drop_rate, rng=rng)
+    a, att_cache = multihead_attention_forward(h, subdict(p, "att."), config.n_heads, drop_rate=drop_rate, rng=rng,
+                                               kv_cache=kv_cache)
     a, drop1_cache = dropout_forward(a, drop_rate, rng=rng)
     x = x + a                                        # residual 1, (B, T, C)
     h, norm2_cache = layernorm_forward(x, p["norm2.scale"], p["norm2.shift"])

@@ -112,24 +112,38 @@ def check_token_ids(idx, config: GPTConfig):
     return idx
 
 
-def trunk_forward(params, idx, config: GPTConfig, *, train=False, rng=None):
+def trunk_forward(params, idx, config: GPTConfig, *, train=False, rng=None, kv_cache=None, attention_mask=None):
     """Everything but the output head: idx (B, T) -> final-normed hidden states x (B, T, C), cache.
 
     The classification head and LoRA reuse it; forward() adds the language-model head.
+    kv_cache: an npgpt.kvcache.KVCache (decoding, inference only): idx are the NEW tokens, placed after the
+    cached ones, whose keys and values the attention layers reuse; attention_mask (B, T), 0 at left
+    padding, goes with it (see npgpt/kvcache.py). No backward through this path.
     """
     idx = check_token_ids(idx, config)
     T = idx.shape[1]
     drop_rate = config.drop_rate if train else 0.0
     if drop_rate > 0 and rng is None:
         raise ValueError("forward(train=True) with drop_rate > 0 needs rng=np.random.default_rng(seed)")
+    if kv_cache is None and attention_mask is not None:
+        raise ValueError("attention_mask (left padding) needs a kv_cache; see npgpt.generate for batches")
+    if kv_cache is not None and train:
+        raise ValueError("a KV cache is for inference: call trunk_forward(train=False)")
     tok, tok_cache = embedding_forward(params["tok_emb.weight"], idx)            # (B, T, C)
-    pos, pos_cache = pos_embedding_forward(params["pos_emb.weight"], T)          # (T, C)
+    if kv_cache is None:
+        pos, pos_cache = pos_embedding_forward(params["pos_emb.weight"], T)      # (T, C)
+    else:
+        positions = kv_cache.begin(T, attention_mask)                           # (B, T), after the cached ones
+        pos, pos_cache = embedding_forward(params["pos_emb.weight"], positions)  # (B, T, C)
     tok += pos
     x, drop_cache = dropout_forward(tok, drop_rate, rng=rng)
     block_caches = []
     for i in range(config.n_layers):
-        x, block_cache = block_forward(x, subdict(params, f"blocks.{i}."), config, train=train, rng=rng)
+        x, block_cache = block_forward(x, subdict(params, f"blocks.{i}."), config, train=train, rng=rng,
+                                       kv_cache=None if kv_cache is None else kv_cache.layer(i))
         block_caches.append(block_cache)
+    if kv_cache is not None:
+        kv_cache.commit()
     x, norm_cache = layernorm_forward(x, params["final_norm.scale"], params["final_norm.shift"])
     return x, (config, params, tok_cache, pos_cache, drop_cache, block_caches, norm_cache)
 

@@ -126,13 +126,24 @@ class MultiHeadAttention(nn.Module):
         B, T, _ = t.shape
         return t.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, dropout_mask=None) -> torch.Tensor:
-        """x: (B, T, C) -> (B, T, C); dropout_mask: optional bool keep-mask (B, H, T, T) for the weights."""
+    def forward(self, x: torch.Tensor, dropout_mask=None, kv_cache=None) -> torch.Tensor:
+        """x: (B, T, C) -> (B, T, C); dropout_mask: optional bool keep-mask (B, H, T, T) for the weights.
+
+        kv_cache: optional torchgpt.kvcache.LayerKV (decoding, inference): the new keys and values are stored
+        after the cached ones and the queries attend over all of them.
+        """
         B, T, _ = x.shape
         q = self._split_heads(self.W_query(x))       # (B, H, T, D)
         k = self._split_heads(self.W_key(x))
         v = self._split_heads(self.W_value(x))
-        if self.use_sdpa and dropout_mask is None:
+        if kv_cache is not None:
+            k, v = kv_cache.append(k, v)             # (B, H, S, D): cached keys/values, then the new ones
+            hide = kv_cache.hide                     # (B, 1, T, S) bool or None
+            if self.use_sdpa:
+                context = F.scaled_dot_product_attention(q, k, v, attn_mask=None if hide is None else ~hide)
+            else:
+                context = attention_core(q, k, v, future_mask=hide)
+        elif self.use_sdpa and dropout_mask is None:
             p = self.dropout.p if self.training else 0.0
             context = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
         else:

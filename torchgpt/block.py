@@ -26,16 +26,18 @@ class TransformerBlock(nn.Module):
         self.ff = FeedForward(config)
         self.drop_resid = Dropout(config.drop_rate)   # no parameters: not in the state_dict
 
-    def forward(self, x: torch.Tensor, dropout_masks=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, dropout_masks=None, kv_cache=None) -> torch.Tensor:
         """x: (B, T, C) -> (B, T, C).
 
         dropout_masks: optional `MaskFeed` (see torchgpt.model) giving explicit keep-masks in npgpt's draw
         order: attention weights (B, H, T, T), residual after attention (B, T, C), after feed-forward (B, T, C).
+        kv_cache: this layer's torchgpt.kvcache.LayerKV when decoding with a cache.
         """
         take = dropout_masks.take if dropout_masks is not None else (lambda shape, where: None)
         B, T, C = x.shape
         att_mask = take((B, self.att.num_heads, T, T), "attention weights")
-        a = self.drop_resid(self.att(self.norm1(x), dropout_mask=att_mask), mask=take((B, T, C), "after attention"))
+        a = self.drop_resid(self.att(self.norm1(x), dropout_mask=att_mask, kv_cache=kv_cache),
+                            mask=take((B, T, C), "after attention"))
         x = x + a
         f = self.drop_resid(self.ff(self.norm2(x)), mask=take((B, T, C), "after feed-forward"))
         return x + f

@@ -98,11 +98,21 @@ class GPTModel(nn.Module):
                                  f"use a tokenizer whose vocabulary matches the model's vocab_size")
         return idx.to(self.tok_emb.weight.device)
 
-    def forward(self, idx, dropout_masks=None) -> torch.Tensor:
+    def forward(self, idx, dropout_masks=None, *, kv_cache=None, attention_mask=None) -> torch.Tensor:
         """idx: (B, T) integer token ids -> logits: (B, T, V).
 
         dropout_masks: optional list/iterator of bool keep-masks for train mode, consumed in npgpt's draw
         order (see MaskFeed), so a parity test can apply the same dropout as npgpt.
+        kv_cache, attention_mask: decoding with a cache, see trunk().
+        """
+        x = self.trunk(idx, dropout_masks, kv_cache=kv_cache, attention_mask=attention_mask)
+        return self.out_head(x)                                          # (B, T, V)
+
+    def trunk(self, idx, dropout_masks=None, *, kv_cache=None, attention_mask=None) -> torch.Tensor:
+        """Everything but the output head: idx (B, T) -> final-normed hidden states (B, T, C).
+
+        Twin of npgpt.model.trunk_forward. kv_cache: a torchgpt.kvcache.KVCache (decoding): idx are the NEW
+        tokens, placed after the cached ones; attention_mask (B, T), 0 at left padding, goes with it.
         """
         idx = self.validate_idx(idx)
         B, T = idx.shape
@@ -112,13 +122,19 @@ class GPTModel(nn.Module):
                 raise ValueError("dropout_masks were given but the model is in eval mode (no dropout); "
                                  "call model.train() first or leave dropout_masks out")
             feed = MaskFeed(dropout_masks, self.config.drop_rate)
-        positions = torch.arange(T, device=idx.device)
+        if kv_cache is None and attention_mask is not None:
+            raise ValueError("attention_mask (left padding) needs a kv_cache; see torchgpt.generate for batches")
+        if kv_cache is None:
+            positions = torch.arange(T, device=idx.device)               # (T,)
+        else:
+            positions = kv_cache.begin(T, attention_mask)                # (B, T), after the cached ones
         x = self.tok_emb(idx) + self.pos_emb(positions)                  # (B, T, C)
         x = self.drop_emb(x, mask=feed.take((B, T, self.config.emb_dim), "embedding") if feed else None)
-        for block in self.blocks:
-            x = block(x, dropout_masks=feed)
-        x = self.final_norm(x)
-        return self.out_head(x)                                          # (B, T, V)
+        for i, block in enumerate(self.blocks):
+            x = block(x, dropout_masks=feed, kv_cache=None if kv_cache is None else kv_cache.layer(i))
+        if kv_cache is not None:
+            kv_cache.commit()
+        return self.final_norm(x)
 
 
 def _init_std(name: str, config: GPTConfig) -> float:
