@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "gpt2cli.commands.data",
     "gpt2cli.commands.finetune",
     "gpt2cli.commands.evaluate",
+    "gpt2cli.commands.generate",
 ]
 
 

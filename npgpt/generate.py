@@ -13,7 +13,7 @@ How a token is chosen from the last position's logits z (V,), one row at a time:
     otherwise          1. s = z / temperature
                        2. top_k: keep the k largest s; equal values at the k-th place -> lowest ids first
                        3. p = softmax(s) over the kept tokens (0 elsewhere)
-                       4. top_p: rank the kept tokens by (p descending, id ascending) and keep the shortest
+                       4. top_p: rank the kept tokens by (s descending, id ascending) and keep the shortest
                           prefix whose probability mass (summed in float64) reaches top_p
                        5. inverse CDF: u ~ U[0, 1) from numpy.random.default_rng(seed), one per row per step;
                           walk the kept tokens in token-id order and take the first whose cumulative
@@ -127,10 +127,12 @@ def top_k_mask(values, k):
     return above | (at_kth & (np.cumsum(at_kth, axis=-1) <= room))
 
 
-def top_p_mask(probs, top_p):
-    """(B, V) probabilities -> bool (B, V): per row the shortest run of the most likely tokens (ties: lower
-    id first) whose mass reaches top_p. A token is kept when the mass ranked before it is < top_p."""
-    order = np.argsort(-probs, axis=-1, kind="stable")                        # (B, V), stable: ties by id
+def top_p_mask(scores, probs, top_p):
+    """(B, V) scores (the scaled logits) and their probabilities -> bool (B, V): per row the shortest run of
+    the most likely tokens whose mass reaches top_p. A token is kept when the mass ranked before it is
+    < top_p. Ranked by the scores, not the probabilities: equal logits are equal in both backends, while
+    two exp implementations may round them apart; ties -> lower id first."""
+    order = np.argsort(-scores, axis=-1, kind="stable")                       # (B, V), stable: ties by id
     ranked = np.take_along_axis(probs, order, axis=-1).astype(np.float64)
     mass_before = np.zeros_like(ranked)
     np.cumsum(ranked[:, :-1], axis=-1, out=mass_before[:, 1:])               # exclusive prefix sums
@@ -149,7 +151,7 @@ def sampling_probs(logits, temperature, top_k=None, top_p=None):
     probs = np.exp(scaled - scaled.max(axis=-1, keepdims=True))              # exp(-inf) = 0 outside top-k
     probs /= probs.sum(axis=-1, keepdims=True)
     if top_p is not None and top_p < 1.0:
-        probs = np.where(top_p_mask(probs, top_p), probs, 0.0)
+        probs = np.where(top_p_mask(scaled, probs, top_p), probs, 0.0)
     return probs.astype(np.float64)
 
 

@@ -242,3 +242,44 @@ def _deterministic_torch():
     """Same torch thread count and no grad-mode leaks between tests."""
     torch.set_grad_enabled(True)
     yield
+
+
+# --------------------------------------------------------------------------------------------------------
+# Whole models (generation tests): small random GPT configs, parameters with opinions, the torch twin
+# --------------------------------------------------------------------------------------------------------
+@st.composite
+def small_gpt_configs(draw, max_vocab: int = 48, max_context: int = 12):
+    """A GPTConfig with V <= max_vocab, T_max <= max_context, C = H * D <= 24, 1-2 layers, no dropout."""
+    from npgpt.config import GPTConfig
+
+    n_heads = draw(st.integers(1, 3))
+    return GPTConfig(vocab_size=draw(st.integers(4, max_vocab)), context_length=draw(st.integers(3, max_context)),
+                     emb_dim=n_heads * draw(st.integers(1, 8)), n_heads=n_heads, n_layers=draw(st.integers(1, 2)),
+                     drop_rate=0.0, qkv_bias=draw(st.booleans()), tie_weights=draw(st.booleans()))
+
+
+def random_gpt_params(config, seed: int, dtype, std: float = 0.3) -> dict:
+    """Canonical parameters with std-0.3 weights (GPT-2's init of 0.02 gives nearly uniform next-token
+    distributions; these give a tiny model clear preferences), LayerNorm scale ~1, small shifts and biases."""
+    from npgpt.model import param_shapes
+
+    rng = np.random.default_rng(seed)
+    params = {}
+    for name, shape in param_shapes(config).items():
+        if name == "out_head.weight" and config.tie_weights:
+            params[name] = params["tok_emb.weight"]
+        elif name.endswith(".scale"):
+            params[name] = (1.0 + 0.1 * rng.standard_normal(shape)).astype(dtype)
+        elif name.endswith((".shift", ".bias")):
+            params[name] = weights(rng, shape, dtype, std=0.1)
+        else:
+            params[name] = weights(rng, shape, dtype, std=std)
+    return params
+
+
+def torch_twin(params: dict, config):
+    """A torchgpt.GPTModel in eval mode holding `params`, in their dtype (float64 stays float64)."""
+    from torchgpt import GPTModel, load_numpy_params
+
+    model = GPTModel(config).to(torch_dtype(params["tok_emb.weight"].dtype))
+    return load_numpy_params(model, params).eval()

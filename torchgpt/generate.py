@@ -34,11 +34,11 @@ def top_k_mask(values: torch.Tensor, k: int) -> torch.Tensor:
     return above | (at_kth & (torch.cumsum(at_kth.long(), dim=-1) <= room))
 
 
-def top_p_mask(probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    """(B, V) probabilities -> bool (B, V): per row the shortest run of the most likely tokens (ties: lower
-    id first) whose mass reaches top_p. A token is kept when the mass ranked before it is < top_p."""
-    ranked, order = torch.sort(probs, dim=-1, descending=True, stable=True)  # stable: ties by id
-    ranked = ranked.double()
+def top_p_mask(scores: torch.Tensor, probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """(B, V) scores (the scaled logits) and their probabilities -> bool (B, V): per row the shortest run of
+    the most likely tokens, ranked by score (ties: lower id first), whose mass reaches top_p."""
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices  # stable: ties by id
+    ranked = torch.gather(probs, -1, order).double()
     mass_before = torch.zeros_like(ranked)
     mass_before[:, 1:] = torch.cumsum(ranked[:, :-1], dim=-1)               # exclusive prefix sums
     return torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, mass_before < top_p)
@@ -51,7 +51,7 @@ def sampling_probs(logits: torch.Tensor, temperature: float, top_k=None, top_p=N
         scaled = scaled.masked_fill(~top_k_mask(scaled, top_k), float("-inf"))
     probs = torch.softmax(scaled, dim=-1)
     if top_p is not None and top_p < 1.0:
-        probs = probs.masked_fill(~top_p_mask(probs, top_p), 0.0)
+        probs = probs.masked_fill(~top_p_mask(scaled, probs, top_p), 0.0)
     return probs.double()
 
 

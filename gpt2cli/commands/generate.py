@@ -1,0 +1,127 @@
+"""`gpt2 generate`: continue a prompt with a GPT-2, in NumPy or torch, printing the text as it is produced.
+
+    gpt2 generate --weights gpt2/124M --prompt "Every effort moves you" --max-new-tokens 40
+    gpt2 generate --checkpoint runs/verdict --backend torch --prompt "I" --max-new-tokens 60 \\
+        --temperature 0.8 --top-k 40 --seed 1 --verbose
+    gpt2 generate --model gpt2-small --seed 0 --prompt "Hi" --max-new-tokens 20 --verbose   # random weights
+
+Greedy by default (temperature 0). The same --seed gives the same tokens with either backend. Text is
+printed as soon as it is complete: GPT-2's byte-level tokens can end in the middle of a UTF-8 character,
+whose bytes are held back until the character is whole.
+"""
+from __future__ import annotations
+
+import codecs
+import sys
+import time
+import warnings
+
+
+def register(subparsers):
+    parser = subparsers.add_parser("generate", help="continue a prompt (greedy, sampling, top-k/top-p, beam search)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--weights", help="OpenAI checkpoint folder, Hugging Face folder/.safetensors, or ours")
+    source.add_argument("--checkpoint", help="one of our checkpoints (gpt2 training runs, save_checkpoint)")
+    source.add_argument("--model", help="a preset (gpt2-small, tiny, ...) with random weights from --seed "
+                                        "(demos and benchmarks)")
+    parser.add_argument("--backend", choices=("numpy", "torch"), default="numpy")
+    parser.add_argument("--prompt", required=True, help="the text to continue (<|endoftext|> allowed)")
+    parser.add_argument("--max-new-tokens", type=int, default=50)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
+    parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
+    parser.add_argument("--top-p", type=float, default=None, help="sample from the smallest set with mass >= p")
+    parser.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams (greedy only)")
+    parser.add_argument("--length-penalty", type=float, default=1.0, help="beam score / length ** this")
+    parser.add_argument("--seed", type=int, default=None, help="sampling seed (and the random weights of --model)")
+    parser.add_argument("--no-stop", action="store_true", help="do not stop at <|endoftext|>")
+    parser.add_argument("--no-cache", action="store_true", help="recompute every position each step (slow; checks)")
+    parser.add_argument("--device", default="auto", help="torch backend: auto, cpu, cuda, cuda:N, mps")
+    parser.add_argument("--verbose", action="store_true", help="print the speed (tokens/s) at the end, on stderr")
+    parser.set_defaults(func=run)
+
+
+def load_model(args):
+    """(config, params) from --weights, --checkpoint or --model (random, seeded)."""
+    if args.weights:
+        from npgpt.weights import load_weights
+        return load_weights(args.weights)
+    if args.checkpoint:
+        from npgpt.checkpoint import load_checkpoint
+        config, params, _ = load_checkpoint(args.checkpoint, load_training_state=False)
+        return config, params
+    from npgpt.config import get_config
+    from npgpt.model import init_params
+    config = get_config(args.model)
+    return config, init_params(config, seed=0 if args.seed is None else args.seed)
+
+
+class TextStream:
+    """Token ids in, printable text out: bytes of a character split across tokens wait for the rest."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, token: int) -> str:
+        return self.decoder.decode(self.tokenizer.decode_bytes([token]))
+
+    def flush(self) -> str:
+        """What is left at the end (an unfinished character shows as U+FFFD)."""
+        return self.decoder.decode(b"", final=True)
+
+
+def _print(text: str):
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def run(args) -> int:
+    from gpt2cli.main import UserError
+    from npgpt.generate import EOT_ID, check_settings, prepare_prompt
+    from npgpt.tokenizer import get_tokenizer
+
+    stop_ids = () if args.no_stop else (EOT_ID,)
+    options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, num_beams=args.num_beams,
+                   length_penalty=args.length_penalty, seed=args.seed, stop_ids=stop_ids, use_cache=not args.no_cache)
+    check_settings(args.max_new_tokens, **{k: v for k, v in options.items() if k not in ("seed", "use_cache")})
+    if args.backend == "numpy" and args.device not in ("auto", "cpu"):
+        raise UserError(f"--device {args.device} needs --backend torch (the NumPy backend runs on the CPU)")
+    tokenizer = get_tokenizer()
+    config, params = load_model(args)
+    if config.vocab_size < tokenizer.n_vocab:
+        raise UserError(f"the model's vocabulary ({config.vocab_size}) is smaller than the GPT-2 tokenizer's "
+                        f"({tokenizer.n_vocab}); generate text with a model trained on GPT-2 token ids")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        prompt_ids = prepare_prompt(tokenizer.encode(args.prompt, allowed_special={"<|endoftext|>"}), config)
+    for warning in caught:
+        print(f"gpt2 generate: warning: {warning.message}", file=sys.stderr)
+
+    if args.backend == "numpy":
+        import npgpt.generate as backend
+        model_args = (params, config)
+    else:
+        import torchgpt.generate as backend
+        from torchgpt import GPTModel, load_numpy_params, pick_device
+        model = GPTModel(config.replace(drop_rate=0.0), use_sdpa=True)
+        model_args = (load_numpy_params(model, params).to(pick_device(args.device)).eval(),)
+
+    _print(args.prompt)
+    start = time.perf_counter()
+    text = TextStream(tokenizer)
+    if args.num_beams > 1:                 # beam search knows its best sequence only at the end
+        new_ids = backend.generate(*model_args, prompt_ids, args.max_new_tokens, **options)
+        for token in new_ids:
+            _print(text.push(token))
+    else:
+        new_ids = []
+        for token in backend.stream_generate(*model_args, prompt_ids, args.max_new_tokens, **options):
+            new_ids.append(token)
+            _print(text.push(token))
+    elapsed = time.perf_counter() - start
+    _print(text.flush() + "\n")
+    if args.verbose:
+        rate = len(new_ids) / elapsed if elapsed > 0 else float("inf")
+        print(f"{len(new_ids)} new tokens in {elapsed:.2f} s: {rate:.1f} tokens/s ({args.backend} backend, "
+              f"{'no cache' if args.no_cache else 'KV cache'}, prompt {len(prompt_ids)} tokens)", file=sys.stderr)
+    return 0

@@ -1,0 +1,228 @@
+"""Generation: NumPy and torch choose the same tokens, with and without the KV cache, for every strategy.
+
+- every strategy (greedy, temperature, top-k, top-p, both, beam search), drawn models/prompts/settings/seeds,
+  prompts longer than the context and sequences that outgrow it: 4 runs agree (NumPy/torch x cache/no cache)
+- the cached forward's logits equal the full forward's, prompt fed in drawn chunks, with left padding too
+- one sampling step on logits with exact ties: same kept sets, probabilities and tokens
+- batches with left padding: same tokens in both backends
+"""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import npgpt.generate as npgen
+import npgpt.kvcache
+from npgpt.config import GPTConfig
+import torchgpt.generate as tgen
+from npgpt.kvcache import KVCache
+from npgpt.model import forward, trunk_forward
+from parity_tests.conftest import (assert_close, budget, make_array, random_gpt_params, record_example,
+                                   small_gpt_configs, to_torch, torch_twin, values)
+from torchgpt.kvcache import KVCache as TorchKVCache
+
+STRATEGIES = {
+    "greedy": st.fixed_dictionaries({}),
+    "temperature": st.fixed_dictionaries({"temperature": st.sampled_from([0.3, 1.0, 1.7])}),
+    "top_k": st.fixed_dictionaries({"temperature": st.sampled_from([0.7, 1.0, 2.0]), "top_k": st.integers(1, 12)}),
+    "top_p": st.fixed_dictionaries({"temperature": st.sampled_from([0.7, 1.0, 2.0]),
+                                    "top_p": st.sampled_from([0.05, 0.3, 0.6, 0.9, 0.99, 1.0])}),
+    "top_k+top_p": st.fixed_dictionaries({"temperature": st.sampled_from([0.5, 1.0, 1.5]), "top_k": st.integers(1, 12),
+                                          "top_p": st.sampled_from([0.2, 0.5, 0.8, 0.95])}),
+    "beam": st.fixed_dictionaries({"num_beams": st.integers(2, 4), "length_penalty": st.sampled_from([0.0, 1.0, 2.0])}),
+}
+
+
+@st.composite
+def generation_cases(draw, strategy):
+    config = draw(small_gpt_configs())
+    prompt = draw(st.lists(st.integers(0, config.vocab_size - 1), min_size=1, max_size=config.context_length + 3))
+    stops = draw(st.sampled_from([(), (0,), (config.vocab_size - 1, 1)]))
+    options = dict(draw(STRATEGIES[strategy]), seed=draw(st.integers(0, 2**32 - 1)), stop_ids=stops)
+    return config, draw(st.integers(0, 2**32 - 1)), prompt, draw(st.integers(0, 10)), options
+
+
+def all_four(params, config, prompt, max_new_tokens, options):
+    """Tokens from NumPy and torch, each with and without the KV cache."""
+    model = torch_twin(params, config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", npgen.PromptCroppedWarning)
+        return {f"{backend} {'cache' if cache else 'no cache'}": run(prompt, max_new_tokens, use_cache=cache, **options)
+                for backend, run in (("numpy", lambda *a, **k: npgen.generate(params, config, *a, **k)),
+                                     ("torch", lambda *a, **k: tgen.generate(model, *a, **k)))
+                for cache in (True, False)}
+
+
+def assert_all_equal(outputs):
+    first = next(iter(outputs.values()))
+    assert all(tokens == first for tokens in outputs.values()), outputs
+    return first
+
+
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+@budget(8)
+@given(data=st.data())
+def test_strategies_same_tokens_float64(strategy, data):
+    record_example()
+    config, weight_seed, prompt, max_new_tokens, options = data.draw(generation_cases(strategy))
+    params = random_gpt_params(config, weight_seed, np.float64)
+    tokens = assert_all_equal(all_four(params, config, prompt, max_new_tokens, options))
+    assert len(tokens) <= max_new_tokens and not set(tokens) & set(options["stop_ids"])
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "top_k+top_p", "beam"])
+@budget(4)
+@given(data=st.data())
+def test_strategies_same_tokens_float32(strategy, data):
+    """float32: the two backends' logits differ by rounding (~1e-6), which changes a token only when a
+    decision sits that close to a boundary (a near-tie); none of these drawn cases does."""
+    record_example()
+    config, weight_seed, prompt, max_new_tokens, options = data.draw(generation_cases(strategy))
+    params = random_gpt_params(config, weight_seed, np.float32)
+    assert_all_equal(all_four(params, config, prompt, max_new_tokens, options))
+
+
+# --------------------------------------------------------------------------------------------------------
+# Cached logits == uncached logits
+# --------------------------------------------------------------------------------------------------------
+def cached_logits_numpy(params, config, idx, chunks, attention_mask=None):
+    """Logits (B, T, V) of idx fed through a KV cache in chunks of the given sizes."""
+    cache = KVCache(config, idx.shape[0], idx.shape[1], dtype=params["tok_emb.weight"].dtype)
+    parts, start = [], 0
+    for size in chunks:
+        mask = None if attention_mask is None else attention_mask[:, start:start + size]
+        x, _ = trunk_forward(params, idx[:, start:start + size], config, kv_cache=cache, attention_mask=mask)
+        parts.append(x @ params["out_head.weight"].T)
+        start += size
+    return np.concatenate(parts, axis=1)
+
+
+@torch.no_grad()
+def cached_logits_torch(model, idx, chunks, attention_mask=None):
+    cache = TorchKVCache(model.config, idx.shape[0], idx.shape[1], dtype=model.tok_emb.weight.dtype)
+    parts, start = [], 0
+    for size in chunks:
+        mask = None if attention_mask is None else to_torch(attention_mask[:, start:start + size])
+        parts.append(model(to_torch(idx[:, start:start + size]), kv_cache=cache, attention_mask=mask))
+        start += size
+    return torch.cat(parts, dim=1)
+
+
+@st.composite
+def chunked_batches(draw):
+    config = draw(small_gpt_configs(max_context=10))
+    B, T = draw(st.integers(1, 3)), draw(st.integers(1, config.context_length))
+    cuts = sorted(draw(st.sets(st.integers(1, T - 1), max_size=3))) if T > 1 else []
+    chunks = np.diff([0, *cuts, T]).tolist()
+    seed = draw(st.integers(0, 2**32 - 1))
+    idx = np.random.default_rng(seed).integers(0, config.vocab_size, (B, T))
+    return config, seed, idx, chunks, draw(st.sampled_from([np.float64, np.float32]))
+
+
+def check_cached_logits(config, seed, idx, chunks, dtype):
+    params = random_gpt_params(config, seed, dtype)
+    expected, _ = forward(params, idx, config)
+    cached = cached_logits_numpy(params, config, idx, chunks)
+    assert cached.dtype == dtype
+    assert_close(cached, expected, name="numpy cached logits vs full forward")
+    model = torch_twin(params, config)
+    with torch.no_grad():
+        expected_torch = model(to_torch(idx))
+    assert_close(cached_logits_torch(model, idx, chunks), expected_torch, name="torch cached logits vs full forward")
+    assert_close(cached, expected_torch, rtol=1e-4 if dtype == np.float32 else None, name="numpy cached vs torch")
+
+
+@budget(15)
+@given(case=chunked_batches())
+def test_cached_logits_equal_uncached(case):
+    record_example()
+    check_cached_logits(*case)
+
+
+def test_cached_logits_check_bites(monkeypatch):
+    """The check above fails when the cache gets a position wrong (every cached token one place late)."""
+    config = GPTConfig(vocab_size=20, context_length=8, emb_dim=8, n_heads=2, n_layers=2, drop_rate=0.0)
+    idx = np.random.default_rng(1).integers(0, config.vocab_size, (2, 6))
+    real_layout = npgpt.kvcache.attention_layout
+
+    def late_positions(valid, T):
+        positions, hide = real_layout(valid, T)
+        return np.minimum(positions + 1, config.context_length - 1), hide
+
+    monkeypatch.setattr(npgpt.kvcache, "attention_layout", late_positions)
+    with pytest.raises(AssertionError, match="numpy cached logits"):
+        check_cached_logits(config, 0, idx, [3, 1, 2], np.float64)
+
+
+@budget(10)
+@given(config=small_gpt_configs(max_context=10), seed=st.integers(0, 2**32 - 1), data=st.data())
+def test_left_padding_gives_each_row_its_own_logits(config, seed, data):
+    """A left-padded row's logits at its real positions equal those of its tokens run alone (both backends)."""
+    record_example()
+    T = config.context_length
+    lengths = data.draw(st.lists(st.integers(1, T), min_size=1, max_size=3))
+    rng = np.random.default_rng(seed)
+    rows = [rng.integers(0, config.vocab_size, n) for n in lengths]
+    idx = np.zeros((len(rows), T), dtype=np.int64)
+    valid = np.zeros((len(rows), T), dtype=bool)
+    for b, row in enumerate(rows):
+        idx[b, T - row.size:], valid[b, T - row.size:] = row, True
+    split = data.draw(st.integers(1, T))
+    chunks = [split, T - split] if split < T else [T]
+    params = random_gpt_params(config, seed, np.float64)
+    model = torch_twin(params, config)
+    padded_np = cached_logits_numpy(params, config, idx, chunks, attention_mask=valid)
+    padded_torch = cached_logits_torch(model, idx, chunks, attention_mask=valid)
+    for b, row in enumerate(rows):
+        alone, _ = forward(params, row[None], config)
+        assert_close(padded_np[b, T - row.size:], alone[0], name="numpy padded row vs alone")
+        assert_close(padded_torch[b, T - row.size:], alone[0], name="torch padded row vs alone")
+
+
+# --------------------------------------------------------------------------------------------------------
+# One sampling step, exact ties included
+# --------------------------------------------------------------------------------------------------------
+@budget(40)
+@given(recipe=values(scales=(0.1, 1.0, 5.0)), B=st.integers(1, 3), V=st.integers(1, 40),
+       temperature=st.sampled_from([0.25, 1.0, 3.0]), top_k=st.one_of(st.none(), st.integers(1, 45)),
+       top_p=st.one_of(st.none(), st.sampled_from([0.1, 0.5, 0.9, 1.0])), dtype=st.sampled_from([np.float64, np.float32]))
+def test_sampling_step_same_in_both_backends(recipe, B, V, temperature, top_k, top_p, dtype):
+    record_example()
+    logits = make_array(recipe, (B, V), dtype)
+    probs_np = npgen.sampling_probs(logits, temperature, top_k, top_p)
+    probs_torch = tgen.sampling_probs(to_torch(logits), temperature, top_k, top_p).numpy()
+    np.testing.assert_array_equal(probs_np > 0, probs_torch > 0, err_msg="kept sets differ")
+    assert_close(probs_torch, probs_np, rtol=1e-6 if dtype == np.float32 else None, name="sampling probabilities")
+    for b in range(B):   # the kept set follows the stated rule: rank by (logit desc, id asc), top-k then top-p
+        ranked = sorted(range(V), key=lambda i: (-logits[b, i], i))
+        if top_k is not None:
+            assert set(np.flatnonzero(npgen.top_k_mask(logits[b:b + 1], top_k)[0])) == set(ranked[:top_k])
+        assert set(np.flatnonzero(probs_np[b])) <= set(ranked[:top_k] if top_k else ranked)
+    uniforms = np.random.default_rng(recipe.seed).random(8)
+    for b in range(B):
+        assert [npgen.inverse_cdf(probs_np[b], u) for u in uniforms] == \
+               [npgen.inverse_cdf(probs_torch[b], u) for u in uniforms]
+    np.testing.assert_array_equal(np.argmax(logits, -1), torch.argmax(to_torch(logits), -1).numpy())
+
+
+# --------------------------------------------------------------------------------------------------------
+# Batches with left padding
+# --------------------------------------------------------------------------------------------------------
+@budget(8)
+@given(config=small_gpt_configs(), seed=st.integers(0, 2**32 - 1), data=st.data())
+def test_batch_same_tokens_in_both_backends(config, seed, data):
+    record_example()
+    prompts = data.draw(st.lists(st.lists(st.integers(0, config.vocab_size - 1), min_size=1,
+                                          max_size=config.context_length), min_size=1, max_size=3))
+    options = data.draw(st.sampled_from([{}, {"temperature": 1.0}, {"temperature": 0.8, "top_k": 5, "top_p": 0.9}]))
+    max_new_tokens = data.draw(st.integers(0, 8))
+    params = random_gpt_params(config, seed, np.float64)
+    model = torch_twin(params, config)
+    outputs = {f"{name} {cache}": run(prompts, max_new_tokens, seed=seed, stop_ids=(0,), use_cache=cache, **options)
+               for name, run in (("numpy", lambda *a, **k: npgen.generate_batch(params, config, *a, **k)),
+                                 ("torch", lambda *a, **k: tgen.generate_batch(model, *a, **k)))
+               for cache in (True, False)}
+    assert_all_equal(outputs)
