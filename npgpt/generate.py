@@ -32,6 +32,7 @@ import numpy as np
 
 from npgpt.config import GPTConfig
 from npgpt.kvcache import KVCache
+from npgpt.lora import split_lora
 from npgpt.model import check_params, trunk_forward
 
 EOT_ID = 50256   # <|endoftext|>
@@ -253,7 +254,7 @@ class NumpyDecoder(Decoder):
     """npgpt's model behind the Decoder interface; the KV cache is npgpt.kvcache.KVCache."""
 
     def __init__(self, params, config: GPTConfig, use_cache: bool = True):
-        check_params(params, config)
+        check_params(split_lora(params)[0], config)     # LoRA adapters may ride along: the layers apply them
         super().__init__(config, use_cache)
         self.params, self.head = params, params["out_head.weight"]           # head: (V, C)
         self.dtype = params["tok_emb.weight"].dtype

@@ -163,6 +163,20 @@ def test_batch_greedy_rows_equal_single_prompts(params, model):
         assert generate_batch(prompts, 7, stop_ids=(3,)) == [generate(p, 7, stop_ids=(3,)) for p in prompts]
 
 
+def test_lora_adapted_params_generate_like_the_merged_model(params):
+    from npgpt.lora import LoRAConfig, add_lora, merge_lora
+
+    untied = random_gpt_params(CONFIG.replace(tie_weights=False), seed=3, dtype=np.float64)
+    adapted = add_lora(untied, LoRAConfig(rank=2, alpha=4.0), seed=1)
+    for name in adapted:
+        if name.endswith(".lora_B"):
+            adapted[name] = np.random.default_rng(0).standard_normal(adapted[name].shape) * 0.5   # B = 0 at init
+    config = CONFIG.replace(tie_weights=False)
+    expected = npgen.generate(merge_lora(adapted), config, [1, 2, 3], 8, stop_ids=())
+    assert npgen.generate(adapted, config, [1, 2, 3], 8, stop_ids=()) == expected
+    assert expected != npgen.generate(untied, config, [1, 2, 3], 8, stop_ids=())
+
+
 # --------------------------------------------------------------------------------------------------------
 # The sampling rule by hand
 # --------------------------------------------------------------------------------------------------------
