@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "gpt2cli.commands.finetune",
     "gpt2cli.commands.evaluate",
     "gpt2cli.commands.generate",
+    "gpt2cli.commands.train",
 ]
 
 

@@ -29,7 +29,10 @@ class SlidingWindowDataset:
     token, so its start s satisfies s + T + 1 <= L.
     """
 
-    def __init__(self, token_ids: Sequence[int] | np.ndarray, max_length: int, stride: int):
+    def __init__(self, token_ids: Sequence[int] | np.ndarray, max_length: int, stride: int, *,
+                 copy: bool = True):
+        """copy=False keeps `token_ids` as given (e.g. a read-only np.memmap of uint16 tokens on disk, see
+        npgpt.corpus) instead of an int64 copy in memory; windows are then converted to int64 per access."""
         if not isinstance(max_length, (int, np.integer)) or max_length <= 0:
             raise ValueError(f"max_length must be a positive integer, got {max_length!r}")
         if not isinstance(stride, (int, np.integer)) or stride <= 0:
@@ -44,9 +47,12 @@ class SlidingWindowDataset:
             raise ValueError(f"text too short: {ids.size} tokens, but one window of max_length={max_length} "
                              f"needs {needed} (inputs plus the shifted target); use more text or a "
                              f"smaller max_length")
-        # Own read-only int64 copy: windows are views into it and nobody can change them.
-        self.token_ids = np.array(ids, dtype=np.int64)
-        self.token_ids.setflags(write=False)
+        if copy:
+            # Own read-only int64 copy: windows are views into it and nobody can change them.
+            self.token_ids = np.array(ids, dtype=np.int64)
+            self.token_ids.setflags(write=False)
+        else:
+            self.token_ids = ids
         self.max_length = int(max_length)
         self.stride = int(stride)
         self._len = (ids.size - needed) // self.stride + 1
@@ -61,14 +67,18 @@ class SlidingWindowDataset:
         if not -self._len <= index < self._len:
             raise IndexError(f"window {index} out of range for {self._len} windows")
         start = (index % self._len) * self.stride
-        return (self.token_ids[start:start + self.max_length],
-                self.token_ids[start + 1:start + self.max_length + 1])
+        inputs = self.token_ids[start:start + self.max_length]
+        targets = self.token_ids[start + 1:start + self.max_length + 1]
+        if inputs.dtype != np.int64:      # a stored uint16 stream: int64 copies (views need the int64 copy)
+            return inputs.astype(np.int64), targets.astype(np.int64)
+        return inputs, targets
 
     def batch(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Windows `indices` (B,) -> (X, Y), each (B, T) int64, gathered in one indexing step."""
         starts = np.asarray(indices, dtype=np.int64) * self.stride  # (B,)
         positions = starts[:, None] + self._offsets  # (B, T)
-        return self.token_ids[positions], self.token_ids[positions + 1]
+        return (self.token_ids[positions].astype(np.int64, copy=False),
+                self.token_ids[positions + 1].astype(np.int64, copy=False))
 
 
 def epoch_order(num_windows: int, *, shuffle: bool, seed: int, epoch: int) -> np.ndarray:
@@ -109,6 +119,67 @@ def iterate_batches(dataset: SlidingWindowDataset, batch_size: int, *, shuffle: 
             pairs = [dataset[int(i)] for i in indices]
             yield (np.stack([np.asarray(x, dtype=np.int64) for x, _ in pairs]),
                    np.stack([np.asarray(y, dtype=np.int64) for _, y in pairs]))
+
+
+class WindowStream:
+    """An endless, resumable order of window indices for training, `windows_per_step` at a time.
+
+    Epoch e visits the windows in epoch_order(N, shuffle=True, seed, e); each optimizer step takes the
+    next G = windows_per_step of them; when fewer than G are left the rest of the epoch is dropped and
+    epoch e + 1 starts (as iterate_batches with drop_last). So with G = B the steps are exactly the
+    batches of iterate_batches(dataset, B, seed=seed, epoch=e) for e = 0, 1, 2, ...
+
+    G is the GLOBAL batch of one optimizer step: micro-batch x gradient-accumulation steps x processes.
+    shard(indices, micro_step, rank, ...) cuts out the B windows one process uses in one micro-step, so
+    data-parallel processes see disjoint parts of one seeded order (DistributedSampler-style) and their
+    union is exactly what a single process with the same global batch sees.
+
+    The state is (epoch, position): position counts the windows of the current epoch already used, so a
+    run resumed with another G (e.g. other process count) still continues where the order stopped.
+    """
+
+    def __init__(self, num_windows: int, windows_per_step: int, *, seed: int, epoch: int = 0,
+                 position: int = 0):
+        if not isinstance(windows_per_step, (int, np.integer)) or windows_per_step <= 0:
+            raise ValueError(f"windows_per_step must be a positive integer, got {windows_per_step!r}")
+        if num_windows < windows_per_step:
+            raise ValueError(f"the training set has {num_windows} windows, fewer than one global batch of "
+                             f"{windows_per_step} (batch size x gradient accumulation x processes); lower "
+                             f"--batch-size, --grad-accum or the context length, or give more text")
+        self.num_windows, self.windows_per_step, self.seed = int(num_windows), int(windows_per_step), int(seed)
+        self.epoch, self.position = int(epoch), int(position)
+        self._order_epoch, self._order = None, None
+
+    def _epoch_order(self) -> np.ndarray:
+        if self._order_epoch != self.epoch:
+            self._order = epoch_order(self.num_windows, shuffle=True, seed=self.seed, epoch=self.epoch)
+            self._order_epoch = self.epoch
+        return self._order
+
+    def next_step(self) -> np.ndarray:
+        """The window indices of the next optimizer step: (G,) int64."""
+        if self.position + self.windows_per_step > self.num_windows:
+            self.epoch, self.position = self.epoch + 1, 0
+        start = self.position
+        self.position += self.windows_per_step
+        return self._epoch_order()[start:start + self.windows_per_step]
+
+    @staticmethod
+    def shard(indices: np.ndarray, micro_step: int, rank: int, world_size: int, micro_batch: int) -> np.ndarray:
+        """The `micro_batch` windows of process `rank` in micro-step `micro_step`: block micro_step * world_size
+        + rank of the step's indices (blocks of micro_batch, micro-steps outermost)."""
+        block = micro_step * world_size + rank
+        return indices[block * micro_batch:(block + 1) * micro_batch]
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
+                "num_windows": self.num_windows}
+
+    def load_state_dict(self, state: dict) -> None:
+        if int(state.get("num_windows", self.num_windows)) != self.num_windows:
+            raise ValueError(f"the checkpoint's data order covers {state['num_windows']} windows, this data has "
+                             f"{self.num_windows}; resume with the same data, context length and stride")
+        self.seed, self.epoch, self.position = int(state["seed"]), int(state["epoch"]), int(state["position"])
 
 
 def split_train_val(tokens_or_text, train_ratio: float = 0.9):
