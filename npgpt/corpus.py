@@ -15,8 +15,8 @@ inputs reuse the folder and any change makes a new one. meta.json is written las
 is an interrupted preparation and is redone. Files are joined with <|endoftext|> between them.
 
 Each file is split like the book splits its one story (by position in the text, before tokenizing),
-moved forward to the next line start so no token is cut. Text is read and tokenized in chunks that end
-after a newline followed by a visible ASCII character: GPT-2's pre-tokenizer always breaks there, so
+moved forward to the next line start. Text is read and tokenized in chunks cut just before a newline
+that a visible ASCII character follows (see _is_chunk_cut): GPT-2's tokens never cross such a cut, so
 chunked encoding gives exactly the ids of encoding the whole file at once.
 """
 from __future__ import annotations
@@ -92,33 +92,39 @@ def corpus_key(file_records: list[dict], tokenizer_name: str, n_vocab: int, val_
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def _is_safe_cut(data: bytes, index: int) -> bool:
-    """True when data[:index] ends with b"\\n" and data[index] is a visible ASCII character: a pre-token
-    boundary of GPT-2's tokenizer, and never inside a UTF-8 character."""
-    return 0 < index < len(data) and data[index - 1] == 0x0A and 0x21 <= data[index] <= 0x7E
+def _is_chunk_cut(data: bytes, index: int) -> bool:
+    """True when data[index] is a newline followed by a visible ASCII character: cutting just BEFORE it
+    leaves GPT-2's tokens unchanged.
+
+    Why: let W be the whitespace run that ends with this newline. In the whole text the pre-tokenizer
+    makes W[:-1] one token (\\s+(?!\\S) stops before the last whitespace character, since a visible one
+    follows) and the newline another; cut there, the first chunk ends with W[:-1] (one token at the end of
+    a text) and the second starts with the newline (one token before a visible character). Cutting AFTER
+    the newline would not do: at the end of a text "\\n\\n" is one token, before a letter it is two.
+    A newline byte is never inside a UTF-8 character."""
+    return 0 < index < len(data) - 1 and data[index] == 0x0A and 0x21 <= data[index + 1] <= 0x7E
 
 
-def _next_safe_cut(data: bytes, start: int) -> int | None:
-    """The first safe cut at or after `start` (see _is_safe_cut), or None."""
-    index = data.find(b"\n", max(start - 1, 0))
+def _last_chunk_cut(data: bytes) -> int | None:
+    index = data.rfind(b"\n")
     while index != -1:
-        if _is_safe_cut(data, index + 1):
-            return index + 1
-        index = data.find(b"\n", index + 1)
+        if _is_chunk_cut(data, index):
+            return index
+        index = data.rfind(b"\n", 0, index)
     return None
 
 
 def split_point(path: Path, val_fraction: float) -> int:
     """Byte offset where a file's validation tail starts: (1 - val_fraction) of its size, moved forward to
-    the next safe cut (the exact offset, rounded back to a character start, when there is none)."""
+    the next line start (when there is none, to the next character start)."""
     size = path.stat().st_size
     target = int(round((1.0 - val_fraction) * size))
     with open(path, "rb") as handle:
         handle.seek(target)
         tail = handle.read()
-    cut = _next_safe_cut(tail, 1)
-    if cut is not None:
-        return target + cut
+    newline = tail.find(b"\n")
+    if newline != -1:
+        return target + newline + 1
     offset = target
     while offset < size and tail[offset - target] & 0xC0 == 0x80:   # skip UTF-8 continuation bytes
         offset += 1
@@ -126,7 +132,7 @@ def split_point(path: Path, val_fraction: float) -> int:
 
 
 def _text_chunks(path: Path, start: int, stop: int):
-    """Decoded text of bytes [start, stop) of `path`, in pieces that end at safe cuts (see module docstring)."""
+    """(decoded text, bytes) of bytes [start, stop) of `path`, in pieces cut as _is_chunk_cut allows."""
     with open(path, "rb") as handle:
         handle.seek(start)
         remaining, pending = stop - start, b""
@@ -136,7 +142,7 @@ def _text_chunks(path: Path, start: int, stop: int):
                 remaining = 0               # the file shrank while we read it: take what there is
             remaining -= len(block)
             pending += block
-            cut = len(pending) if remaining <= 0 else _last_safe_cut(pending)
+            cut = len(pending) if remaining <= 0 else _last_chunk_cut(pending)
             if cut is None:
                 continue                    # no boundary yet: read more before encoding
             piece, pending = pending[:cut], pending[cut:]
@@ -145,15 +151,6 @@ def _text_chunks(path: Path, start: int, stop: int):
             except UnicodeDecodeError as error:
                 raise ValueError(f"{path} is not UTF-8 text (byte {start + error.start} of the file); "
                                  f"convert it to UTF-8 or leave it out of --data") from error
-
-
-def _last_safe_cut(data: bytes) -> int | None:
-    index = data.rfind(b"\n")
-    while index != -1:
-        if _is_safe_cut(data, index + 1):
-            return index + 1
-        index = data.rfind(b"\n", 0, index)
-    return None
 
 
 @dataclass

@@ -165,8 +165,18 @@ def train(params, config, train_dataset, val_dataset, settings: TrainSettings, *
         return path
 
     history = []
+
+    def log(entry):
+        history.append(entry)
+        if run_log is not None:
+            run_log.log(entry)
+            if "eval_train_loss" in entry:
+                run_log.plot()
+        if on_log:
+            on_log(entry)
+
     bar = tqdm(total=settings.max_steps, initial=step, desc="numpy train", disable=not progress, leave=False)
-    phase, before = "idle", None          # "computing" a step (undoable), "updating" params (not undoable)
+    phase, before, unlogged = "idle", None, None   # phase: "computing" a step (undoable), "updating" params (not)
     with StopRequest() as stop:
         try:
             while step < settings.max_steps:
@@ -198,7 +208,7 @@ def train(params, config, train_dataset, val_dataset, settings: TrainSettings, *
                 phase = "idle"
                 seconds = time.perf_counter() - started
                 elapsed += seconds
-                entry = {"step": step, "epoch": stream.epoch, "train_loss": float(loss),
+                entry = unlogged = {"step": step, "epoch": stream.epoch, "train_loss": float(loss),
                          "train_perplexity": perplexity(loss), "lr": lr, "grad_norm": grad_norm,
                          "tokens_seen": tokens_seen,
                          "tokens_per_sec": indices.size * train_dataset.max_length / max(seconds, 1e-9),
@@ -211,13 +221,8 @@ def train(params, config, train_dataset, val_dataset, settings: TrainSettings, *
                                                           settings.eval_batches)
                         entry["val_perplexity"] = perplexity(entry["val_loss"])
                     bar.set_postfix(train=f"{entry['eval_train_loss']:.3f}", val=f"{entry.get('val_loss', math.nan):.3f}")
-                history.append(entry)
-                if run_log is not None:
-                    run_log.log(entry)
-                    if "eval_train_loss" in entry:
-                        run_log.plot()
-                if on_log:
-                    on_log(entry)
+                log(entry)
+                unlogged = None
                 bar.update(1)
                 if step == settings.max_steps or (settings.checkpoint_interval
                                                   and step % settings.checkpoint_interval == 0):
@@ -233,6 +238,8 @@ def train(params, config, train_dataset, val_dataset, settings: TrainSettings, *
             if phase == "computing":                       # the interrupted step's batch comes again
                 stream.load_state_dict(before[0])
                 dropout_rng.bit_generator.state = before[1]
+            elif unlogged is not None:                     # stopped while evaluating: the step itself is done
+                log(unlogged)
             path = save()
             raise TrainingInterrupted(f"stopped at step {step}; checkpoint saved to {path}; continue with "
                                       f"--resume {run_log.run_dir}") from interrupt

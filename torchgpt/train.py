@@ -101,11 +101,14 @@ def to_device(batch, device: torch.device):
     return batch
 
 
-def flops_per_token(model: torch.nn.Module, context_length: int) -> float:
-    """Training FLOPs per token, 6 N + 12 L C T (forward + backward of the weights, plus attention's
-    score and weighted-sum matmuls), N without the position embedding (a lookup, not a matmul)."""
-    config = model.config
-    n = sum(p.numel() for p in model.parameters()) - model.pos_emb.weight.numel()
+def flops_per_token(config, context_length: int) -> float:
+    """Training FLOPs per token, 6 N + 12 L C T (forward + backward through the weights, plus attention's
+    score and weighted-sum matmuls), N counting a tied weight once and leaving out the position embedding
+    (a lookup, not a matmul)."""
+    from npgpt.model import param_shapes
+    shapes = param_shapes(config)
+    n = sum(int(np.prod(shape)) for name, shape in shapes.items()
+            if name != "pos_emb.weight" and not (config.tie_weights and name == "out_head.weight"))
     return 6.0 * n + 12.0 * config.n_layers * config.emb_dim * context_length
 
 
@@ -261,10 +264,9 @@ class Trainer:
         self._phase = "idle"        # "computing" a step (undoable on Ctrl-C) or "updating" the parameters
         self.last_checkpoint: Path | None = None
         self._session = {"steps": 0, "tokens": 0, "seconds": 0.0}   # timing of this process's steps, first excluded
-        config = getattr(model, "config", None)
-        context_length = getattr(batches, "dataset", None)
-        self.flops_per_token = (flops_per_token(model, context_length.max_length)
-                                if config is not None and isinstance(context_length, SlidingWindowDataset) else None)
+        config, windows = getattr(model, "config", None), getattr(batches, "dataset", None)
+        self.flops_per_token = (flops_per_token(config, windows.max_length)
+                                if config is not None and isinstance(windows, SlidingWindowDataset) else None)
         self.peak_flops = peak_flops_per_device or peak_flops(self.device)
 
     # ----- state -------------------------------------------------------------------------------------
@@ -410,6 +412,13 @@ class Trainer:
         return {"steps": self._session["steps"], "tokens": tokens, "seconds": seconds,
                 "tokens_per_sec": tokens_per_sec, "mfu": self.mfu(tokens_per_sec) if seconds > 0 else None}
 
+    def _log(self, entry: dict, history: list, plot: bool) -> None:
+        history.append(entry)
+        if self.context.is_main and self.run_log is not None:
+            self.run_log.log(entry)
+            if plot:
+                self.run_log.plot()
+
     # ----- the loop ----------------------------------------------------------------------------------
 
     def fit(self) -> list[dict]:
@@ -418,7 +427,7 @@ class Trainer:
         settings, history = self.settings, []
         bar = tqdm(total=settings.max_steps, initial=self.step, desc="torch train", disable=not self.progress,
                    leave=False)
-        self._phase, first_step = "idle", True
+        self._phase, first_step, unlogged = "idle", True, None
         with StopRequest() as stop:
             try:
                 while self.step < settings.max_steps:
@@ -430,21 +439,18 @@ class Trainer:
                         self._session["tokens"] += result["tokens"]
                     self._session["steps"] += 1
                     first_step = False
-                    entry = self._entry(result)
+                    entry = unlogged = self._entry(result)
                     evaluated = self.step % settings.eval_interval == 0 or self.step == settings.max_steps
                     if evaluated:
                         entry.update(self.evaluate())
                         if self.sample_fn is not None and self.context.is_main:
                             entry["sample"] = self.sample_fn(self.model)
                             tqdm.write(f"step {self.step}: {entry['sample']!r}")
-                    history.append(entry)
+                    self._log(entry, history, plot=evaluated)
+                    unlogged = None
                     if self.context.is_main:
                         bar.update(1)
                         bar.set_postfix(loss=f"{result['loss']:.3f}", val=f"{entry.get('val_loss', math.nan):.3f}")
-                        if self.run_log is not None:
-                            self.run_log.log(entry)
-                            if evaluated:
-                                self.run_log.plot()
                     if self.step == settings.max_steps or (settings.checkpoint_interval and
                                                            self.step % settings.checkpoint_interval == 0):
                         self.save_checkpoint()
@@ -460,10 +466,10 @@ class Trainer:
                     self.batches.load_state_dict(before[0])
                     self._set_rng_state(before[1])
                     self.optimizer.zero_grad(set_to_none=True)
+                elif unlogged is not None:            # stopped while evaluating: the step itself is done
+                    self._log(unlogged, history, plot=False)
                 path = self.save_checkpoint()
                 raise TrainingInterrupted(f"stopped at step {self.step}; checkpoint saved to {path}; continue "
                                           f"with --resume {self.run_log.run_dir}") from interrupt
         bar.close()
-        if self.run_log is not None and self.context.is_main:
-            self.run_log.plot()
         return history
