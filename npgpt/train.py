@@ -110,14 +110,16 @@ def endless_batches(dataset, batch_size, seed, start_epoch=0):
 
 
 def evaluate_loss(params, config, dataset, batch_size, max_batches):
-    """Mean cross-entropy over the first `max_batches` batches of `dataset` (in order, no dropout)."""
-    losses = []
+    """Mean cross-entropy over the windows of the first `max_batches` batches of `dataset` (in order, no
+    dropout; a short last batch weighted by its rows)."""
+    total, count = 0.0, 0
     for i, (X, Y) in enumerate(iterate_batches(dataset, batch_size, shuffle=False, drop_last=False)):
         if i >= max_batches:
             break
         logits, _ = model.forward(params, X, config)
-        losses.append(cross_entropy_forward(logits, Y)[0])
-    return float(np.mean(losses)) if losses else math.nan
+        total += float(cross_entropy_forward(logits, Y)[0]) * len(X)
+        count += len(X)
+    return total / count if count else math.nan
 
 
 def _accumulate(total, grads):
@@ -214,11 +216,12 @@ def train(params, config, train_dataset, val_dataset, settings: TrainSettings, *
                          "tokens_per_sec": indices.size * train_dataset.max_length / max(seconds, 1e-9),
                          "elapsed_s": elapsed}
                 if step % settings.eval_interval == 0 or step == settings.max_steps:
+                    eval_micro_batches = settings.eval_batches * settings.grad_accum_steps   # global batches
                     entry["eval_train_loss"] = evaluate_loss(params, config, train_dataset, settings.batch_size,
-                                                             settings.eval_batches)
+                                                             eval_micro_batches)
                     if val_dataset is not None and len(val_dataset):
                         entry["val_loss"] = evaluate_loss(params, config, val_dataset, settings.batch_size,
-                                                          settings.eval_batches)
+                                                          eval_micro_batches)
                         entry["val_perplexity"] = perplexity(entry["val_loss"])
                     bar.set_postfix(train=f"{entry['eval_train_loss']:.3f}", val=f"{entry.get('val_loss', math.nan):.3f}")
                 log(entry)

@@ -225,8 +225,9 @@ class Trainer:
     """Trains `model` (a GPTModel, or any nn.Module with .config for checkpoints) with AdamW.
 
     batches: TokenBatches / LoaderBatches (or anything with next_step, state_dict, load_state_dict,
-    tokens_per_step). eval_sets: {name: () -> iterable of batches}; each evaluation logs
-    <name>_loss and <name>_perplexity over the first settings.eval_batches batches (mean of batch means).
+    tokens_per_step). eval_sets: {name: () -> iterable of micro-batches}; each evaluation logs
+    <name>_loss and <name>_perplexity, the mean loss over the examples of the first settings.eval_batches
+    global batches (eval_batches x grad_accum_steps x processes micro-batches, on rank 0).
     extra_eval(model) -> dict adds more numbers at each evaluation (e.g. accuracy).
     run_log: the run folder (metrics, plot, checkpoints); None trains without writing anything.
     sample_fn(model) -> str: a generation logged at each evaluation. on_step(trainer): after every step.
@@ -375,14 +376,19 @@ class Trainer:
             return {}
         self.model.eval()
         results = {}
+        # settings.eval_batches counts GLOBAL batches, so the evaluated examples do not depend on how the
+        # global batch is split into micro-batches and processes.
+        micro_batches = self.settings.eval_batches * self.settings.grad_accum_steps * self.context.world_size
         for name, make_batches in self.eval_sets.items():
-            losses = []
+            total, count = torch.zeros((), device=self.device), 0
             for i, batch in enumerate(make_batches()):
-                if i >= self.settings.eval_batches:
+                if i >= micro_batches:
                     break
+                rows = len(batch[0])           # a batch mean weighted by its rows: the mean over examples
                 with autocast(self.device, self.autocast_dtype):
-                    losses.append(self.loss_fn(self.eval_model, to_device(batch, self.device)).float())
-            mean = float(torch.stack(losses).mean().item()) if losses else math.nan
+                    total += self.loss_fn(self.eval_model, to_device(batch, self.device)).float() * rows
+                count += rows
+            mean = float((total / count).item()) if count else math.nan
             results[f"{name}_loss"], results[f"{name}_perplexity"] = mean, perplexity(mean)
         if self.extra_eval is not None:
             results.update(self.extra_eval(self.model))

@@ -88,26 +88,26 @@ def register(subparsers):
 # options: defaults, a resumed run's saved values, explicit flags
 # ---------------------------------------------------------------------------------------------------
 
-def resolve_options(args) -> tuple[dict, dict | None, Path | None]:
-    """(options, saved run config or None, checkpoint to resume or None); explicit flags win."""
+def resolve_options(args) -> tuple[dict, dict | None, Path | None, bool]:
+    """(options, config.json of the run being resumed or None, checkpoint to resume or None, whether the run
+    continues in its own folder). Explicit flags win over the resumed run's options, which win over DEFAULTS."""
     from npgpt.runs import RUN_CONFIG_FILE, resolve_resume
     given = {name: getattr(args, name) for name in RUN_OPTIONS if getattr(args, name, None) is not None}
-    saved, checkpoint = None, None
+    source, checkpoint, same_folder = None, None, False
     options = dict(DEFAULTS)
     if args.resume:
         checkpoint, run_dir = resolve_resume(args.resume)
         if run_dir is not None:
-            saved = json.loads((run_dir / RUN_CONFIG_FILE).read_text(encoding="utf-8"))
-            options.update(saved.get("options", {}))
-            if args.out and Path(args.out).resolve() != run_dir.resolve():
-                saved = None      # continuing into a new folder: a new run that starts from the checkpoint
-            elif not args.out:
+            source = json.loads((run_dir / RUN_CONFIG_FILE).read_text(encoding="utf-8"))
+            options.update(source.get("options", {}))
+            if not args.out:
                 args.out = str(run_dir)
+            same_folder = Path(args.out).resolve() == run_dir.resolve()
         elif not args.out:
             raise ValueError(f"--resume {args.resume} is a checkpoint outside a run folder; give --out DIR for "
                              f"the continued run")
     options.update(given)
-    return options, saved, checkpoint
+    return options, source, checkpoint, same_folder
 
 
 def training_settings(options: dict, world_size: int):
@@ -243,7 +243,7 @@ def strip_nproc(argv: list[str]) -> list[str]:
 
 def train_command(args) -> int:
     from npgpt.runs import RunLog, list_checkpoints
-    options, saved, checkpoint = resolve_options(args)
+    options, saved, checkpoint, same_folder = resolve_options(args)
     given = {name for name in RUN_OPTIONS if getattr(args, name, None) is not None}
     if options["backend"] == "numpy":
         for name in ("compile", "sdpa", "sample_prompt"):
@@ -260,7 +260,7 @@ def train_command(args) -> int:
                   f"cosine horizon); pass --lr-decay-steps to stretch it (the run then differs from one that "
                   f"planned it)", file=sys.stderr)
         out = Path(args.out) if args.out else Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
-        if checkpoint is None and list_checkpoints(out):
+        if not same_folder and list_checkpoints(out):
             raise ValueError(f"--out {out} already holds a run with checkpoints; continue it with --resume {out} "
                              f"or choose another --out")
         progress = not args.quiet
@@ -277,7 +277,7 @@ def train_command(args) -> int:
         options["stride"] = options["stride"] or context_length
         train_set, val_set = window_datasets(corpus, context_length, options["stride"])
         run_log = RunLog(out, enabled=context.is_main)
-        if checkpoint is not None and saved is not None:
+        if same_folder:
             run_log.continue_from(_checkpoint_step(checkpoint))
         run_log.write_config({"options": options, "backend": options["backend"], "model": config.to_dict(),
                               "data": data_info, "settings": _settings_json(settings),

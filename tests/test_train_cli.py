@@ -1,0 +1,120 @@
+"""`gpt2 train`: the run folder it writes, exact resume through the CLI (torch and NumPy), --init-from, errors."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from gpt2cli.main import main
+from npgpt.checkpoint import load_checkpoint
+from npgpt.fileio import read_jsonl
+from npgpt.runs import latest_checkpoint, list_checkpoints
+from npgpt.weights import load_weights
+from tests.fake_checkpoints import openai_hparams, openai_to_hf_tensors, random_openai_tensors, write_hf_checkpoint
+
+# A GPT-2-vocabulary model small enough for seconds per run: 50257 x 8 embedding, one block.
+SMALL = ["--model", "tiny", "--emb-dim", "8", "--n-heads", "2", "--n-layers", "1", "--context-length", "16",
+         "--batch-size", "2", "--eval-batches", "1", "--device", "cpu", "--quiet"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def train(tmp_path, *args):
+    return main(["train", *SMALL, "--token-cache", str(tmp_path / "tokens"), *args])
+
+
+def train_losses(run_dir):
+    return [r["train_loss"] for r in read_jsonl(run_dir / "metrics.jsonl")]
+
+
+@pytest.mark.parametrize("backend", ["torch", "numpy"])
+def test_run_folder_and_exact_resume_through_the_cli(tmp_path, capsys, backend):
+    run, whole = tmp_path / "run", tmp_path / "whole"
+    common = ["--backend", backend, "--lr-decay-steps", "6", "--eval-interval", "2", "--checkpoint-interval", "2"]
+    assert train(tmp_path, *common, "--out", str(run), "--max-steps", "4") == 0
+    summary = capsys.readouterr().out
+    assert "tokens/s" in summary and f"{backend} on cpu: steps 1..4" in summary
+
+    records = read_jsonl(run / "metrics.jsonl")
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    for key in ("train_loss", "train_perplexity", "lr", "tokens_seen", "tokens_per_sec", "epoch"):
+        assert all(key in r for r in records)
+    assert [("val_loss" in r) for r in records] == [False, True, False, True]
+    assert records[1]["val_perplexity"] == pytest.approx(np.exp(records[1]["val_loss"]))
+    assert records[-1]["tokens_seen"] == 4 * 2 * 16
+    assert (run / "metrics.csv").read_text().splitlines()[0].startswith("step,epoch,train_loss")
+    assert (run / "loss.png").stat().st_size > 1000
+    config = json.loads((run / "config.json").read_text())
+    assert config["backend"] == backend and config["model"]["emb_dim"] == 8 and config["options"]["max_steps"] == 4
+    assert [step for step, _ in list_checkpoints(run)] == [2, 4]
+    state = load_checkpoint(latest_checkpoint(run))[2]
+    assert state["step"] == 4 and {"optimizer", "scheduler", "rng", "data"} <= set(state)
+
+    # --resume RUN_DIR --max-steps 6: the same folder, options from its config.json, metrics appended
+    assert main(["train", "--resume", str(run), "--max-steps", "6", "--quiet"]) == 0
+    assert [r["step"] for r in read_jsonl(run / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+    assert len((run / "metrics.csv").read_text().splitlines()) == 7
+    assert train(tmp_path, *common, "--out", str(whole), "--max-steps", "6") == 0
+    assert train_losses(run) == train_losses(whole)
+
+
+def test_resume_drops_metrics_logged_after_the_last_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    assert train(tmp_path, "--out", str(run), "--max-steps", "3", "--checkpoint-interval", "2",
+                 "--keep-checkpoints", "0", "--eval-interval", "10") == 0
+    import shutil
+    shutil.rmtree(latest_checkpoint(run))                       # as if the run had crashed after step 3
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert [r["step"] for r in read_jsonl(run / "metrics.jsonl")] == [1, 2, 3]
+
+
+def test_init_from_released_weights_and_a_sample(tmp_path):
+    hparams = openai_hparams(n_vocab=50257, n_ctx=16, n_embd=8, n_head=2, n_layer=1)
+    tensors = random_openai_tensors(hparams, seed=0)
+    weights = write_hf_checkpoint(tmp_path / "hf", hparams, openai_to_hf_tensors(tensors, hparams))
+    run = tmp_path / "run"
+    assert main(["train", "--init-from", str(weights), "--out", str(run), "--max-steps", "1", "--lr", "1e-12",
+                 "--batch-size", "2", "--context-length", "8", "--device", "cpu", "--quiet", "--token-cache",
+                 str(tmp_path / "tokens"), "--sample-prompt", "Every effort moves", "--sample-tokens", "3"]) == 0
+    _, released = load_weights(weights)
+    _, trained, _ = load_checkpoint(latest_checkpoint(run))
+    for name, value in released.items():                       # started from the weights (lr ~ 0)
+        np.testing.assert_allclose(trained[name], value, atol=1e-6)
+    record = read_jsonl(run / "metrics.jsonl")[0]
+    assert isinstance(record["sample"], str)
+    assert json.loads((run / "config.json").read_text())["model"]["context_length"] == 16
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--resume", "no/such/run"], "no such file or folder"),
+    (["--data", "no-such-data"], "neither a file, a folder nor a data set name"),
+    (["--backend", "numpy", "--nproc", "2"], "--nproc needs the torch backend"),
+    (["--backend", "numpy", "--compile"], "torch backend only"),
+    (["--max-steps", "0"], "max_steps must be positive"),
+    (["--context-length", "4096", "--init-from", "WEIGHTS"], "exceeds the model's context length 16"),
+])
+def test_errors_are_one_line_with_the_fix(tmp_path, capsys, args, message):
+    if "WEIGHTS" in args:
+        hparams = openai_hparams(n_vocab=50257, n_ctx=16, n_embd=8, n_head=2, n_layer=1)
+        tensors = random_openai_tensors(hparams, seed=0)
+        args[args.index("WEIGHTS")] = str(write_hf_checkpoint(tmp_path / "hf", hparams,
+                                                              openai_to_hf_tensors(tensors, hparams)))
+    code = main(["train", "--out", str(tmp_path / "run"), "--quiet", "--device", "cpu", "--token-cache",
+                 str(tmp_path / "tokens"), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_finished_run_is_not_overwritten(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train(tmp_path, "--out", str(run), "--max-steps", "1") == 0
+    assert train(tmp_path, "--out", str(run), "--max-steps", "1") == 2
+    assert f"continue it with --resume {run}" in capsys.readouterr().err
