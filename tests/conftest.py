@@ -34,3 +34,14 @@ def shared_data_dir() -> Path:
     if not folder.is_dir():
         pytest.fail("no data: set GPT2_DATA_DIR to a folder holding the files of data/manifest.json")
     return folder
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch with one intra-op thread for the module: faster on a busy 2-core machine, and CPU results that
+    do not depend on the core count. Use with pytestmark = pytest.mark.usefixtures("one_torch_thread")."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from gpt2cli.main import main
 from npgpt.checkpoint import load_checkpoint
@@ -19,12 +18,7 @@ SMALL = ["--model", "tiny", "--emb-dim", "8", "--n-heads", "2", "--n-layers", "1
          "--batch-size", "2", "--eval-batches", "1", "--device", "cpu", "--quiet"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def train(tmp_path, *args):

@@ -8,13 +8,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
+import pytest
 
 from gpt2cli.main import main
 from npgpt.fileio import read_jsonl
 from npgpt.runs import checkpoint_path
 from torchgpt.distributed import free_port
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # drop_rate 0: the processes draw their own dropout masks, which one process cannot reproduce.
 COMMON = ["--model", "tiny", "--emb-dim", "8", "--n-heads", "2", "--n-layers", "1", "--context-length", "16",
@@ -33,16 +34,10 @@ def test_two_gloo_processes_train_like_one_and_their_checkpoint_resumes_in_one(t
     assert "x2" in result.stdout                             # the summary line comes from rank 0 only, once
     assert result.stdout.count("tokens/s") == 1
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(["train", *COMMON, *cache, "--batch-size", "4", "--out", str(single_run)]) == 0
-        # The DDP run's step-2 checkpoint, continued by one process into a new folder: --grad-accum 2 keeps
-        # the global batch of 4 (2 per process x 2 processes).
-        assert main(["train", "--resume", str(checkpoint_path(ddp_run, 2)), "--out", str(resumed_run),
-                     "--quiet"]) == 0
-    finally:
-        torch.set_num_threads(before)
+    assert main(["train", *COMMON, *cache, "--batch-size", "4", "--out", str(single_run)]) == 0
+    # The DDP run's step-2 checkpoint, continued by one process into a new folder: --grad-accum 2 keeps
+    # the global batch of 4 (2 per process x 2 processes).
+    assert main(["train", "--resume", str(checkpoint_path(ddp_run, 2)), "--out", str(resumed_run), "--quiet"]) == 0
 
     ddp, single = read_jsonl(ddp_run / "metrics.jsonl"), read_jsonl(single_run / "metrics.jsonl")
     assert [r["step"] for r in ddp] == [1, 2, 3, 4]
