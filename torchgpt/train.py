@@ -207,16 +207,6 @@ def ordered_batches(dataset, batch_size: int) -> Callable[[], Iterable]:
     return lambda: iterate_batches(dataset, batch_size, shuffle=False, drop_last=False)
 
 
-@torch.no_grad()
-def greedy_continuation(model, prompt_ids: list[int], max_new_tokens: int, device: torch.device) -> list[int]:
-    """The prompt followed by `max_new_tokens` greedily chosen ids (for a quick look at a training run)."""
-    ids = torch.tensor([prompt_ids], device=device)
-    for _ in range(max_new_tokens):
-        logits = model(ids[:, -model.config.context_length:])[:, -1, :]
-        ids = torch.cat([ids, logits.argmax(dim=-1, keepdim=True)], dim=1)
-    return ids[0].tolist()
-
-
 # ---------------------------------------------------------------------------------------------------
 # the loop
 # ---------------------------------------------------------------------------------------------------
@@ -230,7 +220,7 @@ class Trainer:
     global batches (eval_batches x grad_accum_steps x processes micro-batches, on rank 0).
     extra_eval(model) -> dict adds more numbers at each evaluation (e.g. accuracy).
     run_log: the run folder (metrics, plot, checkpoints); None trains without writing anything.
-    sample_fn(model) -> str: a generation logged at each evaluation. on_step(trainer): after every step.
+    sample_fn(model) -> str: a generation logged at each evaluation (the model in eval mode). on_step(trainer): after every step.
     """
 
     def __init__(self, model: torch.nn.Module, batches, settings: TrainSettings, *,
@@ -450,7 +440,9 @@ class Trainer:
                     if evaluated:
                         entry.update(self.evaluate())
                         if self.sample_fn is not None and self.context.is_main:
+                            self.model.eval()
                             entry["sample"] = self.sample_fn(self.model)
+                            self.model.train()
                             tqdm.write(f"step {self.step}: {entry['sample']!r}")
                     self._log(entry, history, plot=evaluated)
                     unlogged = None

@@ -350,7 +350,7 @@ def _train_torch(config, params, checkpoint, train_set, val_set, settings, run_l
                  progress) -> int:
     import torch
     from torchgpt import GPTModel, load_numpy_params
-    from torchgpt.train import RuntimeOptions, TokenBatches, Trainer, greedy_continuation, ordered_batches
+    from torchgpt.train import RuntimeOptions, TokenBatches, Trainer, ordered_batches
     torch.manual_seed(settings.seed + context.rank)      # dropout masks differ per process
     use_sdpa = options["sdpa"] if options["sdpa"] is not None else device.type == "cuda"
     model = GPTModel(config, use_sdpa=use_sdpa, seed=settings.seed)
@@ -368,8 +368,8 @@ def _train_torch(config, params, checkpoint, train_set, val_set, settings, run_l
         prompt = tokenizer.encode(options["sample_prompt"])
 
         def sample_fn(trained_model):
-            ids = greedy_continuation(trained_model, prompt, options["sample_tokens"], device)
-            return tokenizer.decode(ids[len(prompt):])
+            from torchgpt.generate import generate
+            return tokenizer.decode(generate(trained_model, prompt, options["sample_tokens"]))
     trainer = Trainer(model, TokenBatches(train_set, settings, context), settings, eval_sets=eval_sets,
                       runtime=runtime, device=device, context=context, run_log=run_log,
                       metadata={"run": str(run_log.run_dir)}, sample_fn=sample_fn, progress=progress,
