@@ -14,7 +14,7 @@ from typing import Sequence
 from npgpt.fileio import atomic_write_bytes
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
@@ -23,7 +23,7 @@ def _pyplot():
 
 def save_figure(figure, path: str | os.PathLike, dpi: int = 120) -> Path:
     """Renders a matplotlib figure to PNG (atomically) and closes it."""
-    plt = _pyplot()
+    plt = pyplot()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(figure)
@@ -44,7 +44,7 @@ def plot_curves(path: str | os.PathLike, x: Sequence[float], series: dict[str, S
     secondary_x = ("tokens seen", values aligned with x) adds a second x axis on top, as the book's
     loss plot does (steps below, tokens seen above).
     """
-    plt = _pyplot()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(6.5, 4.0))
     for label, ys in series.items():
         xs, ys = _finite_points(x, ys)
@@ -60,12 +60,19 @@ def plot_curves(path: str | os.PathLike, x: Sequence[float], series: dict[str, S
     axis.legend()
     if secondary_x is not None and len(x) >= 2:
         label, values = secondary_x
-        top = axis.twiny()
-        top.set_xlim(axis.get_xlim())
-        ticks = axis.get_xticks()
-        # The secondary values are a monotone function of x given at the logged points: interpolate.
-        import numpy as np
-        top.set_xticks(ticks)
-        top.set_xticklabels([f"{v:,.0f}" for v in np.interp(ticks, list(x), list(values))], fontsize=7)
-        top.set_xlabel(label)
+        add_secondary_axis(axis, x, values, label)
     return save_figure(figure, path)
+
+
+def add_secondary_axis(axis, x: Sequence[float], values: Sequence[float], label: str):
+    """A second x axis on top of `axis` labelled with `values` (a monotone function of x, e.g. tokens seen)."""
+    import numpy as np
+
+    top = axis.twiny()
+    top.set_xlim(axis.get_xlim())
+    # Ticks of the bottom axis that fall inside the logged range; values in between are interpolated.
+    ticks = [t for t in axis.get_xticks() if min(x) <= t <= max(x)]
+    top.set_xticks(ticks)
+    top.set_xticklabels([f"{v:,.0f}" for v in np.interp(ticks, list(x), list(values))], fontsize=7)
+    top.set_xlabel(label)
+    return top
