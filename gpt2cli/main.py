@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "gpt2cli.commands.evaluate",
     "gpt2cli.commands.generate",
     "gpt2cli.commands.train",
+    "gpt2cli.commands.classify",
 ]
 
 

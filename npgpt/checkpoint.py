@@ -7,7 +7,7 @@ A checkpoint is a folder:
                                   "metadata": {...}}
     model.safetensors            every parameter once (a tied head is stored under its first name only;
                                   `aliases` restores it as the same array); its header metadata repeats the
-                                  config, so the file alone is self-describing
+                                  config and the metadata, so the file alone is self-describing
     training_state.json          optional: the training state's JSON-able part (step, scheduler, RNG states,
                                   optimizer hyperparameters); arrays are replaced by {"__array__": "<key>"}
     training_state.safetensors   optional: the training state's arrays under those keys
@@ -217,7 +217,7 @@ def save_checkpoint(path: str | os.PathLike, params: dict[str, np.ndarray], conf
     def build(folder: Path):
         write_safetensors(folder / MODEL_FILE, stored, metadata={
             "format": CHECKPOINT_FORMAT, "config": json.dumps(config.to_dict()), "aliases": json.dumps(aliases),
-            "param_order": json.dumps(list(params))})
+            "param_order": json.dumps(list(params)), "metadata": json.dumps(metadata or {})})
         _write_json(folder / CONFIG_FILE, header)
         if training_state is not None:
             write_safetensors(folder / STATE_TENSORS_FILE, state_arrays)
@@ -255,7 +255,8 @@ def _read_header(path: Path) -> tuple[dict, Path]:
         except WeightsError as error:
             raise CheckpointError(str(error)) from error
         return {"config": json.loads(meta["config"]), "aliases": json.loads(meta.get("aliases", "{}")),
-                "param_order": json.loads(meta.get("param_order", "[]")), "metadata": {}}, path
+                "param_order": json.loads(meta.get("param_order", "[]")),
+                "metadata": json.loads(meta.get("metadata", "{}"))}, path
     file = path / CONFIG_FILE
     if not file.is_file():
         raise FileNotFoundError(f"missing {file}: {path} is not a checkpoint folder (save one with save_checkpoint)")
@@ -311,6 +312,6 @@ def load_checkpoint(path: str | os.PathLike, *, load_training_state: bool = True
 
 
 def read_checkpoint_metadata(path: str | os.PathLike) -> dict:
-    """The `metadata` dict saved with a checkpoint (empty for a bare model.safetensors)."""
+    """The `metadata` dict saved with a checkpoint (from config.json, or from a bare model.safetensors' header)."""
     header, _ = _read_header(Path(path))
     return header.get("metadata", {})

@@ -148,17 +148,23 @@ def trunk_forward(params, idx, config: GPTConfig, *, train=False, rng=None, kv_c
     return x, (config, params, tok_cache, pos_cache, drop_cache, block_caches, norm_cache)
 
 
-def trunk_backward(dx, cache, grads):
+def trunk_backward(dx, cache, grads, first_block=0):
     """dx: (B, T, C) gradient of the final-normed hidden states -> fills `grads` for every trunk parameter.
 
     If `grads` already holds "out_head.weight" and the head is tied, the embedding gradient is
     scatter-added into that same array (one array, one gradient = head part + embedding part).
+    first_block > 0 stops the backward after block `first_block` (finetuning only the last blocks):
+    the earlier blocks and the embeddings get no entry in `grads`, and their backward is never computed.
     """
     config, params, tok_cache, pos_cache, drop_cache, block_caches, norm_cache = cache
+    if not 0 <= first_block <= config.n_layers:
+        raise ValueError(f"first_block must be in [0, {config.n_layers}], got {first_block}")
     dx, grads["final_norm.scale"], grads["final_norm.shift"] = layernorm_backward(dx, norm_cache)
-    for i in reversed(range(config.n_layers)):
+    for i in reversed(range(first_block, config.n_layers)):
         dx, block_grads = block_backward(dx, block_caches[i])
         grads.update(prefixed(block_grads, f"blocks.{i}."))
+    if first_block > 0:
+        return grads
     dx = dropout_backward(dx, drop_cache)
     grads["pos_emb.weight"] = pos_embedding_backward(dx, pos_cache)
     tied = params.get("out_head.weight") is params["tok_emb.weight"] and "out_head.weight" in grads

@@ -12,6 +12,7 @@ import importlib
 
 # Order here is the order in `gpt2 finetune --help`.
 FINETUNE_MODULES: list[str] = [
+    "gpt2cli.commands.finetune_classify",
 ]
 
 

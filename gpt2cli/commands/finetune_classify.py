@@ -1,0 +1,252 @@
+"""`gpt2 finetune classify`: finetune a GPT as an SMS spam classifier (ham / spam), the book's chapter 6.
+
+    gpt2 finetune classify --init-from gpt2/124M --out runs/spam            # from OpenAI/HF/our weights
+    gpt2 finetune classify --model tiny --trainable all --lr 1e-3 --out runs/spam-scratch   # from scratch
+
+The run folder (--out) receives:
+    model/          the classifier checkpoint (npgpt.checkpoint format; metadata: task, labels, max_length)
+    metrics.json    train/val/test accuracy, precision, recall, F1 and confusion matrix on the test split,
+                    plus the settings, sizes and the whole history
+    log.jsonl       one line per step and per epoch, written as training goes
+    loss.png, accuracy.png
+"""
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+import warnings
+from pathlib import Path
+
+DEFAULT_PRESET = "gpt2-small"
+
+
+def register(actions):
+    from npgpt.classifier import TRAINABLE_CHOICES
+
+    parser = actions.add_parser(
+        "classify", help="finetune a GPT as an SMS spam classifier (ham/spam)",
+        description="Replace the GPT's output head by a ham/spam head read at each message's last real token "
+                    "and finetune it on the UCI SMS Spam Collection (balanced 747 + 747 by default, split "
+                    "70/10/20).")
+    model = parser.add_argument_group("model")
+    model.add_argument("--init-from", metavar="PATH", default=None,
+                       help="start from these weights: an OpenAI GPT-2 folder, a Hugging Face folder or "
+                            ".safetensors file, or one of our checkpoints / run folders (default: from scratch)")
+    model.add_argument("--model", metavar="PRESET", default=None,
+                       help=f"model size trained from scratch when there is no --init-from (default "
+                            f"{DEFAULT_PRESET}; tiny, gpt2-small, ... or 124M, ...)")
+    model.add_argument("--trainable", choices=TRAINABLE_CHOICES, default="last-k",
+                       help="what trains: the head only, the last --last-k blocks + final norm + head "
+                            "(default, the book's choice), or all parameters")
+    model.add_argument("--last-k", type=int, default=1, metavar="K",
+                       help="number of last blocks that train with --trainable last-k (default 1)")
+    model.add_argument("--drop-rate", type=float, default=0.0, help="dropout while finetuning (default 0.0)")
+
+    data = parser.add_argument_group("data")
+    data.add_argument("--data-file", metavar="PATH", default=None,
+                      help="a `label<TAB>text` file (default: the SMS Spam Collection from the data manifest)")
+    data.add_argument("--data-dir", default=None, help="data folder for the manifest's files "
+                                                       "(default: $GPT2_DATA_DIR, else <repo>/data/cache)")
+    data.add_argument("--no-balance", action="store_true",
+                      help="keep every message (4,827 ham, 747 spam) and weight the loss by class instead of "
+                           "undersampling ham to 747")
+    data.add_argument("--max-length", type=int, default=None, metavar="TOKENS",
+                      help="pad/truncate messages to this many tokens (default: the longest training message, "
+                           "at most the model's context length)")
+    data.add_argument("--seed", type=int, default=123,
+                      help="seed of the balancing, the split, the initialization, batch order and dropout")
+
+    train = parser.add_argument_group("training")
+    train.add_argument("--epochs", type=int, default=5)
+    train.add_argument("--batch-size", type=int, default=8)
+    train.add_argument("--lr", type=float, default=5e-5, help="AdamW learning rate (default 5e-5)")
+    train.add_argument("--weight-decay", type=float, default=0.1)
+    train.add_argument("--grad-clip", type=float, default=None, metavar="NORM",
+                       help="clip the global gradient norm (default: no clipping, as the book)")
+    train.add_argument("--eval-interval", type=int, default=50, metavar="STEPS",
+                       help="evaluate train/validation loss every STEPS optimizer steps (default 50)")
+    train.add_argument("--eval-batches", type=int, default=5, metavar="N",
+                       help="batches per loss evaluation (default 5)")
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--backend", choices=("torch", "numpy"), default="torch")
+    run.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:N, mps (default auto)")
+    run.add_argument("--out", metavar="DIR", default="runs/classify",
+                     help="run folder for the checkpoint, plots and metrics.json (default runs/classify)")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run_finetune)
+
+
+@contextlib.contextmanager
+def one_line_warnings():
+    """Warnings (e.g. truncated messages) as `warning: ...` lines on stderr, without source lines."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", UserWarning)
+        warnings.showwarning = show
+        yield
+
+
+def load_initial_model(args):
+    """(config, LM-or-classifier params, description) from --init-from, else a fresh --model preset."""
+    import numpy as np
+
+    from npgpt.config import get_config
+    from npgpt.model import init_params
+    from npgpt.weights import load_weights
+    from gpt2cli.commands.classify import resolve_checkpoint_path
+
+    if args.init_from is None:
+        preset = args.model or DEFAULT_PRESET
+        config = get_config(preset)
+        return config, init_params(config, seed=args.seed, dtype=np.float32), f"from scratch ({preset})"
+    config, params = load_weights(resolve_checkpoint_path(args.init_from))
+    if args.model is not None:
+        wanted = get_config(args.model)
+        shape = ("emb_dim", "n_heads", "n_layers")
+        if any(getattr(wanted, field) != getattr(config, field) for field in shape):
+            raise ValueError(f"--model {args.model} does not match the weights in {args.init_from} "
+                             f"(emb_dim={config.emb_dim}, n_heads={config.n_heads}, n_layers={config.n_layers}); "
+                             f"leave --model out, the size comes from --init-from")
+    params = {name: np.asarray(value, dtype=np.float32) for name, value in params.items()}
+    if "out_head.weight" in params and config.tie_weights:
+        params["out_head.weight"] = params["tok_emb.weight"]
+    return config, params, f"--init-from {args.init_from}"
+
+
+def make_backend(name, params, config, num_classes, device_name):
+    if name == "numpy":
+        if device_name not in ("auto", "cpu"):
+            raise ValueError(f"--backend numpy runs on the CPU; drop --device {device_name} or use --backend torch")
+        from npgpt.classifier_train import NumpyClassifierBackend
+        return NumpyClassifierBackend(params, config, num_classes), "cpu"
+    from torchgpt import pick_device
+    from torchgpt.classifier_train import TorchClassifierBackend
+    device = pick_device(device_name)
+    return TorchClassifierBackend(params, config, num_classes, device=device), str(device)
+
+
+def run_finetune(args) -> int:
+    with one_line_warnings():
+        return _run(args)
+
+
+def _run(args) -> int:
+    import numpy as np
+
+    from npgpt import classifier
+    from npgpt.checkpoint import save_checkpoint
+    from npgpt.classification_data import (PAD_TOKEN_ID, SMS_LABELS, balance_classes, encode_messages,
+                                           read_sms_spam, split_frame)
+    from npgpt.classifier_train import ClassifierSettings, train_classifier
+    from npgpt.datasets import fetch
+    from npgpt.fileio import append_jsonl, atomic_write_json
+    from npgpt.plots import plot_curves
+    from npgpt.tokenizer import get_tokenizer
+
+    settings = ClassifierSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                                  weight_decay=args.weight_decay, eval_interval=args.eval_interval,
+                                  eval_batches=args.eval_batches, grad_clip=args.grad_clip, seed=args.seed)
+    if not 0.0 <= args.drop_rate < 1.0:
+        raise ValueError(f"--drop-rate must be in [0, 1), got {args.drop_rate}")
+    out = Path(args.out)
+    data_file = Path(args.data_file) if args.data_file else fetch("sms-spam", args.data_dir, progress=not args.quiet)
+    frame = read_sms_spam(data_file)
+    if not args.no_balance:
+        frame = balance_classes(frame, seed=args.seed)
+    train_frame, val_frame, test_frame = split_frame(frame, seed=args.seed)
+    for split, part in (("training", train_frame), ("validation", val_frame), ("test", test_frame)):
+        if len(part) == 0:
+            raise ValueError(f"{data_file}: the {split} split is empty ({len(frame)} messages in all); "
+                             f"give more messages")
+
+    lm_config, lm_params, source = load_initial_model(args)
+    if lm_config.vocab_size <= PAD_TOKEN_ID:
+        raise ValueError(f"the model's vocabulary has {lm_config.vocab_size} tokens, but messages are encoded with "
+                         f"the GPT-2 tokenizer (50257 tokens, padding id {PAD_TOKEN_ID}); use a model with "
+                         f"vocab_size 50257")
+    lm_config = lm_config.replace(drop_rate=args.drop_rate)
+    config, params = classifier.classifier_from_lm_params(lm_params, lm_config, len(SMS_LABELS), seed=args.seed)
+    del lm_params
+    trainable_names = classifier.trainable_param_names(config, args.trainable, args.last_k)
+
+    tokenizer = get_tokenizer()
+    # Padded to --max-length, else to the longest training message (at most the context length); the
+    # validation and test messages to the same length.
+    train = encode_messages(train_frame, tokenizer, max_length=args.max_length, length_cap=config.context_length,
+                            what="training messages")
+    max_length = train.max_length
+    val, test = (encode_messages(part, tokenizer, max_length=max_length, what=f"{split} messages")
+                 for split, part in (("validation", val_frame), ("test", test_frame)))
+    class_weights = classifier.balanced_class_weights(train.labels, len(SMS_LABELS)) if args.no_balance else None
+
+    backend, device = make_backend(args.backend, params, config, len(SMS_LABELS), args.device)
+    backend.prepare_training(trainable_names, settings, class_weights)
+    trainable_count = sum(int(params[name].size) for name in trainable_names)
+    total_count = sum(int(value.size) for value in params.values())
+    print(f"classifier: {source}, {config.n_layers} blocks x {config.emb_dim} wide; trains {args.trainable} "
+          f"({trainable_count:,} of {total_count:,} parameters) with the {args.backend} backend on {device}")
+    print(f"data: {len(train)} train / {len(val)} validation / {len(test)} test messages"
+          f"{' (balanced)' if not args.no_balance else ' (all, class-weighted loss)'}, padded to {max_length} tokens")
+
+    out.mkdir(parents=True, exist_ok=True)
+    log_file = out / "log.jsonl"
+    log_file.unlink(missing_ok=True)
+    started = time.perf_counter()
+    history = train_classifier(backend, train, val, test, settings, class_weights=class_weights,
+                               progress=not args.quiet,
+                               on_log=lambda kind, entry: append_jsonl(log_file, {"kind": kind, **entry}))
+    train_seconds = time.perf_counter() - started
+
+    test_predictions = history.pop("test_logits").argmax(axis=-1)
+    test_metrics = classifier.classification_metrics(test.labels, test_predictions, len(SMS_LABELS),
+                                                     positive=SMS_LABELS.index("spam"))
+    final = history["epochs"][-1]
+    metrics = {
+        "train_accuracy": final["train_accuracy"], "val_accuracy": final["val_accuracy"],
+        "test_accuracy": final["test_accuracy"], "precision": test_metrics["precision"],
+        "recall": test_metrics["recall"], "f1": test_metrics["f1"],
+        "confusion_matrix": test_metrics["confusion_matrix"],
+        "confusion_matrix_layout": "rows: true label, columns: predicted label, in the order of `labels`",
+        "labels": list(SMS_LABELS), "positive_label": "spam",
+        "split_sizes": {"train": len(train), "val": len(val), "test": len(test)}, "balanced": not args.no_balance,
+        "class_weights": None if class_weights is None else [float(w) for w in class_weights],
+        "max_length": max_length,
+        "truncated_messages": {"train": train.num_truncated, "val": val.num_truncated, "test": test.num_truncated},
+        "init": source, "trainable": args.trainable, "last_k": args.last_k if args.trainable == "last-k" else None,
+        "trainable_params": trainable_count, "total_params": total_count,
+        "backend": args.backend, "device": device, "train_seconds": round(train_seconds, 2),
+        "settings": settings.to_dict(), "model_config": config.to_dict(),
+        "arguments": {key: value for key, value in vars(args).items() if key != "func"},
+        "history": history,
+    }
+    checkpoint = save_checkpoint(out / "model", backend.numpy_params(), config, metadata={
+        "task": "classification", "labels": list(SMS_LABELS), "num_classes": len(SMS_LABELS),
+        "max_length": max_length, "pad_token_id": PAD_TOKEN_ID, "tokenizer": "gpt2",
+        "init": source, "trainable": args.trainable, "test_accuracy": final["test_accuracy"]})
+    write_plots(out, history, plot_curves)
+    atomic_write_json(out / "metrics.json", metrics)
+    print(f"test: accuracy {metrics['test_accuracy']:.2%}, precision {metrics['precision']:.3f}, recall "
+          f"{metrics['recall']:.3f}, F1 {metrics['f1']:.3f}, confusion [[TN, FP], [FN, TP]] = "
+          f"{metrics['confusion_matrix']}")
+    print(f"trained in {train_seconds:.1f} s; checkpoint {checkpoint}, metrics {out / 'metrics.json'}")
+    return 0
+
+
+def write_plots(out: Path, history: dict, plot_curves) -> None:
+    """loss.png: batch loss every step, eval train/validation loss at eval steps; accuracy.png per epoch."""
+    steps = history["steps"]
+    x = [entry["step"] for entry in steps]
+    plot_curves(out / "loss.png", x, {
+        "train loss (batch)": [entry["train_loss"] for entry in steps],
+        "train loss (eval)": [entry.get("eval_train_loss") for entry in steps],
+        "validation loss (eval)": [entry.get("val_loss") for entry in steps],
+    }, xlabel="step", ylabel="loss", title="classification finetuning: loss",
+        secondary_x=("examples seen", [entry["examples_seen"] for entry in steps]))
+    epochs = history["epochs"]
+    plot_curves(out / "accuracy.png", [entry["epoch"] for entry in epochs], {
+        split: [entry[f"{split}_accuracy"] for entry in epochs] for split in ("train", "val", "test")
+    }, xlabel="epoch", ylabel="accuracy", title="classification finetuning: accuracy")

@@ -1,0 +1,326 @@
+"""A GPT as a text classifier (NumPy): the trunk, the last real token, a num_classes linear head.
+
+    x, trunk_cache = trunk_forward(params, idx, config)          (B, T, C) final-normed hidden states
+    h = x[b, lengths[b] - 1]                                     (B, C)    each message's last real token
+    logits = h @ cls_head.weight^T + cls_head.bias               (B, K)    K = num_classes
+    loss = sum_b w[y_b] CE_b / sum_b w[y_b]                      CE_b = -log softmax(logits_b)[y_b]
+
+Why the last REAL token: attention is causal, so position t sees tokens 0..t only. The last token of
+the message is the one position that has read the whole message, and the padding after it cannot
+change it. Position -1 would be a padding token whenever a shorter message shares a batch with a longer
+one, and its logits would then depend on how much padding follows (the bug the book's readers report).
+
+Parameter names: the trunk's canonical names (tok_emb, pos_emb, blocks.*, final_norm) plus the head
+    cls_head.weight (K, C)    cls_head.bias (K,)
+A classifier has no `out_head.weight`: the language-model head is dropped, so a classifier's state
+dict can never be mistaken for a language model's (and vice versa), and a tied embedding is just the
+embedding. The same names are the state_dict of torchgpt.classifier.GPTClassifier.
+
+Class weights w (one per class) follow torch.nn.functional.cross_entropy(weight=w): a weighted mean, so
+w = 1 for every class is the plain mean. balanced_class_weights gives w_c = N / (K n_c), which makes
+each class count as much as the others in the loss (used with the unbalanced data set).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from npgpt import model as lm
+from npgpt.config import GPTConfig
+from npgpt.linear import linear_backward, linear_forward
+
+HEAD_NAMES = ("cls_head.weight", "cls_head.bias")
+LM_HEAD_NAME = "out_head.weight"
+TRAINABLE_CHOICES = ("head", "last-k", "all")
+HEAD_INIT_STD = 0.02
+
+
+# ---------------------------------------------------------------------------------------------------
+# parameters
+# ---------------------------------------------------------------------------------------------------
+
+def classifier_param_shapes(config: GPTConfig, num_classes: int) -> dict[str, tuple[int, ...]]:
+    """Every parameter name of a classifier -> shape: the trunk's canonical names, then the head."""
+    check_num_classes(num_classes)
+    shapes = {name: shape for name, shape in lm.param_shapes(config).items() if name != LM_HEAD_NAME}
+    shapes.update({"cls_head.weight": (num_classes, config.emb_dim), "cls_head.bias": (num_classes,)})
+    return shapes
+
+
+def check_num_classes(num_classes) -> int:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    return int(num_classes)
+
+
+def init_head(config: GPTConfig, num_classes: int, seed: int = 0, dtype=np.float32) -> dict[str, np.ndarray]:
+    """A fresh head: weight ~ N(0, 0.02) like every GPT-2 linear layer, bias 0."""
+    check_num_classes(num_classes)
+    rng = np.random.default_rng([seed, 1])   # its own stream: the trunk's init draws from [seed]
+    weight = rng.standard_normal((num_classes, config.emb_dim), dtype=np.float32) * np.float32(HEAD_INIT_STD)
+    return {"cls_head.weight": weight.astype(dtype, copy=False), "cls_head.bias": np.zeros(num_classes, dtype=dtype)}
+
+
+def classifier_from_lm_params(lm_params: dict[str, np.ndarray], config: GPTConfig, num_classes: int,
+                              seed: int = 0) -> tuple[GPTConfig, dict[str, np.ndarray]]:
+    """(classifier config, params) from a language model's params (pretrained or freshly initialized).
+
+    The LM head is dropped and a fresh head added; a params dict that already has a head of the right
+    shape (a classifier checkpoint) keeps it. The config gets tie_weights=False: a classifier has no LM
+    head to tie, and its checkpoint must not promise one.
+    """
+    config = config.replace(tie_weights=False)
+    params = {name: value for name, value in lm_params.items() if name not in (LM_HEAD_NAME, *HEAD_NAMES)}
+    head = init_head(config, num_classes, seed, dtype=params["tok_emb.weight"].dtype)
+    for name in HEAD_NAMES:
+        if name in lm_params and lm_params[name].shape == head[name].shape:
+            head[name] = lm_params[name]
+    params.update(head)
+    check_classifier_params(params, config, num_classes)
+    return config, params
+
+
+def check_classifier_params(params: dict[str, np.ndarray], config: GPTConfig, num_classes: int) -> None:
+    """Clear error when the dict does not match a classifier of this config and number of classes."""
+    expected = classifier_param_shapes(config, num_classes)
+    missing = sorted(set(expected) - set(params))
+    unexpected = sorted(set(params) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"classifier parameters do not match the config: missing {missing[:5]}, unexpected "
+                         f"{unexpected[:5]}; build them with classifier_from_lm_params")
+    for name, shape in expected.items():
+        if tuple(params[name].shape) != shape:
+            raise ValueError(f"parameter {name} has shape {tuple(params[name].shape)}, the classifier needs {shape}")
+
+
+def trainable_param_names(config: GPTConfig, trainable: str = "last-k", last_k: int = 1) -> list[str]:
+    """The parameter names that train, in parameter order (both backends use this one rule):
+
+        "head":   cls_head only
+        "last-k": the last `last_k` blocks + final_norm + cls_head (the book: last_k=1)
+        "all":    everything, embeddings included
+    """
+    names = list(classifier_param_shapes(config, 2))   # the names do not depend on K
+    if trainable == "head":
+        return [name for name in names if name in HEAD_NAMES]
+    if trainable == "all":
+        return names
+    if trainable != "last-k":
+        raise ValueError(f"trainable must be one of {', '.join(TRAINABLE_CHOICES)}, got {trainable!r}")
+    if isinstance(last_k, bool) or not isinstance(last_k, (int, np.integer)) or not 1 <= last_k <= config.n_layers:
+        raise ValueError(f"last_k must be between 1 and the number of blocks ({config.n_layers}), got {last_k!r}")
+    first = config.n_layers - last_k
+    keep = tuple(f"blocks.{i}." for i in range(first, config.n_layers)) + ("final_norm.", "cls_head.")
+    return [name for name in names if name.startswith(keep)]
+
+
+def first_trained_block(config: GPTConfig, trainable_names) -> int | None:
+    """Lowest block index the backward must reach: 0 when the embeddings train, None when only the head does."""
+    names = set(trainable_names)
+    if names & {"tok_emb.weight", "pos_emb.weight"}:
+        return 0
+    blocks = [i for i in range(config.n_layers) if any(n.startswith(f"blocks.{i}.") for n in names)]
+    if blocks:
+        return min(blocks)
+    return config.n_layers if names & {"final_norm.scale", "final_norm.shift"} else None
+
+
+# ---------------------------------------------------------------------------------------------------
+# the head: last real token + linear
+# ---------------------------------------------------------------------------------------------------
+
+def check_lengths(lengths, batch: int, time: int) -> np.ndarray:
+    """lengths: (B,) integers, 1 <= lengths[b] <= T (a message has at least one real token)."""
+    lengths = np.asarray(lengths)
+    if lengths.shape != (batch,) or not np.issubdtype(lengths.dtype, np.integer):
+        raise ValueError(f"lengths must be {batch} integers (one per message), got shape {lengths.shape} "
+                         f"dtype {lengths.dtype}")
+    if batch and (lengths.min() < 1 or lengths.max() > time):
+        raise ValueError(f"lengths must be in [1, {time}] (real tokens per message, padding excluded), got "
+                         f"{lengths.min()}..{lengths.max()}; empty messages cannot be classified")
+    return lengths
+
+
+def last_token_forward(x, lengths):
+    """h[b] = x[b, lengths[b] - 1]: each sequence's last real (non-padding) position.
+
+    x: (B, T, C); lengths: (B,) -> h: (B, C), cache.
+    """
+    B, T, _ = x.shape
+    positions = check_lengths(lengths, B, T) - 1                     # (B,)
+    h = x[np.arange(B), positions]                                   # (B, C), a copy (fancy indexing)
+    return h, (x.shape, x.dtype, positions)
+
+
+def last_token_backward(dh, cache):
+    """dh: (B, C) -> dx: (B, T, C), zero everywhere except dx[b, lengths[b] - 1] = dh[b].
+
+    The selection is a gather; its gradient is the scatter back (each b picks one row, so no row is
+    hit twice and plain assignment is the sum).
+    """
+    x_shape, dtype, positions = cache
+    dx = np.zeros(x_shape, dtype=dtype)
+    dx[np.arange(x_shape[0]), positions] = dh
+    return dx
+
+
+def classifier_head_forward(x, lengths, weight, bias):
+    """logits = x[b, lengths[b] - 1] @ weight^T + bias.
+
+    x: (B, T, C); lengths: (B,); weight: (K, C); bias: (K,) -> logits: (B, K), cache.
+    """
+    h, select_cache = last_token_forward(x, lengths)                 # (B, C)
+    logits, linear_cache = linear_forward(h, weight, bias)           # (B, K)
+    return logits, (select_cache, linear_cache)
+
+
+def classifier_head_backward(dlogits, cache):
+    """dlogits: (B, K) -> dx: (B, T, C), dweight: (K, C), dbias: (K,)
+
+        dh = dlogits @ W     dW = dlogits^T @ h     db = sum_b dlogits     dx[b, lengths[b] - 1] = dh[b]
+    """
+    select_cache, linear_cache = cache
+    dh, dweight, dbias = linear_backward(dlogits, linear_cache)      # (B, C), (K, C), (K,)
+    return last_token_backward(dh, select_cache), dweight, dbias
+
+
+# ---------------------------------------------------------------------------------------------------
+# the loss: (class-weighted) cross-entropy over K classes
+# ---------------------------------------------------------------------------------------------------
+
+def check_labels(labels, batch: int, num_classes: int) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.shape != (batch,) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be {batch} integers (one per message), got shape {labels.shape} "
+                         f"dtype {labels.dtype}")
+    if batch and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"labels must be class indices in [0, {num_classes}), got {labels.min()}..{labels.max()}")
+    return labels
+
+
+def class_weighted_cross_entropy_forward(logits, labels, class_weights=None):
+    """loss = sum_b w[y_b] * (-log softmax(logits_b)[y_b]) / sum_b w[y_b]   (w = 1: the plain mean).
+
+    logits: (B, K); labels: (B,) ints in [0, K); class_weights: (K,) positive or None.
+    Returns (loss as a Python float, cache).
+    """
+    B, K = logits.shape
+    labels = check_labels(labels, B, K)
+    if B == 0:
+        raise ValueError("the loss of an empty batch is undefined; give at least one message")
+    if class_weights is None:
+        sample_weights = np.ones(B, dtype=logits.dtype)
+    else:
+        class_weights = np.asarray(class_weights, dtype=logits.dtype)
+        if class_weights.shape != (K,) or not np.all(class_weights > 0):
+            raise ValueError(f"class_weights must be {K} positive numbers, got {class_weights}")
+        sample_weights = class_weights[labels]                       # (B,) w[y_b]
+    shifted = logits - logits.max(axis=-1, keepdims=True)            # (B, K), max 0 per row: exp cannot overflow
+    probs = np.exp(shifted)
+    row_sum = probs.sum(axis=-1, keepdims=True)                      # (B, 1)
+    probs /= row_sum
+    log_p_label = shifted[np.arange(B), labels] - np.log(row_sum[:, 0])     # (B,)
+    total_weight = float(sample_weights.sum(dtype=np.float64))
+    loss = -float(np.dot(sample_weights.astype(np.float64), log_p_label.astype(np.float64))) / total_weight
+    return loss, (probs, labels, sample_weights, total_weight)
+
+
+def class_weighted_cross_entropy_backward(cache, dloss=1.0):
+    """dlogits[b] = dloss * w[y_b] * (softmax(logits_b) - onehot(y_b)) / sum_b w[y_b]    (B, K)."""
+    probs, labels, sample_weights, total_weight = cache
+    dlogits = probs.copy()
+    dlogits[np.arange(len(labels)), labels] -= 1.0
+    dlogits *= (sample_weights * (dloss / total_weight))[:, None].astype(probs.dtype)
+    return dlogits
+
+
+def balanced_class_weights(labels, num_classes: int) -> np.ndarray:
+    """w_c = N / (K * n_c): every class weighs as much in the loss as the others (float64, (K,)).
+
+    A class missing from `labels` would need an infinite weight: refused, with the fix.
+    """
+    labels = check_labels(labels, len(np.asarray(labels)), num_classes)
+    counts = np.bincount(labels, minlength=num_classes)
+    if np.any(counts == 0):
+        raise ValueError(f"class counts {counts.tolist()}: every class needs at least one training example "
+                         f"for class weights; use more data or the balanced set")
+    return len(labels) / (num_classes * counts.astype(np.float64))
+
+
+# ---------------------------------------------------------------------------------------------------
+# the whole classifier
+# ---------------------------------------------------------------------------------------------------
+
+def forward(params, idx, lengths, config: GPTConfig, *, train=False, rng=None):
+    """idx: (B, T) token ids (right-padded), lengths: (B,) real tokens per row -> logits (B, K), cache."""
+    x, trunk_cache = lm.trunk_forward(params, idx, config, train=train, rng=rng)        # (B, T, C)
+    logits, head_cache = classifier_head_forward(x, lengths, params["cls_head.weight"], params["cls_head.bias"])
+    return logits, (config, trunk_cache, head_cache)
+
+
+def backward(dlogits, cache, trainable_names=None):
+    """dlogits: (B, K) -> grads for `trainable_names` (None: every parameter).
+
+    The backward goes only as deep as the lowest trained block (first_trained_block): finetuning the
+    head alone costs no trunk backward at all, the last block alone one block's backward.
+    """
+    config, trunk_cache, head_cache = cache
+    params = trunk_cache[1]
+    dx, dweight, dbias = classifier_head_backward(dlogits, head_cache)
+    grads = {"cls_head.weight": dweight, "cls_head.bias": dbias}
+    names = list(params) if trainable_names is None else list(trainable_names)
+    first_block = first_trained_block(config, names)
+    if first_block is not None:
+        lm.trunk_backward(dx, trunk_cache, grads, first_block=first_block)
+    unknown = [name for name in names if name not in grads]
+    if unknown:
+        raise ValueError(f"no gradient for {unknown[:5]}: not parameters of this classifier")
+    return {name: grads[name] for name in names}
+
+
+def loss_and_grads(params, idx, lengths, labels, config: GPTConfig, *, class_weights=None,
+                   trainable_names=None, train=False, rng=None):
+    """(class-weighted) cross-entropy of the predictions at the last real tokens, and its gradients."""
+    logits, cache = forward(params, idx, lengths, config, train=train, rng=rng)
+    loss, loss_cache = class_weighted_cross_entropy_forward(logits, labels, class_weights)
+    return loss, backward(class_weighted_cross_entropy_backward(loss_cache), cache, trainable_names)
+
+
+def softmax_probabilities(logits) -> np.ndarray:
+    """Row-wise softmax of (B, K) logits (for reporting a prediction's probability)."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    probs = np.exp(shifted)
+    return probs / probs.sum(axis=-1, keepdims=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# metrics
+# ---------------------------------------------------------------------------------------------------
+
+def confusion_matrix(true_labels, predicted_labels, num_classes: int) -> np.ndarray:
+    """(K, K) counts: row = true class, column = predicted class."""
+    true_labels = np.asarray(true_labels, dtype=np.int64)
+    predicted_labels = np.asarray(predicted_labels, dtype=np.int64)
+    if true_labels.shape != predicted_labels.shape:
+        raise ValueError(f"{true_labels.shape[0]} true labels but {predicted_labels.shape[0]} predictions")
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (true_labels, predicted_labels), 1)
+    return matrix
+
+
+def classification_metrics(true_labels, predicted_labels, num_classes: int = 2, positive: int = 1) -> dict:
+    """accuracy, and precision / recall / F1 of the `positive` class (spam), plus the confusion matrix.
+
+        precision = TP / (TP + FP)     recall = TP / (TP + FN)     F1 = 2 P R / (P + R)
+    A ratio with nothing to count (no predicted or no true positives) is 0.0, as scikit-learn reports it.
+    """
+    matrix = confusion_matrix(true_labels, predicted_labels, num_classes)
+    total = int(matrix.sum())
+    tp = int(matrix[positive, positive])
+    fp = int(matrix[:, positive].sum()) - tp
+    fn = int(matrix[positive, :].sum()) - tp
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    accuracy = float(np.trace(matrix)) / total if total else float("nan")
+    return {"accuracy": accuracy, "precision": precision, "recall": recall, "f1": f1,
+            "confusion_matrix": matrix.tolist()}

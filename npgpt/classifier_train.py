@@ -1,0 +1,166 @@
+"""Training a classifier: the epoch loop shared by both backends, and the NumPy backend.
+
+    backend = NumpyClassifierBackend(params, config, num_classes)      # or torchgpt's TorchClassifierBackend
+    backend.prepare_training(trainable_names, settings, class_weights)
+    history = train_classifier(backend, train, val, test, settings)
+
+The loop (the book's chapter-6 recipe):
+
+    for each epoch:
+        for each shuffled training batch (drop_last):   loss = backend.train_step(ids, lengths, labels)
+            every eval_interval steps: mean loss over the first eval_batches batches of train and validation
+        accuracy on the whole train, validation and test splits
+
+A backend is anything with  train_step(ids, lengths, labels) -> float  (forward, backward, optional
+clipping, one AdamW step), logits(ids, lengths) -> (B, K) NumPy array (eval mode, no dropout), and
+numpy_params() -> the parameter dict. Losses and accuracies are computed here from those logits in
+NumPy, so both backends are measured by the same code.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from npgpt import classifier
+from npgpt.classification_data import EncodedMessages, classification_batches, num_batches
+from npgpt.optim import AdamW, clip_grad_norm
+
+
+@dataclass
+class ClassifierSettings:
+    epochs: int = 5                 # the book's defaults: 5 epochs, batch 8, AdamW lr 5e-5, weight decay 0.1
+    batch_size: int = 8
+    lr: float = 5e-5
+    weight_decay: float = 0.1
+    eval_interval: int = 50         # optimizer steps between two loss evaluations
+    eval_batches: int = 5           # batches per loss evaluation (train and validation)
+    grad_clip: float | None = None  # global-norm clipping (the book does not clip)
+    seed: int = 123                 # batch order and dropout masks
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "eval_interval", "eval_batches"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise ValueError(f"the learning rate must be a positive number, got {self.lr!r}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight decay must be >= 0, got {self.weight_decay!r}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad clip must be a positive norm or None, got {self.grad_clip!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class NumpyClassifierBackend:
+    """The classifier in npgpt: hand-written forward/backward and npgpt.optim.AdamW over the trainable part."""
+
+    name = "numpy"
+
+    def __init__(self, params: dict, config, num_classes: int):
+        classifier.check_classifier_params(params, config, num_classes)
+        self.params, self.config, self.num_classes = params, config, num_classes
+        self.trainable_names = None
+
+    def prepare_training(self, trainable_names, settings: ClassifierSettings, class_weights=None):
+        self.trainable_names = list(trainable_names)
+        self.settings = settings
+        self.class_weights = None if class_weights is None else np.asarray(class_weights, dtype=np.float64)
+        # AdamW updates the arrays of this sub-dict in place: they are the model's own arrays.
+        self.trainable = {name: self.params[name] for name in self.trainable_names}
+        self.optimizer = AdamW(lr=settings.lr, weight_decay=settings.weight_decay)
+        self.dropout_rng = np.random.default_rng(settings.seed)
+
+    def train_step(self, ids, lengths, labels) -> float:
+        loss, grads = classifier.loss_and_grads(
+            self.params, ids, lengths, labels, self.config, class_weights=self.class_weights,
+            trainable_names=self.trainable_names, train=True, rng=self.dropout_rng)
+        if self.settings.grad_clip is not None:
+            clip_grad_norm(grads, self.settings.grad_clip)
+        self.optimizer.step(self.trainable, grads)
+        return loss
+
+    def logits(self, ids, lengths) -> np.ndarray:
+        return classifier.forward(self.params, ids, lengths, self.config)[0]
+
+    def numpy_params(self) -> dict:
+        return self.params
+
+
+def predict_logits(backend, data: EncodedMessages, batch_size: int) -> np.ndarray:
+    """(N, K) logits of every message, in the data's order (eval mode)."""
+    parts = [backend.logits(ids, lengths) for ids, lengths, _ in classification_batches(data, batch_size)]
+    return np.concatenate(parts).astype(np.float64) if parts else np.zeros((0, backend.num_classes))
+
+
+def evaluate_loss(backend, data: EncodedMessages, batch_size: int, max_batches: int, class_weights=None) -> float:
+    """Mean of the per-batch losses of the first `max_batches` batches (in order); nan for no data."""
+    losses = []
+    for i, (ids, lengths, labels) in enumerate(classification_batches(data, batch_size)):
+        if i >= max_batches:
+            break
+        logits = backend.logits(ids, lengths).astype(np.float64)
+        losses.append(classifier.class_weighted_cross_entropy_forward(logits, labels, class_weights)[0])
+    return float(np.mean(losses)) if losses else math.nan
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(logits.argmax(axis=-1) == labels)) if len(labels) else math.nan
+
+
+def train_classifier(backend, train: EncodedMessages, val: EncodedMessages, test: EncodedMessages,
+                     settings: ClassifierSettings, *, class_weights=None, progress: bool = True, on_log=None) -> dict:
+    """Trains the backend's model in place. Returns {"steps": [...], "epochs": [...], "test_logits": (N, K)}:
+
+    steps:  {step, epoch, examples_seen, train_loss (that batch's)} and at eval steps
+            {eval_train_loss, val_loss} (means over eval_batches batches)
+    epochs: {epoch, step, examples_seen, train_accuracy, val_accuracy, test_accuracy} (whole splits)
+    test_logits: the final model's logits on the test split (for precision/recall/F1).
+    on_log(kind, entry) is called with kind "step" or "epoch" for every entry.
+    """
+    steps_per_epoch = num_batches(train, settings.batch_size, drop_last=True)
+    if steps_per_epoch == 0:
+        raise ValueError(f"the training split has {len(train)} messages, fewer than one batch of "
+                         f"{settings.batch_size}; use a smaller --batch-size")
+    history = {"steps": [], "epochs": []}
+    step, examples_seen, test_logits = 0, 0, None
+    bar = tqdm(total=settings.epochs * steps_per_epoch, desc=f"{backend.name} classify", disable=not progress,
+               unit="step")
+    for epoch in range(settings.epochs):
+        batches = classification_batches(train, settings.batch_size, shuffle=True, seed=settings.seed,
+                                         epoch=epoch, drop_last=True)
+        for ids, lengths, labels in batches:
+            loss = backend.train_step(ids, lengths, labels)
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"the loss became {loss} at step {step + 1}; lower --lr")
+            step += 1
+            examples_seen += len(labels)
+            entry = {"step": step, "epoch": epoch + 1, "examples_seen": examples_seen, "train_loss": loss}
+            if step % settings.eval_interval == 0:
+                entry["eval_train_loss"] = evaluate_loss(backend, train, settings.batch_size,
+                                                         settings.eval_batches, class_weights)
+                entry["val_loss"] = evaluate_loss(backend, val, settings.batch_size, settings.eval_batches,
+                                                  class_weights)
+                bar.set_postfix(train=f"{entry['eval_train_loss']:.3f}", val=f"{entry['val_loss']:.3f}")
+            history["steps"].append(entry)
+            if on_log:
+                on_log("step", entry)
+            bar.update(1)
+        test_logits = predict_logits(backend, test, settings.batch_size)
+        epoch_entry = {"epoch": epoch + 1, "step": step, "examples_seen": examples_seen,
+                       "train_accuracy": accuracy(predict_logits(backend, train, settings.batch_size), train.labels),
+                       "val_accuracy": accuracy(predict_logits(backend, val, settings.batch_size), val.labels),
+                       "test_accuracy": accuracy(test_logits, test.labels)}
+        history["epochs"].append(epoch_entry)
+        if progress:
+            bar.write(f"epoch {epoch + 1}: accuracy train {epoch_entry['train_accuracy']:.2%}, "
+                      f"val {epoch_entry['val_accuracy']:.2%}, test {epoch_entry['test_accuracy']:.2%}")
+        if on_log:
+            on_log("epoch", epoch_entry)
+    bar.close()
+    history["test_logits"] = test_logits
+    return history

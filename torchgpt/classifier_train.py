@@ -1,0 +1,59 @@
+"""The torch backend of classification finetuning (twin of npgpt.classifier_train.NumpyClassifierBackend).
+
+The epoch loop, the evaluation and the metrics are npgpt.classifier_train's, shared by both backends;
+this class supplies train_step / logits / numpy_params with GPTClassifier, autograd and torch's AdamW.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from npgpt.classifier import check_classifier_params
+from torchgpt.classifier import GPTClassifier, class_weighted_cross_entropy, set_trainable
+from torchgpt.model import load_numpy_params, to_numpy_params
+from torchgpt.optim import clip_grad_norm, make_adamw
+
+
+class TorchClassifierBackend:
+    """GPTClassifier on `device`, loaded from a NumPy parameter dict (pretrained, from scratch or a checkpoint)."""
+
+    name = "torch"
+
+    def __init__(self, params: dict, config, num_classes: int, device="cpu", use_sdpa: bool = True):
+        check_classifier_params(params, config, num_classes)
+        self.config, self.num_classes, self.device = config, num_classes, torch.device(device)
+        # Built on the meta device: no time spent drawing initial weights that the params replace at once.
+        with torch.device("meta"):
+            model = GPTClassifier(config, num_classes, use_sdpa=use_sdpa)
+        model = model.to_empty(device="cpu")
+        self.model = load_numpy_params(model, params).to(self.device)
+        self.model.check_token_ids = False   # the data pipeline makes the ids; skip the per-batch host sync
+        self.optimizer = None
+
+    def prepare_training(self, trainable_names, settings, class_weights=None):
+        self.settings = settings
+        set_trainable(self.model, trainable_names)
+        self.class_weights = None if class_weights is None else torch.tensor(
+            np.asarray(class_weights), dtype=torch.float32, device=self.device)
+        self.optimizer = make_adamw(self.model, lr=settings.lr, weight_decay=settings.weight_decay)
+        torch.manual_seed(settings.seed)   # dropout masks
+
+    def train_step(self, ids, lengths, labels) -> float:
+        self.model.train()
+        ids, lengths, labels = (torch.from_numpy(np.ascontiguousarray(a)).to(self.device) for a in (ids, lengths, labels))
+        loss = class_weighted_cross_entropy(self.model(ids, lengths), labels, self.class_weights)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.settings.grad_clip is not None:
+            clip_grad_norm([p for p in self.model.parameters() if p.requires_grad], self.settings.grad_clip)
+        self.optimizer.step()
+        return loss.item()
+
+    @torch.no_grad()
+    def logits(self, ids, lengths) -> np.ndarray:
+        self.model.eval()
+        ids, lengths = (torch.from_numpy(np.ascontiguousarray(a)).to(self.device) for a in (ids, lengths))
+        return self.model(ids, lengths).float().cpu().numpy()
+
+    def numpy_params(self) -> dict:
+        return to_numpy_params(self.model)
