@@ -26,7 +26,7 @@ import numpy as np
 
 from npgpt import model as lm
 from npgpt.config import GPTConfig
-from npgpt.linear import linear_backward, linear_forward
+from npgpt.linear import linear_layer_backward, linear_layer_forward
 
 HEAD_NAMES = ("cls_head.weight", "cls_head.bias")
 LM_HEAD_NAME = "out_head.weight"
@@ -163,24 +163,25 @@ def last_token_backward(dh, cache):
     return dx
 
 
-def classifier_head_forward(x, lengths, weight, bias):
-    """logits = x[b, lengths[b] - 1] @ weight^T + bias.
+def classifier_head_forward(x, lengths, params, name="cls_head"):
+    """logits = x[b, lengths[b] - 1] @ W^T + b with W = params[name.weight] (K, C), b = params[name.bias] (K,).
 
-    x: (B, T, C); lengths: (B,); weight: (K, C); bias: (K,) -> logits: (B, K), cache.
+    x: (B, T, C); lengths: (B,) -> logits: (B, K), cache. The head is npgpt.linear's linear layer, so a
+    LoRA adapter on it (npgpt/lora.py) is honoured like on any other layer.
     """
     h, select_cache = last_token_forward(x, lengths)                 # (B, C)
-    logits, linear_cache = linear_forward(h, weight, bias)           # (B, K)
+    logits, linear_cache = linear_layer_forward(h, params, name)     # (B, K)
     return logits, (select_cache, linear_cache)
 
 
 def classifier_head_backward(dlogits, cache):
-    """dlogits: (B, K) -> dx: (B, T, C), dweight: (K, C), dbias: (K,)
+    """dlogits: (B, K) -> dx: (B, T, C), grads {name.weight: (K, C), name.bias: (K,)}
 
         dh = dlogits @ W     dW = dlogits^T @ h     db = sum_b dlogits     dx[b, lengths[b] - 1] = dh[b]
     """
     select_cache, linear_cache = cache
-    dh, dweight, dbias = linear_backward(dlogits, linear_cache)      # (B, C), (K, C), (K,)
-    return last_token_backward(dh, select_cache), dweight, dbias
+    dh, grads = linear_layer_backward(dlogits, linear_cache)         # (B, C), {weight (K, C), bias (K,)}
+    return last_token_backward(dh, select_cache), grads
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -253,7 +254,7 @@ def balanced_class_weights(labels, num_classes: int) -> np.ndarray:
 def forward(params, idx, lengths, config: GPTConfig, *, train=False, rng=None):
     """idx: (B, T) token ids (right-padded), lengths: (B,) real tokens per row -> logits (B, K), cache."""
     x, trunk_cache = lm.trunk_forward(params, idx, config, train=train, rng=rng)        # (B, T, C)
-    logits, head_cache = classifier_head_forward(x, lengths, params["cls_head.weight"], params["cls_head.bias"])
+    logits, head_cache = classifier_head_forward(x, lengths, params)                    # (B, K)
     return logits, (config, trunk_cache, head_cache)
 
 
@@ -265,8 +266,7 @@ def backward(dlogits, cache, trainable_names=None):
     """
     config, trunk_cache, head_cache = cache
     params = trunk_cache[1]
-    dx, dweight, dbias = classifier_head_backward(dlogits, head_cache)
-    grads = {"cls_head.weight": dweight, "cls_head.bias": dbias}
+    dx, grads = classifier_head_backward(dlogits, head_cache)
     names = list(params) if trainable_names is None else list(trainable_names)
     first_block = first_trained_block(config, names)
     if first_block is not None:

@@ -16,6 +16,8 @@ RUN_MODEL_FOLDER = "model"
 
 
 def register(subparsers):
+    from gpt2cli.commands.finetune_classify import add_threads_option
+
     parser = subparsers.add_parser(
         "classify", help="label messages (ham/spam) with a finetuned classifier",
         description="Print the predicted label and its probability for MESSAGE, or for every line of stdin "
@@ -27,6 +29,7 @@ def register(subparsers):
     parser.add_argument("--backend", choices=("torch", "numpy"), default="torch")
     parser.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:N, mps (default auto)")
     parser.add_argument("--batch-size", type=int, default=32, help="messages per forward pass (default 32)")
+    add_threads_option(parser)
     parser.set_defaults(func=run)
 
 
@@ -73,9 +76,9 @@ def read_messages(args) -> tuple[list[str], bool]:
 
 
 def run(args) -> int:
-    from gpt2cli.commands.finetune_classify import one_line_warnings
+    from gpt2cli.commands.finetune_classify import limited_threads, one_line_warnings
 
-    with one_line_warnings():
+    with one_line_warnings(), limited_threads(args.threads):
         return _run(args)
 
 

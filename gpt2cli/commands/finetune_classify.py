@@ -74,8 +74,35 @@ def register(actions):
     run.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:N, mps (default auto)")
     run.add_argument("--out", metavar="DIR", default="runs/classify",
                      help="run folder for the checkpoint, plots and metrics.json (default runs/classify)")
+    add_threads_option(run)
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run_finetune)
+
+
+def add_threads_option(parser):
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="CPU threads for torch and NumPy's BLAS (default: the libraries' own choice). "
+                             "On a busy shared machine 1 can be many times faster than the default")
+
+
+@contextlib.contextmanager
+def limited_threads(count):
+    """torch and BLAS limited to `count` threads inside the block (None: unchanged); restored afterwards."""
+    if count is None:
+        yield
+        return
+    if count < 1:
+        raise ValueError(f"--threads must be a positive integer, got {count}")
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        with threadpool_limits(count):
+            yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 @contextlib.contextmanager
@@ -117,6 +144,18 @@ def load_initial_model(args):
     return config, params, f"--init-from {args.init_from}"
 
 
+def fetch_sms_spam(data_dir, progress=True) -> Path:
+    """The verified SMS Spam Collection from the data manifest (downloaded and extracted when missing)."""
+    from gpt2cli.main import UserError
+    from npgpt.datasets import fetch
+    from npgpt.download import DownloadError
+
+    try:
+        return fetch("sms-spam", data_dir, progress=progress)
+    except DownloadError as error:   # a failed or corrupt download: one line, exit code 2
+        raise UserError(str(error)) from error
+
+
 def make_backend(name, params, config, num_classes, device_name):
     if name == "numpy":
         if device_name not in ("auto", "cpu"):
@@ -130,7 +169,7 @@ def make_backend(name, params, config, num_classes, device_name):
 
 
 def run_finetune(args) -> int:
-    with one_line_warnings():
+    with one_line_warnings(), limited_threads(args.threads):
         return _run(args)
 
 
@@ -142,7 +181,6 @@ def _run(args) -> int:
     from npgpt.classification_data import (PAD_TOKEN_ID, SMS_LABELS, balance_classes, encode_messages,
                                            read_sms_spam, split_frame)
     from npgpt.classifier_train import ClassifierSettings, train_classifier
-    from npgpt.datasets import fetch
     from npgpt.fileio import append_jsonl, atomic_write_json
     from npgpt.plots import plot_curves
     from npgpt.tokenizer import get_tokenizer
@@ -153,7 +191,7 @@ def _run(args) -> int:
     if not 0.0 <= args.drop_rate < 1.0:
         raise ValueError(f"--drop-rate must be in [0, 1), got {args.drop_rate}")
     out = Path(args.out)
-    data_file = Path(args.data_file) if args.data_file else fetch("sms-spam", args.data_dir, progress=not args.quiet)
+    data_file = Path(args.data_file) if args.data_file else fetch_sms_spam(args.data_dir, progress=not args.quiet)
     frame = read_sms_spam(data_file)
     if not args.no_balance:
         frame = balance_classes(frame, seed=args.seed)
