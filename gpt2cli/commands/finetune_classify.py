@@ -138,9 +138,8 @@ def load_initial_model(args):
             raise ValueError(f"--model {args.model} does not match the weights in {args.init_from} "
                              f"(emb_dim={config.emb_dim}, n_heads={config.n_heads}, n_layers={config.n_layers}); "
                              f"leave --model out, the size comes from --init-from")
+    # float32 for training whatever the file holds (the LM head, tied or not, is dropped by the caller)
     params = {name: np.asarray(value, dtype=np.float32) for name, value in params.items()}
-    if "out_head.weight" in params and config.tie_weights:
-        params["out_head.weight"] = params["tok_emb.weight"]
     return config, params, f"--init-from {args.init_from}"
 
 
