@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from npgpt import classifier
 from npgpt.classification_data import EncodedMessages, classification_batches, num_batches
 from npgpt.optim import AdamW, clip_grad_norm
+from npgpt.runs import NonFiniteLossError
 
 
 @dataclass
@@ -116,51 +117,55 @@ def train_classifier(backend, train: EncodedMessages, val: EncodedMessages, test
                      settings: ClassifierSettings, *, class_weights=None, progress: bool = True, on_log=None) -> dict:
     """Trains the backend's model in place. Returns {"steps": [...], "epochs": [...], "test_logits": (N, K)}:
 
-    steps:  {step, epoch, examples_seen, train_loss (that batch's)} and at eval steps
-            {eval_train_loss, val_loss} (means over eval_batches batches)
-    epochs: {epoch, step, examples_seen, train_accuracy, val_accuracy, test_accuracy} (whole splits)
+    steps:  one entry per optimizer step: {step, epoch, train_loss (that batch's), examples_seen,
+            tokens_seen (padded batch tokens)}, plus {eval_train_loss, val_loss} at eval steps (means over
+            eval_batches batches), plus {train_accuracy, val_accuracy, test_accuracy} (whole splits) at the
+            last step of every epoch
+    epochs: {epoch, step, examples_seen, train_accuracy, val_accuracy, test_accuracy} per epoch
     test_logits: the final model's logits on the test split (for precision/recall/F1).
-    on_log(kind, entry) is called with kind "step" or "epoch" for every entry.
+    on_log(entry) is called with every step entry (npgpt.runs.RunLog.log fits).
     """
     steps_per_epoch = num_batches(train, settings.batch_size, drop_last=True)
     if steps_per_epoch == 0:
         raise ValueError(f"the training split has {len(train)} messages, fewer than one batch of "
                          f"{settings.batch_size}; use a smaller --batch-size")
     history = {"steps": [], "epochs": []}
-    step, examples_seen, test_logits = 0, 0, None
+    step, examples_seen, tokens_seen, test_logits = 0, 0, 0, None
     bar = tqdm(total=settings.epochs * steps_per_epoch, desc=f"{backend.name} classify", disable=not progress,
                unit="step")
-    for epoch in range(settings.epochs):
+    for epoch in range(1, settings.epochs + 1):
         batches = classification_batches(train, settings.batch_size, shuffle=True, seed=settings.seed,
-                                         epoch=epoch, drop_last=True)
-        for ids, lengths, labels in batches:
+                                         epoch=epoch - 1, drop_last=True)
+        for index, (ids, lengths, labels) in enumerate(batches):
             loss = backend.train_step(ids, lengths, labels)
             if not math.isfinite(loss):
-                raise FloatingPointError(f"the loss became {loss} at step {step + 1}; lower --lr")
+                raise NonFiniteLossError(f"the loss became {loss} at step {step + 1}; lower --lr or set --grad-clip")
             step += 1
             examples_seen += len(labels)
-            entry = {"step": step, "epoch": epoch + 1, "examples_seen": examples_seen, "train_loss": loss}
+            tokens_seen += ids.size
+            entry = {"step": step, "epoch": epoch, "train_loss": loss, "examples_seen": examples_seen,
+                     "tokens_seen": tokens_seen}
             if step % settings.eval_interval == 0:
                 entry["eval_train_loss"] = evaluate_loss(backend, train, settings.batch_size,
                                                          settings.eval_batches, class_weights)
                 entry["val_loss"] = evaluate_loss(backend, val, settings.batch_size, settings.eval_batches,
                                                   class_weights)
                 bar.set_postfix(train=f"{entry['eval_train_loss']:.3f}", val=f"{entry['val_loss']:.3f}")
+            if index == steps_per_epoch - 1:
+                test_logits = predict_logits(backend, test, settings.batch_size)
+                accuracies = {
+                    "train_accuracy": accuracy(predict_logits(backend, train, settings.batch_size), train.labels),
+                    "val_accuracy": accuracy(predict_logits(backend, val, settings.batch_size), val.labels),
+                    "test_accuracy": accuracy(test_logits, test.labels)}
+                entry.update(accuracies)
+                history["epochs"].append({"epoch": epoch, "step": step, "examples_seen": examples_seen, **accuracies})
+                if progress:
+                    bar.write(f"epoch {epoch}: accuracy train {accuracies['train_accuracy']:.2%}, "
+                              f"val {accuracies['val_accuracy']:.2%}, test {accuracies['test_accuracy']:.2%}")
             history["steps"].append(entry)
             if on_log:
-                on_log("step", entry)
+                on_log(entry)
             bar.update(1)
-        test_logits = predict_logits(backend, test, settings.batch_size)
-        epoch_entry = {"epoch": epoch + 1, "step": step, "examples_seen": examples_seen,
-                       "train_accuracy": accuracy(predict_logits(backend, train, settings.batch_size), train.labels),
-                       "val_accuracy": accuracy(predict_logits(backend, val, settings.batch_size), val.labels),
-                       "test_accuracy": accuracy(test_logits, test.labels)}
-        history["epochs"].append(epoch_entry)
-        if progress:
-            bar.write(f"epoch {epoch + 1}: accuracy train {epoch_entry['train_accuracy']:.2%}, "
-                      f"val {epoch_entry['val_accuracy']:.2%}, test {epoch_entry['test_accuracy']:.2%}")
-        if on_log:
-            on_log("epoch", epoch_entry)
     bar.close()
     history["test_logits"] = test_logits
     return history

@@ -30,14 +30,7 @@ from torchgpt.model import load_numpy_params
 
 METRIC_KEYS = ("train_accuracy", "val_accuracy", "test_accuracy", "precision", "recall", "f1", "confusion_matrix")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch/BLAS thread: on a busy shared 2-core machine two threads make these small models many
-    times slower (threads wait for each other); the results do not depend on it."""
-    from gpt2cli.commands.finetune_classify import limited_threads
-    with limited_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # the CLI runs below also pass --threads 1
 
 
 @pytest.fixture(scope="module")
@@ -293,8 +286,12 @@ def test_finetune_writes_checkpoint_metrics_plots_and_log(scratch_run):
     assert metrics["trainable_params"] == metrics["total_params"]
     assert [e["epoch"] for e in metrics["history"]["epochs"]] == [1, 2]
     assert [e["step"] for e in metrics["history"]["steps"] if "val_loss" in e] == [3, 6, 9, 12]
-    log = [json.loads(line) for line in (scratch_run / "log.jsonl").read_text().splitlines()]
-    assert [entry["kind"] for entry in log].count("epoch") == 2 and len(log) == 14 + 2
+    log = [json.loads(line) for line in (scratch_run / "metrics.jsonl").read_text().splitlines()]   # npgpt.runs.RunLog
+    assert [entry["step"] for entry in log] == list(range(1, 15))
+    assert [entry["step"] for entry in log if "test_accuracy" in entry] == [7, 14]
+    assert log[-1]["test_accuracy"] == metrics["test_accuracy"]
+    assert "test_accuracy" in (scratch_run / "metrics.csv").read_text().splitlines()[0]
+    assert json.loads((scratch_run / "config.json").read_text())["task"] == "classification"
     for plot in ("loss.png", "accuracy.png"):
         assert (scratch_run / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     config, params, state = load_checkpoint(scratch_run / "model")

@@ -12,6 +12,7 @@ from npgpt.classifier import check_classifier_params
 from torchgpt.classifier import GPTClassifier, class_weighted_cross_entropy, set_trainable
 from torchgpt.model import load_numpy_params, to_numpy_params
 from torchgpt.optim import clip_grad_norm, make_adamw
+from torchgpt.train import to_device
 
 
 class TorchClassifierBackend:
@@ -40,7 +41,7 @@ class TorchClassifierBackend:
 
     def train_step(self, ids, lengths, labels) -> float:
         self.model.train()
-        ids, lengths, labels = (torch.from_numpy(np.ascontiguousarray(a)).to(self.device) for a in (ids, lengths, labels))
+        ids, lengths, labels = to_device((ids, lengths, labels), self.device)
         loss = class_weighted_cross_entropy(self.model(ids, lengths), labels, self.class_weights)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -52,7 +53,7 @@ class TorchClassifierBackend:
     @torch.no_grad()
     def logits(self, ids, lengths) -> np.ndarray:
         self.model.eval()
-        ids, lengths = (torch.from_numpy(np.ascontiguousarray(a)).to(self.device) for a in (ids, lengths))
+        ids, lengths = to_device((ids, lengths), self.device)
         return self.model(ids, lengths).float().cpu().numpy()
 
     def numpy_params(self) -> dict:

@@ -35,8 +35,10 @@ def register(subparsers):
 
 def resolve_checkpoint_path(path) -> Path:
     """A run folder (holding model/) -> its checkpoint folder; anything else is returned as is."""
+    from npgpt.checkpoint import is_checkpoint
+
     path = Path(path)
-    if path.is_dir() and not (path / "config.json").is_file() and (path / RUN_MODEL_FOLDER / "config.json").is_file():
+    if path.is_dir() and not is_checkpoint(path) and is_checkpoint(path / RUN_MODEL_FOLDER):
         return path / RUN_MODEL_FOLDER
     return path
 

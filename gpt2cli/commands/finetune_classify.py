@@ -7,8 +7,9 @@ The run folder (--out) receives:
     model/          the classifier checkpoint (npgpt.checkpoint format; metadata: task, labels, max_length)
     metrics.json    train/val/test accuracy, precision, recall, F1 and confusion matrix on the test split,
                     plus the settings, sizes and the whole history
-    log.jsonl       one line per step and per epoch, written as training goes
-    loss.png, accuracy.png
+    config.json, metrics.jsonl, metrics.csv, loss.png    npgpt.runs.RunLog's run files (the run's settings;
+                    one record per step, written as training goes, with the accuracies at epoch ends)
+    accuracy.png    train / validation / test accuracy per epoch
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import warnings
 from pathlib import Path
 
 DEFAULT_PRESET = "gpt2-small"
+ACCURACY_KEYS = ("train_accuracy", "val_accuracy", "test_accuracy")
 
 
 def register(actions):
@@ -168,8 +170,14 @@ def make_backend(name, params, config, num_classes, device_name):
 
 
 def run_finetune(args) -> int:
+    from gpt2cli.main import UserError
+    from npgpt.runs import NonFiniteLossError
+
     with one_line_warnings(), limited_threads(args.threads):
-        return _run(args)
+        try:
+            return _run(args)
+        except NonFiniteLossError as error:
+            raise UserError(str(error)) from error
 
 
 def _run(args) -> int:
@@ -180,8 +188,8 @@ def _run(args) -> int:
     from npgpt.classification_data import (PAD_TOKEN_ID, SMS_LABELS, balance_classes, encode_messages,
                                            read_sms_spam, split_frame)
     from npgpt.classifier_train import ClassifierSettings, train_classifier
-    from npgpt.fileio import append_jsonl, atomic_write_json
-    from npgpt.plots import plot_curves
+    from npgpt.fileio import atomic_write_json
+    from npgpt.runs import RunLog
     from npgpt.tokenizer import get_tokenizer
 
     settings = ClassifierSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
@@ -229,13 +237,15 @@ def _run(args) -> int:
     print(f"data: {len(train)} train / {len(val)} validation / {len(test)} test messages"
           f"{' (balanced)' if not args.no_balance else ' (all, class-weighted loss)'}, padded to {max_length} tokens")
 
-    out.mkdir(parents=True, exist_ok=True)
-    log_file = out / "log.jsonl"
-    log_file.unlink(missing_ok=True)
+    run_log = RunLog(out, extra_columns=("examples_seen", *ACCURACY_KEYS), ylabel="loss")
+    run_log.continue_from(0)   # a fresh run: drop the records an earlier run left in this folder
+    run_log.write_config({"task": "classification", "init": source, "backend": args.backend, "device": device,
+                          "model": config.to_dict(), "settings": settings.to_dict(),
+                          "data": {"file": str(data_file), "balanced": not args.no_balance, "max_length": max_length},
+                          "arguments": arguments(args), "command": sys.argv[1:]})
     started = time.perf_counter()
     history = train_classifier(backend, train, val, test, settings, class_weights=class_weights,
-                               progress=not args.quiet,
-                               on_log=lambda kind, entry: append_jsonl(log_file, {"kind": kind, **entry}))
+                               progress=not args.quiet, on_log=run_log.log)
     train_seconds = time.perf_counter() - started
 
     test_predictions = history.pop("test_logits").argmax(axis=-1)
@@ -257,14 +267,15 @@ def _run(args) -> int:
         "trainable_params": trainable_count, "total_params": total_count,
         "backend": args.backend, "device": device, "train_seconds": round(train_seconds, 2),
         "settings": settings.to_dict(), "model_config": config.to_dict(),
-        "arguments": {key: value for key, value in vars(args).items() if key != "func"},
+        "arguments": arguments(args),
         "history": history,
     }
     checkpoint = save_checkpoint(out / "model", backend.numpy_params(), config, metadata={
         "task": "classification", "labels": list(SMS_LABELS), "num_classes": len(SMS_LABELS),
         "max_length": max_length, "pad_token_id": PAD_TOKEN_ID, "tokenizer": "gpt2",
         "init": source, "trainable": args.trainable, "test_accuracy": final["test_accuracy"]})
-    write_plots(out, history, plot_curves)
+    run_log.plot()
+    plot_accuracy(out / "accuracy.png", history["epochs"])
     atomic_write_json(out / "metrics.json", metrics)
     print(f"test: accuracy {metrics['test_accuracy']:.2%}, precision {metrics['precision']:.3f}, recall "
           f"{metrics['recall']:.3f}, F1 {metrics['f1']:.3f}, confusion [[TN, FP], [FN, TP]] = "
@@ -273,17 +284,13 @@ def _run(args) -> int:
     return 0
 
 
-def write_plots(out: Path, history: dict, plot_curves) -> None:
-    """loss.png: batch loss every step, eval train/validation loss at eval steps; accuracy.png per epoch."""
-    steps = history["steps"]
-    x = [entry["step"] for entry in steps]
-    plot_curves(out / "loss.png", x, {
-        "train loss (batch)": [entry["train_loss"] for entry in steps],
-        "train loss (eval)": [entry.get("eval_train_loss") for entry in steps],
-        "validation loss (eval)": [entry.get("val_loss") for entry in steps],
-    }, xlabel="step", ylabel="loss", title="classification finetuning: loss",
-        secondary_x=("examples seen", [entry["examples_seen"] for entry in steps]))
-    epochs = history["epochs"]
-    plot_curves(out / "accuracy.png", [entry["epoch"] for entry in epochs], {
-        split: [entry[f"{split}_accuracy"] for entry in epochs] for split in ("train", "val", "test")
-    }, xlabel="epoch", ylabel="accuracy", title="classification finetuning: accuracy")
+def arguments(args) -> dict:
+    return {key: value for key, value in vars(args).items() if key != "func"}
+
+
+def plot_accuracy(path: Path, epochs: list[dict]) -> None:
+    """accuracy.png: train / validation / test accuracy after every epoch."""
+    from npgpt.plots import plot_curves
+    plot_curves(path, [entry["epoch"] for entry in epochs],
+                {split: [entry[f"{split}_accuracy"] for entry in epochs] for split in ("train", "val", "test")},
+                xlabel="epoch", ylabel="accuracy", title=f"{path.parent.name}: accuracy")
