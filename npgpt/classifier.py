@@ -27,6 +27,7 @@ import numpy as np
 from npgpt import model as lm
 from npgpt.config import GPTConfig
 from npgpt.linear import linear_layer_backward, linear_layer_forward
+from npgpt.params import check_param_shapes
 
 HEAD_NAMES = ("cls_head.weight", "cls_head.bias")
 LM_HEAD_NAME = "out_head.weight"
@@ -81,15 +82,8 @@ def classifier_from_lm_params(lm_params: dict[str, np.ndarray], config: GPTConfi
 
 def check_classifier_params(params: dict[str, np.ndarray], config: GPTConfig, num_classes: int) -> None:
     """Clear error when the dict does not match a classifier of this config and number of classes."""
-    expected = classifier_param_shapes(config, num_classes)
-    missing = sorted(set(expected) - set(params))
-    unexpected = sorted(set(params) - set(expected))
-    if missing or unexpected:
-        raise ValueError(f"classifier parameters do not match the config: missing {missing[:5]}, unexpected "
-                         f"{unexpected[:5]}; build them with classifier_from_lm_params")
-    for name, shape in expected.items():
-        if tuple(params[name].shape) != shape:
-            raise ValueError(f"parameter {name} has shape {tuple(params[name].shape)}, the classifier needs {shape}")
+    check_param_shapes(params, classifier_param_shapes(config, num_classes), what="classifier parameters",
+                       fix="; build them with classifier_from_lm_params")
 
 
 def trainable_param_names(config: GPTConfig, trainable: str = "last-k", last_k: int = 1) -> list[str]:

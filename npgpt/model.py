@@ -20,7 +20,7 @@ from npgpt.embedding import embedding_backward, embedding_forward, pos_embedding
 from npgpt.layernorm import layernorm_backward, layernorm_forward
 from npgpt.linear import linear_layer_backward, linear_layer_forward
 from npgpt.loss import cross_entropy_backward, cross_entropy_forward
-from npgpt.params import prefixed, subdict, unique_arrays
+from npgpt.params import check_param_shapes, prefixed, subdict, unique_arrays
 
 
 def block_param_shapes(config: GPTConfig):
@@ -85,14 +85,7 @@ def count_params(params):
 
 def check_params(params, config: GPTConfig):
     """Clear error when the dict does not match the config's canonical names and shapes."""
-    expected = param_shapes(config)
-    missing = sorted(set(expected) - set(params))
-    unexpected = sorted(set(params) - set(expected))
-    if missing or unexpected:
-        raise ValueError(f"parameters do not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    for name, shape in expected.items():
-        if tuple(params[name].shape) != shape:
-            raise ValueError(f"parameter {name} has shape {tuple(params[name].shape)}, the config needs {shape}")
+    check_param_shapes(params, param_shapes(config))
 
 
 def check_token_ids(idx, config: GPTConfig):

@@ -18,3 +18,15 @@ def unique_arrays(params):
         if id(value) not in seen:
             seen.add(id(value))
             yield name, value
+
+
+def check_param_shapes(params, expected, *, what="parameters", fix=""):
+    """ValueError naming the problem when `params` does not hold exactly the names and shapes of `expected`
+    (name -> shape); `what` names the dict in the message, `fix` is appended to the name mismatch."""
+    missing = sorted(set(expected) - set(params))
+    unexpected = sorted(set(params) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"{what} do not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}{fix}")
+    for name, shape in expected.items():
+        if tuple(params[name].shape) != tuple(shape):
+            raise ValueError(f"parameter {name} has shape {tuple(params[name].shape)}, the config needs {tuple(shape)}")
