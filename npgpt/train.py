@@ -146,7 +146,11 @@ def train(params, config, train_dataset, val_dataset, settings: TrainSettings, *
     step, tokens_seen, elapsed = 0, 0, 0.0
     if resume_state is not None:
         optimizer.load_state_dict(resume_state["optimizer"])
-        dropout_rng.bit_generator.state = resume_state["rng"]["numpy"]
+        saved_rng = (resume_state.get("rng") or {}).get("numpy")
+        if saved_rng is not None:
+            dropout_rng.bit_generator.state = saved_rng
+        else:                   # a torch checkpoint: its generators are torch's; a fresh, step-dependent stream
+            dropout_rng = np.random.default_rng([settings.seed, int(resume_state["step"])])
         stream.load_state_dict(resume_state["data"])
         step, tokens_seen = int(resume_state["step"]), int(resume_state["tokens_seen"])
         elapsed = float(resume_state.get("elapsed_s", 0.0))

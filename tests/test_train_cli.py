@@ -70,6 +70,17 @@ def test_resume_drops_metrics_logged_after_the_last_checkpoint(tmp_path):
     assert [r["step"] for r in read_jsonl(run / "metrics.jsonl")] == [1, 2, 3]
 
 
+def test_a_torch_run_continues_in_the_numpy_backend(tmp_path):
+    run = tmp_path / "run"
+    assert train(tmp_path, "--out", str(run), "--max-steps", "2", "--eval-interval", "10") == 0
+    assert main(["train", "--resume", str(run), "--backend", "numpy", "--max-steps", "3", "--quiet"]) == 0
+    records = read_jsonl(run / "metrics.jsonl")
+    assert [r["step"] for r in records] == [1, 2, 3]
+    state = load_checkpoint(latest_checkpoint(run))[2]
+    assert state["backend"] == "numpy" and state["optimizer"]["t"] == 3        # torch's AdamW state carried over
+    assert state["data"]["position"] == 3 * 2                                  # and the data position
+
+
 def test_init_from_released_weights_and_a_sample(tmp_path):
     hparams = openai_hparams(n_vocab=50257, n_ctx=16, n_embd=8, n_head=2, n_layer=1)
     tensors = random_openai_tensors(hparams, seed=0)

@@ -257,3 +257,21 @@ def test_run_log_continues_from_a_step(tmp_path):
     rows = (tmp_path / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("step,epoch,train_loss") and [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4"]
     assert again.plot().is_file()
+
+
+def test_cuda_choices_without_a_gpu(monkeypatch):
+    """What the loop picks on CUDA (checked with torch.cuda's answers faked: no GPU here)."""
+    from torchgpt.train import peak_flops, resolve_autocast_dtype
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_autocast_dtype("auto", cuda) == torch.bfloat16
+    assert resolve_autocast_dtype("auto", cpu) is None and resolve_autocast_dtype("float32", cuda) is None
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_autocast_dtype("auto", cuda) is None
+    with pytest.raises(ValueError, match="no bfloat16 support"):
+        resolve_autocast_dtype("bfloat16", cuda)
+    for name, flops in [("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12),
+                        ("NVIDIA A100-SXM4-40GB", 312e12), ("Some Future GPU", None)]:
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None, name=name: name)
+        assert peak_flops(cuda) == flops
+    assert peak_flops(cpu) is None
