@@ -178,7 +178,8 @@ class WindowStream:
     def load_state_dict(self, state: dict) -> None:
         if int(state.get("num_windows", self.num_windows)) != self.num_windows:
             raise ValueError(f"the checkpoint's data order covers {state['num_windows']} windows, this data has "
-                             f"{self.num_windows}; resume with the same data, context length and stride")
+                             f"{self.num_windows}; resume with the same data, context length and stride, or "
+                             f"start a new run from the checkpoint's weights (--init-from CHECKPOINT)")
         self.seed, self.epoch, self.position = int(state["seed"]), int(state["epoch"]), int(state["position"])
 
 

@@ -123,3 +123,18 @@ def test_a_finished_run_is_not_overwritten(tmp_path, capsys):
     assert train(tmp_path, "--out", str(run), "--max-steps", "1") == 0
     assert train(tmp_path, "--out", str(run), "--max-steps", "1") == 2
     assert f"continue it with --resume {run}" in capsys.readouterr().err
+
+
+def test_resume_from_another_folder_with_changed_text_is_refused(tmp_path, shared_data_dir, capsys, monkeypatch):
+    text = tmp_path / "story.txt"
+    text.write_text((shared_data_dir / "the-verdict.txt").read_text(encoding="utf-8")[:4000], encoding="utf-8")
+    run = tmp_path / "run"
+    monkeypatch.chdir(tmp_path)
+    assert train(tmp_path, "--data", "story.txt", "--out", "run", "--max-steps", "1", "--eval-interval", "10") == 0
+    text.write_text(text.read_text(encoding="utf-8") + "\nOne more line.\n", encoding="utf-8")
+    monkeypatch.chdir(shared_data_dir)                          # relative paths were stored as absolute ones
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--max-steps", "2", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "the training text changed since the run started" in err        # found the file from another folder
+    assert "data order covers 56 windows, this data has 61" in err and "--init-from CHECKPOINT" in err

@@ -264,7 +264,11 @@ def train_command(args) -> int:
             raise ValueError(f"--out {out} already holds a run with checkpoints; continue it with --resume {out} "
                              f"or choose another --out")
         progress = not args.quiet
+        _absolute_paths(options)
         corpus, data_info = _prepare_data_once(options, progress and context.is_main, context)
+        if saved and saved.get("data", {}).get("key") not in (None, data_info["key"]) and context.is_main:
+            print(f"note: the training text changed since the run started (token files {saved['data']['key']} -> "
+                  f"{data_info['key']}); the continuation is not the run it would have been", file=sys.stderr)
         config, params = model_config_and_params(options, checkpoint)
         context_length = options["context_length"] or config.context_length
         if context_length > config.context_length:
@@ -291,6 +295,15 @@ def train_command(args) -> int:
     finally:
         from torchgpt.distributed import shutdown_distributed
         shutdown_distributed()
+
+
+def _absolute_paths(options: dict) -> None:
+    """Paths in the options made absolute, so `--resume` works from any working directory."""
+    if options["data"]:
+        options["data"] = [str(Path(entry).resolve()) if Path(entry).exists() else entry for entry in options["data"]]
+    for key in ("data_dir", "token_cache", "init_from"):
+        if options[key]:
+            options[key] = str(Path(options[key]).expanduser().resolve())
 
 
 def _start_processes(options: dict):
