@@ -32,8 +32,8 @@ LOSS_PLOT = "loss.png"
 CHECKPOINTS_DIR = "checkpoints"
 CHECKPOINT_NAME = re.compile(r"^step-(\d+)$")
 RUN_FORMAT = "gpt2-twice-run"
-CSV_COLUMNS = ["step", "epoch", "train_loss", "train_perplexity", "eval_train_loss", "val_loss",
-               "val_perplexity", "lr", "grad_norm", "tokens_seen", "tokens_per_sec", "elapsed_s", "mfu"]
+CSV_COLUMNS = ["step", "epoch", "train_loss", "train_perplexity", "eval_train_loss", "eval_train_perplexity",
+               "val_loss", "val_perplexity", "lr", "grad_norm", "tokens_seen", "tokens_per_sec", "elapsed_s", "mfu"]
 
 
 class RunLog:

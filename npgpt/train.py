@@ -132,7 +132,8 @@ def train(params, config, train_dataset, val_dataset, settings: TrainSettings, *
           run_log: RunLog | None = None, resume_state: dict | None = None, on_step=None, metadata=None):
     """Trains `params` in place; returns the history, a list of dicts per logged step:
     {step, epoch, train_loss (the step's mean micro-batch loss), train_perplexity, lr, grad_norm, tokens_seen,
-    tokens_per_sec, elapsed_s} plus, at eval steps, {eval_train_loss, val_loss, val_perplexity}.
+    tokens_per_sec, elapsed_s} plus, at eval steps, {eval_train_loss, eval_train_perplexity, val_loss,
+    val_perplexity}.
 
     on_log(entry) is called for every entry; on_step(step) after each completed step (tests use it to stop).
     run_log: the run folder for metrics, loss.png and checkpoints (training state included).
@@ -223,6 +224,7 @@ def train(params, config, train_dataset, val_dataset, settings: TrainSettings, *
                     eval_micro_batches = settings.eval_batches * settings.grad_accum_steps   # global batches
                     entry["eval_train_loss"] = evaluate_loss(params, config, train_dataset, settings.batch_size,
                                                              eval_micro_batches)
+                    entry["eval_train_perplexity"] = perplexity(entry["eval_train_loss"])
                     if val_dataset is not None and len(val_dataset):
                         entry["val_loss"] = evaluate_loss(params, config, val_dataset, settings.batch_size,
                                                           eval_micro_batches)
