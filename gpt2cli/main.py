@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "gpt2cli.commands.generate",
     "gpt2cli.commands.train",
     "gpt2cli.commands.classify",
+    "gpt2cli.commands.weights",
 ]
 
 

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from npgpt.config import ConfigError, GPTConfig
+from npgpt.fileio import atomic_write_json
 from npgpt.params import unique_arrays
 
 CHECKPOINT_FORMAT = "gpt2-twice-checkpoint"
@@ -164,17 +165,53 @@ def _aliases(params: dict[str, np.ndarray]) -> dict[str, str]:
     return {name: first_name[id(value)] for name, value in params.items() if first_name[id(value)] != name}
 
 
-def _write_json(file: Path, values: dict):
-    with open(file, "w", encoding="utf-8") as handle:
-        json.dump(values, handle, indent=2, allow_nan=True)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+_PREVIOUS = "previous"   # inside .<name>.old-*/ : the checkpoint being swapped out
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a folder's entries (new names, renames) durable; a no-op where folders cannot be opened."""
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
+
+
+def _swapped_out(target: Path) -> list[Path]:
+    """Complete checkpoints left in .<name>.old-*/previous by a save that stopped between its two renames."""
+    return sorted((p for p in target.parent.glob(f".{target.name}.old-*/{_PREVIOUS}") if is_checkpoint(p)),
+                  key=lambda p: p.stat().st_mtime)
+
+
+def recover_interrupted_save(target: str | os.PathLike) -> bool:
+    """Put back the newest swapped-out checkpoint when `target` is missing; True when one was restored."""
+    target = Path(target)
+    if target.exists():
+        return False
+    candidates = _swapped_out(target)
+    if not candidates:
+        return False
+    os.replace(candidates[-1], target)
+    shutil.rmtree(candidates[-1].parent, ignore_errors=True)
+    _fsync_dir(target.parent)
+    return True
 
 
 def _replace_dir_atomically(build, target: Path) -> Path:
-    """build(tmp_dir) writes the files; the finished folder then takes `target`'s place."""
+    """build(tmp_dir) writes the files; the finished folder then takes `target`'s place.
+
+    A folder cannot be swapped with one atomic rename when the target exists, so the old checkpoint is
+    first renamed to .<name>.old-*/previous and the new one renamed into place: at every moment a complete
+    checkpoint exists under one of the two names, and a load that finds `target` missing restores the
+    swapped-out one (recover_interrupted_save). A failure while building leaves the old checkpoint untouched.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
+    recover_interrupted_save(target)
     if target.exists() and not is_checkpoint(target) and (target.is_file() or any(target.iterdir())):
         raise CheckpointError(f"{target} exists and is not a checkpoint; refusing to replace it. "
                               f"Choose another path or remove it yourself")
@@ -182,13 +219,22 @@ def _replace_dir_atomically(build, target: Path) -> Path:
     try:
         build(tmp)
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0o700
+        _fsync_dir(tmp)
         if target.exists():
             old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
-            os.replace(target, old / "previous")  # one rename away from a complete checkpoint at all times
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
+            try:
+                os.replace(target, old / _PREVIOUS)
+                try:
+                    os.replace(tmp, target)
+                except BaseException:
+                    os.replace(old / _PREVIOUS, target)   # put the old checkpoint back
+                    raise
+            finally:
+                if target.exists():   # the new or the restored old checkpoint is in place
+                    shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
+        _fsync_dir(target.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -218,31 +264,43 @@ def save_checkpoint(path: str | os.PathLike, params: dict[str, np.ndarray], conf
         write_safetensors(folder / MODEL_FILE, stored, metadata={
             "format": CHECKPOINT_FORMAT, "config": json.dumps(config.to_dict()), "aliases": json.dumps(aliases),
             "param_order": json.dumps(list(params)), "metadata": json.dumps(metadata or {})})
-        _write_json(folder / CONFIG_FILE, header)
+        atomic_write_json(folder / CONFIG_FILE, header)
         if training_state is not None:
             write_safetensors(folder / STATE_TENSORS_FILE, state_arrays)
-            _write_json(folder / STATE_JSON_FILE, {"format": CHECKPOINT_FORMAT, "state": state_tree})
+            atomic_write_json(folder / STATE_JSON_FILE, {"format": CHECKPOINT_FORMAT, "state": state_tree})
 
     return _replace_dir_atomically(build, path)
 
 
 def is_checkpoint(path: str | os.PathLike) -> bool:
-    """True for one of our checkpoint folders, or a model.safetensors written by save_checkpoint."""
+    """True for one of our checkpoint folders, or a model.safetensors written by save_checkpoint.
+
+    A folder counts when its config.json or its model.safetensors header says so (a corrupt config.json
+    then gets load_checkpoint's error about the checkpoint, not a Hugging Face loader's).
+    """
     path = Path(path)
-    try:
-        if path.is_dir():
+    if path.is_dir():
+        try:
             values = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
-            return isinstance(values, dict) and values.get("format") == CHECKPOINT_FORMAT
-        if path.is_file() and path.suffix == ".safetensors":
-            with open(path, "rb") as handle:
-                size = int.from_bytes(handle.read(8), "little")
-                if size > 100_000_000:
-                    return False
-                header = json.loads(handle.read(size))
-            return header.get("__metadata__", {}).get("format") == CHECKPOINT_FORMAT
+            if isinstance(values, dict) and values.get("format") == CHECKPOINT_FORMAT:
+                return True
+        except (OSError, ValueError):
+            pass
+        return _safetensors_says_ours(path / MODEL_FILE)
+    return path.suffix == ".safetensors" and _safetensors_says_ours(path)
+
+
+def _safetensors_says_ours(file: Path) -> bool:
+    """The header metadata of a .safetensors file names our format (reads only the header)."""
+    try:
+        with open(file, "rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            if size > 100_000_000:
+                return False
+            header = json.loads(handle.read(size))
+        return header.get("__metadata__", {}).get("format") == CHECKPOINT_FORMAT
     except (OSError, ValueError, AttributeError):
         return False
-    return False
 
 
 def _read_header(path: Path) -> tuple[dict, Path]:
@@ -254,17 +312,24 @@ def _read_header(path: Path) -> tuple[dict, Path]:
                 meta = source.metadata
         except WeightsError as error:
             raise CheckpointError(str(error)) from error
-        return {"config": json.loads(meta["config"]), "aliases": json.loads(meta.get("aliases", "{}")),
-                "param_order": json.loads(meta.get("param_order", "[]")),
-                "metadata": json.loads(meta.get("metadata", "{}"))}, path
+        try:
+            return {"config": json.loads(meta["config"]), "aliases": json.loads(meta.get("aliases", "{}")),
+                    "param_order": json.loads(meta.get("param_order", "[]")),
+                    "metadata": json.loads(meta.get("metadata", "{}"))}, path
+        except (KeyError, ValueError) as error:
+            raise CheckpointError(f"{path}: the header metadata lacks a valid config ({error}); save the "
+                                  f"checkpoint again") from error
     file = path / CONFIG_FILE
+    recover_interrupted_save(path)
     if not file.is_file():
         raise FileNotFoundError(f"missing {file}: {path} is not a checkpoint folder (save one with save_checkpoint)")
     try:
         values = json.loads(file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{file} is not valid JSON ({error}); the checkpoint is corrupt") from error
-    if values.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{file} is not valid JSON ({error}); the checkpoint is corrupt: save it again or "
+                              f"use an earlier checkpoint") from error
+    if not isinstance(values, dict) or values.get("format") != CHECKPOINT_FORMAT:
+        values = values if isinstance(values, dict) else {}
         raise CheckpointError(f"{file} is not one of our checkpoints (format {values.get('format')!r}); "
                               f"load released weights with npgpt.load_weights")
     if values.get("format_version", 0) > FORMAT_VERSION:
@@ -283,8 +348,9 @@ def load_checkpoint(path: str | os.PathLike, *, load_training_state: bool = True
     header, model_file = _read_header(path)
     try:
         config = GPTConfig.from_dict(header["config"])
-    except (ConfigError, TypeError) as error:
-        raise CheckpointError(f"{model_file.parent / CONFIG_FILE}: invalid config ({error})") from error
+    except (ConfigError, TypeError, KeyError, AttributeError) as error:
+        raise CheckpointError(f"{model_file.parent / CONFIG_FILE}: invalid or missing config ({error}); the "
+                              f"checkpoint is corrupt") from error
     tensors, _ = _read_safetensors(model_file)
     aliases = header.get("aliases", {})
     for alias, target in aliases.items():
@@ -303,7 +369,7 @@ def load_checkpoint(path: str | os.PathLike, *, load_training_state: bool = True
     if load_training_state and path.is_dir() and state_json.is_file():
         try:
             tree = json.loads(state_json.read_text(encoding="utf-8"))["state"]
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError) as error:
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
             raise CheckpointError(f"{state_json} is not a valid training state ({error}); the checkpoint is "
                                   f"corrupt") from error
         arrays, _ = _read_safetensors(model_file.parent / STATE_TENSORS_FILE)

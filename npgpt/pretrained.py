@@ -20,23 +20,23 @@ MIRROR_BASE_URL = "https://f001.backblazeb2.com/file/LLMs-from-scratch/gpt2"
 DEFAULT_BASE_URLS = (OPENAI_BASE_URL, MIRROR_BASE_URL)
 MODELS_DIR_ENV = "GPT2_MODELS_DIR"
 
-# The tokenizer files and the TF `checkpoint` pointer file are the same for every size.
-_COMMON = {"checkpoint": 77, "encoder.json": 1_042_301, "vocab.bpe": 456_318}
+# Expected size in bytes of each released file, as recorded from OpenAI's files; None where the size has not
+# been recorded here: the download then checks only that the transfer completed (the Content-Length the
+# server announced), and load_weights still checks every tensor's shape against hparams.json.
+# The tokenizer files are one tokenizer shared by every size, so their sizes hold for all four folders.
+# The small `checkpoint` pointer file is recorded for 124M only.
+_TOKENIZER = {"encoder.json": 1_042_301, "vocab.bpe": 456_318}
+_NOT_RECORDED = {"checkpoint": None, "hparams.json": None, "model.ckpt.data-00000-of-00001": None,
+                 "model.ckpt.index": None, "model.ckpt.meta": None}
 
-# Expected size in bytes of each released file; None where we have not seen the file's size (the
-# download then only checks that it completes; `load_weights` still checks every tensor's shape).
 GPT2_FILES: dict[str, dict[str, int | None]] = {
-    "124M": {**_COMMON, "hparams.json": 90, "model.ckpt.data-00000-of-00001": 497_759_232,
+    "124M": {"checkpoint": 77, **_TOKENIZER, "hparams.json": 90, "model.ckpt.data-00000-of-00001": 497_759_232,
              "model.ckpt.index": 5_215, "model.ckpt.meta": 471_155},
-    "355M": {**_COMMON, "hparams.json": 91, "model.ckpt.data-00000-of-00001": 1_419_292_672,
+    "355M": {"checkpoint": None, **_TOKENIZER, "hparams.json": 91, "model.ckpt.data-00000-of-00001": 1_419_292_672,
              "model.ckpt.index": 10_399, "model.ckpt.meta": 926_519},
-    # 774M and 1558M: sizes not verified. The data file of 124M and 355M is exactly 4 bytes x the
-    # parameter count (124,439,808 and 354,823,168), which predicts 3,096,120,320 for 774M and
-    # 6,230,444,800 for 1558M; unverified, so not enforced. hparams.json is probably 91 bytes.
-    "774M": {**_COMMON, "hparams.json": None, "model.ckpt.data-00000-of-00001": None,
-             "model.ckpt.index": None, "model.ckpt.meta": None},
-    "1558M": {**_COMMON, "hparams.json": None, "model.ckpt.data-00000-of-00001": None,
-              "model.ckpt.index": None, "model.ckpt.meta": None},
+    # 774M and 1558M: the model files' sizes are not known here (no copy could be measured); unchecked.
+    "774M": {**_NOT_RECORDED, **_TOKENIZER},
+    "1558M": {**_NOT_RECORDED, **_TOKENIZER},
 }
 # Download order: the small files first, so a wrong size or a dead URL shows up before the big one.
 _ORDER = ("checkpoint", "hparams.json", "encoder.json", "vocab.bpe", "model.ckpt.index", "model.ckpt.meta",
@@ -67,20 +67,28 @@ def gpt2_file_urls(size: str, file: str, base_urls: list[str] | tuple[str, ...] 
 
 def download_gpt2(size: str = "124M", dest_dir: str | os.PathLike | None = None, *,
                   base_urls: list[str] | tuple[str, ...] | None = None, timeout: float = 30.0,
-                  progress: bool = True) -> Path:
+                  progress: bool = True, expected_sizes: dict[str, int | None] | None = None) -> Path:
     """Download OpenAI's GPT-2 `size` files into `dest_dir` (default <models dir>/<size>); return the folder.
 
-    Files already there with the expected size are kept (no network). Raises npgpt.download.DownloadError
-    naming the file, the URLs tried and the fix.
+    base_urls: the URL prefixes to try in order (default: OpenAI's, then the mirror); a file's URL is
+    '{base}/{size}/{file}'. expected_sizes: file -> bytes, replacing GPT2_FILES[size] (private mirrors,
+    tests). A file already in place (with its recorded size, where one is recorded) is kept without
+    touching the network: the downloader only ever moves complete transfers into place, and an interrupted
+    one is resumed from its .part file, so running the command again finishes a broken download.
+    Raises npgpt.download.DownloadError naming the file, the URLs tried and the fix.
     """
     from npgpt.download import download_file
 
     size = normalize_size(size)
     folder = Path(dest_dir) if dest_dir is not None else default_models_dir() / size
     folder.mkdir(parents=True, exist_ok=True)
-    expected = GPT2_FILES[size]
+    expected = GPT2_FILES[size] if expected_sizes is None else expected_sizes
+    unknown = sorted(set(expected) - set(_ORDER))
+    if unknown:
+        raise ValueError(f"expected_sizes names files {unknown} that are not part of a GPT-2 release; "
+                         f"the files are {list(_ORDER)}")
     for file in _ORDER:
-        download_file(gpt2_file_urls(size, file, base_urls), folder / file, expected_size=expected[file],
+        download_file(gpt2_file_urls(size, file, base_urls), folder / file, expected_size=expected.get(file),
                       timeout=timeout, progress=progress,
                       hint=f"check your network connection and run the command again (it resumes), or put "
                            f"OpenAI's {size}/{file} at {folder / file} yourself")

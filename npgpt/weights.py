@@ -39,6 +39,7 @@ HPARAMS_FILE = "hparams.json"
 HF_CONFIG_FILE = "config.json"
 HF_WEIGHTS_FILE = "model.safetensors"
 TF_PREFIX = "model.ckpt"
+TF_POINTER_FILE = "checkpoint"   # TF's text file naming the latest model.ckpt
 
 # GPT-2's widths and head counts; used only when a bare .safetensors file comes without a config.json.
 HEADS_BY_WIDTH = {768: 12, 1024: 16, 1280: 20, 1600: 25}
@@ -63,8 +64,10 @@ def load_weights(path: str | os.PathLike) -> tuple[GPTConfig, dict[str, np.ndarr
 
 def detect_format(path: Path) -> str:
     """'openai', 'huggingface' or 'checkpoint' (ours), from the files present; WeightsError otherwise."""
-    from npgpt.checkpoint import is_checkpoint
+    from npgpt.checkpoint import is_checkpoint, recover_interrupted_save
     path = Path(path)
+    if recover_interrupted_save(path):   # a save of ours stopped between its two renames: put it back
+        return "checkpoint"
     if not path.exists():
         raise FileNotFoundError(f"no weights at {path}: give an OpenAI folder (run `gpt2 weights download "
                                 f"--size 124M`), a Hugging Face folder or a .safetensors file")
@@ -73,7 +76,7 @@ def detect_format(path: Path) -> str:
     if path.is_file():
         if path.suffix == ".safetensors":
             return "huggingface"
-        if path.name.startswith(TF_PREFIX) or path.name == HPARAMS_FILE:
+        if path.name.startswith(TF_PREFIX) or path.name in (HPARAMS_FILE, TF_POINTER_FILE):
             return "openai"  # a file inside an OpenAI folder: load the folder
         raise WeightsError(f"{path} is not a weights file: expected a .safetensors file or a folder with "
                            f"{HPARAMS_FILE} + {TF_PREFIX}.* or {HF_CONFIG_FILE} + {HF_WEIGHTS_FILE}")
@@ -194,8 +197,11 @@ def read_hparams(folder: Path) -> dict:
                                 f"{TF_PREFIX}.*; download it again with `gpt2 weights download --size 124M --dir {folder}`")
     try:
         hparams = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
         raise WeightsError(f"{file} is not valid JSON ({error}); download it again") from error
+    if not isinstance(hparams, dict):
+        raise WeightsError(f"{file} holds a JSON {type(hparams).__name__}, not an object with n_vocab, n_ctx, "
+                           f"n_embd, n_head, n_layer; download it again")
     missing = [key for key in ("n_vocab", "n_ctx", "n_embd", "n_head", "n_layer") if key not in hparams]
     if missing:
         raise WeightsError(f"{file} lacks {missing}; it should hold n_vocab, n_ctx, n_embd, n_head, n_layer")
@@ -247,7 +253,7 @@ def load_openai_checkpoint(folder: str | os.PathLike) -> tuple[GPTConfig, dict[s
             raise _shape_error(index, name, stored_shapes[name], expected, folder / HPARAMS_FILE, config)
         try:
             value = reader.get_tensor(name)
-        except tf.errors.OpError as error:
+        except (tf.errors.OpError, IndexError, ValueError) as error:  # a short file raises IndexError
             raise WeightsError(f"{data_files[0]}: cannot read tensor {name} ({_first_line(error)}); the data file "
                                f"is truncated or corrupt: download it again") from error
         return value[0] if leading_one else value
@@ -286,8 +292,9 @@ class SafetensorsFile:
                 self.keys = list(handle.keys())
                 self.metadata = dict(handle.metadata() or {})
         except Exception as error:  # safetensors raises its own SafetensorError (an Exception subclass)
-            raise WeightsError(f"{self.path} is not a readable safetensors file ({_first_line(error)}); it is "
-                               f"truncated or corrupt: download or save it again") from error
+            raise WeightsError(f"{self.path} is not a readable safetensors file ({_first_line(error)}"
+                               f"{_truncated_tensor(self.path)}); it is truncated or corrupt: download or save "
+                               f"it again") from error
         with open(self.path, "rb") as handle:
             header_size = int.from_bytes(handle.read(8), "little")
             self._header = json.loads(handle.read(header_size))
@@ -324,6 +331,24 @@ class SafetensorsFile:
 
     def __exit__(self, *exc_info):
         self.close()
+
+
+def _truncated_tensor(path: Path) -> str:
+    """', tensor X ends at byte N but the file holds only M' when the header is intact and the data short."""
+    try:
+        with open(path, "rb") as handle:
+            header_size = int.from_bytes(handle.read(8), "little")
+            if header_size > path.stat().st_size:
+                return ""
+            header = json.loads(handle.read(header_size))
+        data_size = path.stat().st_size - 8 - header_size
+        ends = sorted((info["data_offsets"][1], key) for key, info in header.items() if key != "__metadata__")
+    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return ""
+    for end, key in ends:
+        if end > data_size:
+            return f"; tensor {key} ends at data byte {end} but the file holds only {data_size} data bytes"
+    return ""
 
 
 def _hf_key_prefix(keys: list[str]) -> str:

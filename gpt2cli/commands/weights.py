@@ -1,0 +1,101 @@
+"""`gpt2 weights`: download OpenAI's GPT-2, describe a weights path, convert it to our checkpoint format.
+
+    gpt2 weights download --size 124M [--dir D] [--base-url URL ...] [--timeout S] [--quiet]
+    gpt2 weights info PATH
+    gpt2 weights convert SRC DST
+"""
+from __future__ import annotations
+
+
+def register(subparsers):
+    parser = subparsers.add_parser("weights", help="download OpenAI's GPT-2, inspect and convert weights")
+    actions = parser.add_subparsers(dest="weights_command", metavar="ACTION")
+    actions.required = True
+
+    download = actions.add_parser(
+        "download", help="fetch OpenAI's GPT-2 checkpoint files (mirror fallback, resume, size checks)")
+    download.add_argument("--size", default="124M",
+                          help="which GPT-2: 124M, 355M, 774M, 1558M (or gpt2-small ... gpt2-xl); default 124M")
+    download.add_argument("--dir", default=None,
+                          help="folder for the files (default: $GPT2_MODELS_DIR/SIZE, else ./gpt2/SIZE)")
+    download.add_argument("--base-url", action="append", default=None, metavar="URL",
+                          help="URL prefix to fetch '{URL}/{size}/{file}' from instead of OpenAI's and the "
+                               "mirror; repeat for fallbacks (a private mirror)")
+    download.add_argument("--timeout", type=float, default=30.0,
+                          help="seconds to wait for a connection and for each read (default 30)")
+    download.add_argument("--quiet", action="store_true", help="no progress bars")
+    download.set_defaults(func=run_download)
+
+    info = actions.add_parser("info", help="detected format, config and parameter count of a weights path")
+    info.add_argument("path", help="an OpenAI folder, a Hugging Face folder or .safetensors file, or our checkpoint")
+    info.set_defaults(func=run_info)
+
+    convert = actions.add_parser("convert", help="convert any weights path to our checkpoint format")
+    convert.add_argument("source", help="an OpenAI folder, a Hugging Face folder or .safetensors file")
+    convert.add_argument("dest", help="the checkpoint folder to write (replaced atomically if it is one)")
+    convert.set_defaults(func=run_convert)
+
+
+def run_download(args) -> int:
+    from gpt2cli.main import UserError
+    from npgpt.download import DownloadError
+    from npgpt.pretrained import GPT2_FILES, download_gpt2, normalize_size
+
+    size = normalize_size(args.size)
+    try:
+        folder = download_gpt2(size, args.dir, base_urls=args.base_url, timeout=args.timeout,
+                               progress=not args.quiet)
+    except DownloadError as error:
+        raise UserError(str(error)) from error
+    unchecked = [file for file, expected in GPT2_FILES[size].items() if expected is None]
+    if unchecked:
+        print(f"note: no recorded size for {', '.join(unchecked)} of {size}; those files were checked for a "
+              f"complete transfer only")
+    print(f"GPT-2 {size}: {folder}")
+    print(f"load it with `gpt2 weights info {folder}` or npgpt.load_weights({str(folder)!r})")
+    return 0
+
+
+def run_info(args) -> int:
+    from npgpt.checkpoint import read_checkpoint_metadata
+    from npgpt.model import count_params
+    from npgpt.weights import detect_format, load_weights
+    from pathlib import Path
+
+    path = Path(args.path)
+    kind = detect_format(path)
+    config, params = load_weights(path)     # reads every tensor, so `info` also checks the files
+    dtypes = sorted({str(value.dtype) for value in params.values()})
+    print(f"path:        {path}")
+    print(f"format:      {FORMAT_NAMES[kind]}")
+    print(f"config:      vocab_size={config.vocab_size} context_length={config.context_length} "
+          f"emb_dim={config.emb_dim} n_heads={config.n_heads} n_layers={config.n_layers} "
+          f"qkv_bias={config.qkv_bias} tie_weights={config.tie_weights} drop_rate={config.drop_rate}")
+    print(f"parameters:  {count_params(params):,} ({', '.join(dtypes)})")
+    if kind == "checkpoint":
+        from npgpt.checkpoint import STATE_JSON_FILE
+        has_state = path.is_dir() and (path / STATE_JSON_FILE).is_file()
+        print(f"training state: {'yes' if has_state else 'no'}")
+        metadata = read_checkpoint_metadata(path)
+        if metadata:
+            print(f"metadata:    {metadata}")
+    return 0
+
+
+def run_convert(args) -> int:
+    from npgpt.checkpoint import save_checkpoint
+    from npgpt.model import count_params
+    from npgpt.weights import detect_format, load_weights
+    from pathlib import Path
+
+    source = Path(args.source)
+    kind = detect_format(source)
+    config, params = load_weights(source)
+    dest = save_checkpoint(args.dest, params, config,
+                           metadata={"converted_from": str(source), "source_format": kind})
+    print(f"{FORMAT_NAMES[kind]} {source} -> checkpoint {dest} ({count_params(params):,} parameters)")
+    return 0
+
+
+FORMAT_NAMES = {"openai": "OpenAI TensorFlow checkpoint", "huggingface": "Hugging Face safetensors",
+                "checkpoint": "gpt2-twice checkpoint"}
