@@ -198,3 +198,28 @@ def test_no_pickle_anywhere(tmp_path, monkeypatch):
     monkeypatch.setattr(pickle, "loads", refuse)
     fresh = GPTModel(CONFIG)
     load_training_checkpoint(tmp_path / "ckpt", fresh, make_adamw(fresh))
+
+
+@pytest.mark.parametrize("use_sdpa", [False, True])
+def test_built_model_is_a_complete_ordinary_model(tmp_path, use_sdpa):
+    """load_model builds without a random init and adopts the loaded arrays: the tie must be one Parameter,
+    the causal masks real, the init functions restored, and it must train like a GPTModel built as usual."""
+    import torchgpt.model
+    from torchgpt.attention import causal_mask
+    originals = (torch.nn.init.normal_, torch.nn.init.kaiming_uniform_, torchgpt.model.init_weights)
+    source = GPTModel(CONFIG, use_sdpa=use_sdpa, seed=3)
+    save_training_checkpoint(tmp_path / "ckpt", source)
+    model = load_model(tmp_path / "ckpt", use_sdpa=use_sdpa)
+    assert (torch.nn.init.normal_, torch.nn.init.kaiming_uniform_, torchgpt.model.init_weights) == originals
+    assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
+    assert model.out_head.weight is model.tok_emb.weight
+    assert len(list(model.parameters())) == len(list(source.parameters()))
+    for block in model.blocks:
+        assert torch.equal(block.att.mask, causal_mask(CONFIG.context_length))
+    model.train()
+    source.train()
+    for m in (model, source):
+        idx, targets = batches(1, seed=4)[0]
+        cross_entropy(m(torch.from_numpy(idx)), torch.from_numpy(targets)).backward()
+    for (name, p), (_, q) in zip(model.named_parameters(), source.named_parameters()):
+        assert torch.equal(p.grad, q.grad), name

@@ -25,6 +25,7 @@ e.g. torch.set_rng_state(torch.from_numpy(state["rng"]["torch_cpu"]))).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -33,6 +34,7 @@ import torch
 
 from npgpt.checkpoint import load_checkpoint, save_checkpoint
 from npgpt.weights import load_weights
+from torchgpt import pick_device
 from torchgpt.model import GPTModel, load_numpy_params, to_numpy_params
 
 OPTIMIZER_KEY = "optimizer"
@@ -178,7 +180,9 @@ def load_training_checkpoint(path: str | os.PathLike, model: GPTModel | None = N
     """(model, training_state or None) from one of our checkpoints (saved by either backend).
 
     model: a GPTModel to fill in place (its dtype and device are kept; its config must match the
-    checkpoint's shapes); None builds one from the checkpoint's config on `device`, in the saved dtype.
+    checkpoint's shapes); None builds one from the checkpoint's config on `device` ("cpu", "cuda", "auto",
+    ...: torchgpt.pick_device), in the saved dtype, without a random initialization first (see
+    _model_holding), in training mode.
     optimizer: a torch AdamW over `model` that gets the saved moments and step (needs `model`).
     The returned training state is the dict that was saved (NumPy arrays where tensors were), its
     "optimizer" entry included.
@@ -188,8 +192,9 @@ def load_training_checkpoint(path: str | os.PathLike, model: GPTModel | None = N
                          "model.parameters(), and pass both")
     config, params, state = load_checkpoint(path)
     if model is None:
-        model = _empty_model(config, params, device, use_sdpa)
-    load_numpy_params(model, params)
+        model = _model_holding(config, params, device, use_sdpa)
+    else:
+        load_numpy_params(model, params)
     del params
     if optimizer is not None:
         if state is None or OPTIMIZER_KEY not in state:
@@ -200,16 +205,54 @@ def load_training_checkpoint(path: str | os.PathLike, model: GPTModel | None = N
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", *, use_sdpa: bool = False) -> GPTModel:
-    """A GPTModel in eval mode from any weights npgpt.weights.load_weights reads: one of our checkpoints,
-    an OpenAI TF folder, a Hugging Face folder or .safetensors file."""
+    """A GPTModel in eval mode on `device` (see torchgpt.pick_device) from any weights that
+    npgpt.weights.load_weights reads: one of our checkpoints, an OpenAI TF folder, a Hugging Face folder
+    or .safetensors file."""
     config, params = load_weights(path)
-    model = _empty_model(config, params, device, use_sdpa)
-    load_numpy_params(model, params)
-    return model.eval()
+    return _model_holding(config, params, device, use_sdpa).eval()
 
 
-def _empty_model(config, params, device, use_sdpa) -> GPTModel:
-    """A GPTModel for `config` on `device` in the dtype of the loaded params (float32 for released weights)."""
-    dtype = torch.from_numpy(np.empty(0, dtype=params["tok_emb.weight"].dtype)).dtype
-    model = GPTModel(config, use_sdpa=use_sdpa, seed=0)   # the values are overwritten by the loaded ones
-    return model.to(device=device, dtype=dtype)
+@contextlib.contextmanager
+def _no_random_init():
+    """Within the block, building a GPTModel allocates its parameters without filling them.
+
+    The layers' own reset_parameters (torch.nn.init.*) and GPT-2's init_weights become no-ops, so the
+    parameters stay uninitialized torch.empty memory, which the OS does not even back with pages until
+    written. (Building on the meta device instead would avoid the allocation too, but torch runs meta ops
+    through its Python decompositions, whose first use imports torch._dynamo: seconds.) Not thread-safe:
+    it swaps module attributes for the duration.
+    """
+    import torchgpt.model as model_module
+    swapped = {(torch.nn.init, name): getattr(torch.nn.init, name)
+               for name in ("normal_", "uniform_", "kaiming_uniform_", "zeros_", "ones_")}
+    swapped[(model_module, "init_weights")] = model_module.init_weights
+    try:
+        for (module, name) in swapped:
+            setattr(module, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for (module, name), original in swapped.items():
+            setattr(module, name, original)
+
+
+def _model_holding(config, params: dict, device, use_sdpa: bool) -> GPTModel:
+    """A GPTModel whose parameters ARE the loaded arrays: no random initialization, no second copy.
+
+    Building GPTModel normally would draw random weights twice (the layers' own init, then GPT-2's) and
+    hold them next to the loaded arrays: ~2.7x the model in memory, seconds of work thrown away. Instead
+    the model is built without initialization (_no_random_init), load_state_dict(assign=True) makes
+    tensors that share the NumPy arrays' memory its parameters (the unfilled ones are freed), and the tie
+    is restored (two names, one Parameter). Then the model moves to `device` (a no-op for the CPU).
+    """
+    with _no_random_init():
+        model = GPTModel(config, use_sdpa=use_sdpa)
+    expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    wrong = {name for name in expected if tuple(np.shape(params.get(name, ()))) != expected[name]}
+    if wrong or set(params) != set(expected):
+        raise ValueError(f"the loaded parameters do not match the config: {sorted(wrong)[:5]} missing or "
+                         f"misshapen, {sorted(set(params) - set(expected))[:5]} unexpected")
+    model.load_state_dict({name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in params.items()},
+                          assign=True)
+    if config.tie_weights:
+        model.out_head.weight = model.tok_emb.weight
+    return model.to(pick_device(str(device)))
