@@ -46,6 +46,7 @@ def test_round_trip_is_bitwise(tmp_path, tie, dtype):
     assert_same_params(params, loaded)
     assert (loaded["out_head.weight"] is loaded["tok_emb.weight"]) == tie
     assert read_checkpoint_metadata(tmp_path / "ckpt") == {"run": "a", "tokens": 123}
+    assert read_checkpoint_metadata(tmp_path / "ckpt" / "model.safetensors") == {"run": "a", "tokens": 123}
     # the tied head is stored once
     stored = json.loads((tmp_path / "ckpt" / "config.json").read_text())
     assert stored["aliases"] == ({"out_head.weight": "tok_emb.weight"} if tie else {})
