@@ -32,6 +32,7 @@ import numpy as np
 
 from npgpt.config import GPTConfig
 from npgpt.kvcache import KVCache
+from npgpt.linear import linear_layer_forward
 from npgpt.lora import split_lora
 from npgpt.model import check_params, trunk_forward
 
@@ -256,7 +257,7 @@ class NumpyDecoder(Decoder):
     def __init__(self, params, config: GPTConfig, use_cache: bool = True):
         check_params(split_lora(params)[0], config)     # LoRA adapters may ride along: the layers apply them
         super().__init__(config, use_cache)
-        self.params, self.head = params, params["out_head.weight"]           # head: (V, C)
+        self.params = params
         self.dtype = params["tok_emb.weight"].dtype
 
     def new_cache(self, batch_size, capacity):
@@ -264,8 +265,10 @@ class NumpyDecoder(Decoder):
 
     def forward_last(self, ids, attention_mask, cache):
         x, _ = trunk_forward(self.params, ids, self.config, kv_cache=cache, attention_mask=attention_mask)
-        # The head only where it is needed: (B, C) @ (C, V), the largest single read of a decoding step.
-        return x[:, -1] @ self.head.T                                        # (B, V)
+        # The head only where it is needed: (B, C) @ (C, V), the largest single read of a decoding step;
+        # through linear_layer_forward so that a LoRA adapter on out_head applies too.
+        logits, _ = linear_layer_forward(x[:, -1], self.params, "out_head")  # (B, V)
+        return logits
 
     def greedy(self, logits):
         return np.argmax(logits, axis=-1).astype(np.int64)                   # first maximum = lowest id

@@ -233,3 +233,14 @@ def test_training_moves_only_the_adapters_in_both_backends():
     after = to_numpy_params(model)
     for name, value in frozen_copy.items():
         np.testing.assert_array_equal(after[name], value)
+
+
+def test_npgpt_generation_applies_a_head_adapter():
+    """Generation with adapters on every layer, the head included, chooses the merged model's tokens."""
+    import npgpt.generate as npgen
+    base, adapters = adapted_params(np.float64, targets=ALL)
+    expected = npgen.generate(nplora.merge_lora({**base, **adapters}), CONFIG, [1, 2, 3], 6, stop_ids=())
+    assert npgen.generate({**base, **adapters}, CONFIG, [1, 2, 3], 6, stop_ids=()) == expected
+    head_only = {k: v for k, v in adapters.items() if k.startswith("out_head.")}
+    assert npgen.generate({**base, **head_only}, CONFIG, [1, 2, 3], 6, stop_ids=()) == \
+        npgen.generate(nplora.merge_lora({**base, **head_only}), CONFIG, [1, 2, 3], 6, stop_ids=())
