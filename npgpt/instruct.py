@@ -194,3 +194,28 @@ def collate_instructions(batch, *, pad_token_id: int = END_OF_TEXT_ID, ignore_in
     if max_length is not None:
         inputs, targets = inputs[:, :max_length], targets[:, :max_length]
     return inputs, targets
+
+
+# ---------------------------------------------------------------------------------------------------
+# answers
+# ---------------------------------------------------------------------------------------------------
+
+STOP_MARKER = "###"
+
+
+def extract_response(text: str) -> str:
+    """The answer in generated text: everything before the next "###" (a new section), stripped."""
+    return text.split(STOP_MARKER, 1)[0].strip()
+
+
+def answer_from_stream(token_stream, tokenizer) -> str:
+    """Reads new token ids from a generator (it stops itself at <|endoftext|>) until the decoded text holds
+    "###", then stops asking for more; returns extract_response of the text."""
+    ids = []
+    for token in token_stream:
+        ids.append(int(token))
+        # A "###" that the newest token completes lies within the last 3 tokens (each holds at least one of
+        # its bytes): decode that tail, not the whole answer, at every step.
+        if STOP_MARKER in tokenizer.decode(ids[-3:]):
+            break
+    return extract_response(tokenizer.decode(ids))

@@ -24,7 +24,7 @@ adapted model with the same model code, and backward() returns gradients for lor
 layers instead of their (frozen) weight and bias. trainable_grads() keeps the adapter gradients only.
 
 Targets name the layers to adapt: the groups "attention" (W_query, W_key, W_value, out_proj),
-"feedforward" (fc1, fc2) and "head" (out_head), a short layer name ("W_query", "fc2"), or a glob over
+"feedforward" (fc1, fc2) and "head" (out_head, or a classifier's cls_head), a short layer name ("W_query", "fc2"), or a glob over
 layer names ("blocks.0.att.*"). Saved adapters are a folder with adapter.safetensors (lora_A and lora_B
 only) and adapter_config.json (rank, alpha, targets, the adapted layers).
 """
@@ -46,7 +46,7 @@ A_SUFFIX, B_SUFFIX, SCALING_SUFFIX = ".lora_A", ".lora_B", ".lora_scaling"
 TARGET_GROUPS = {
     "attention": ("att.W_query", "att.W_key", "att.W_value", "att.out_proj"),
     "feedforward": ("ff.fc1", "ff.fc2"),
-    "head": ("out_head",),
+    "head": ("out_head", "cls_head"),       # the language-model head, or a classifier's head
 }
 DEFAULT_TARGETS = ("attention", "feedforward")
 ADAPTER_FORMAT = "gpt2-twice-lora"

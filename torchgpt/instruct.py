@@ -41,3 +41,28 @@ def instruction_loader(dataset: InstructionDataset, batch_size: int, *, shuffle:
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, collate_fn=collate,
                       generator=generator, num_workers=num_workers)
+
+
+@torch.no_grad()
+def answer_records(model, records: list[dict], tokenizer, *, max_new_tokens: int = 256, progress: bool = True,
+                   key: str = np_instruct.RESPONSE_KEY) -> list[dict]:
+    """Copies of `records`, each with the model's greedy answer under "model_response" (the book's format).
+
+    The prompt is format_prompt(record) (ending in "### Response:\\n"); generation stops at <|endoftext|>
+    or once the text holds the next "###", and the answer is the text before it, stripped.
+    """
+    from tqdm.auto import tqdm
+
+    from torchgpt.generate import stream_generate
+
+    was_training = model.training
+    model.eval()
+    answered = []
+    try:
+        for record in tqdm(records, desc="answering", unit="record", disable=not progress):
+            prompt_ids = tokenizer.encode(np_instruct.format_prompt(record))
+            stream = stream_generate(model, prompt_ids, max_new_tokens, temperature=0.0, stop_ids=(END_OF_TEXT_ID,))
+            answered.append({**record, key: np_instruct.answer_from_stream(stream, tokenizer)})
+    finally:
+        model.train(was_training)
+    return answered

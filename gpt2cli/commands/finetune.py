@@ -13,6 +13,7 @@ import importlib
 # Order here is the order in `gpt2 finetune --help`.
 FINETUNE_MODULES: list[str] = [
     "gpt2cli.commands.finetune_classify",
+    "gpt2cli.commands.finetune_instruct",
 ]
 
 
