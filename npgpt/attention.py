@@ -10,6 +10,7 @@ import numpy as np
 
 from npgpt.dropout import dropout_backward, dropout_forward
 from npgpt.linear import linear_layer_backward, linear_layer_forward
+from npgpt.parallel import parallel_for, rows_per_block
 from npgpt.softmax import softmax_backward, softmax_forward
 
 
@@ -29,23 +30,55 @@ def simple_attention(x):
 
 
 def _masked_scaled_softmax(scores, causal, scale, hide=None):
-    """softmax(scale * scores) with the future masked out; scores: (..., T, T), modified in place.
+    """softmax(scale * scores) with the future masked out; scores: (..., T, S), overwritten in place.
 
     hide: an explicit bool mask broadcastable to scores (True = not seen), used instead of the causal one
     (decoding with a KV cache, where queries and keys differ in number, and left padding).
+
+    Speed: without `hide`, the scaling, the mask and the softmax's passes run per (T, S) matrix, so one
+    matrix stays in the CPU cache through all of them, and the matrices are shared among the cores
+    (npgpt.parallel). With `hide` (small decoding steps) the passes run over the whole array.
     """
-    scores *= scale
     if hide is not None:
+        scores *= scale
         np.copyto(scores, -np.inf, where=hide)
-    elif causal:
-        np.copyto(scores, -np.inf, where=causal_mask(scores.shape[-1]))
-    return softmax_forward(scores, axis=-1)
+        return softmax_forward(scores, axis=-1, out=scores)
+    T, S = scores.shape[-2:]
+    matrices = scores.reshape(-1, T, S)              # (B*H, T, S) view
+    future = causal_mask(T) if causal else None
+
+    def softmax_block(start, stop):
+        block = matrices[start:stop]
+        block *= scale
+        if causal:
+            np.copyto(block, -np.inf, where=future)
+        softmax_forward(block, axis=-1, out=block)
+
+    parallel_for(softmax_block, matrices.shape[0], rows_per_block(T * S))
+    return scores, (scores, -1)                      # softmax_forward's cache: (weights, axis)
+
+
+def _scaled_softmax_backward(dweights, softmax_cache, scale):
+    """dscores = scale * softmax_backward(dweights), one (T, S) matrix at a time on all cores."""
+    weights, _ = softmax_cache
+    T, S = weights.shape[-2:]
+    dweights = np.ascontiguousarray(dweights)
+    dscores = np.empty(weights.shape, dtype=np.result_type(dweights, weights))
+    w, dw, ds = (a.reshape(-1, T, S) for a in (np.ascontiguousarray(weights), dweights, dscores))
+
+    def backward_block(start, stop):
+        softmax_backward(dw[start:stop], (w[start:stop], -1), out=ds[start:stop])
+        ds[start:stop] *= scale
+
+    parallel_for(backward_block, w.shape[0], rows_per_block(T * S))
+    return dscores
 
 
 def _attention_core_forward(q, k, v, *, causal, drop_rate, rng, dropout_mask, hide=None):
     """weights = dropout(softmax(q k^T / sqrt(D) + mask)); context = weights v.
 
-    q: (..., T, D), k, v: (..., S, D) (S = T without a KV cache) -> context: (..., T, D)
+    q: (..., T, D), k, v: (..., S, D) (S = T without a KV cache) -> context: (..., T, D).
+    Batched matmul (one BLAS GEMM per head), not einsum.
     """
     scale = 1.0 / math.sqrt(q.shape[-1])
     scores = q @ np.swapaxes(k, -1, -2)              # (..., T, S)
@@ -67,8 +100,7 @@ def _attention_core_backward(dcontext, cache):
     dv = np.swapaxes(dropped, -1, -2) @ dcontext     # (..., T, D)
     ddropped = dcontext @ np.swapaxes(v, -1, -2)     # (..., T, T)
     dweights = dropout_backward(ddropped, dropout_cache)
-    dscores = softmax_backward(dweights, softmax_cache)
-    dscores *= scale
+    dscores = _scaled_softmax_backward(dweights, softmax_cache, scale)
     dq = dscores @ k                                 # (..., T, D)
     dk = np.swapaxes(dscores, -1, -2) @ q            # (..., T, D)
     return dq, dk, dv

@@ -1,24 +1,45 @@
-"""GELU, tanh approximation, as GPT-2 uses it."""
+"""GELU, tanh approximation, as GPT-2 uses it.
+
+Speed: at GPT-2 124M the feed-forward hidden layer is (B*T, 4C) = 3M numbers per block, and np.tanh is
+the costliest ufunc there. The formulas below run in blocks of GELU_BLOCK elements (the several passes
+over a block stay in the CPU cache) shared among the cores (npgpt.parallel).
+"""
 import math
 
 import numpy as np
+
+from npgpt.parallel import parallel_for
 
 # Python floats, not NumPy float64 scalars: they keep float32 arrays float32 (NumPy 2 promotion).
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 GELU_CUBIC = 0.044715
 
+GELU_BLOCK = 1 << 15   # float32 elements per block: 128 KiB per array
+
+
+def _flat(*arrays):
+    """1-D views of same-shaped arrays (a contiguous copy of any that is not contiguous, for reading)."""
+    return [np.ascontiguousarray(a).reshape(-1) for a in arrays]
+
 
 def gelu_forward(x):
     """out = 0.5 x (1 + tanh(u)),  u = sqrt(2/pi) (x + 0.044715 x^3).   x: any shape -> out: same."""
-    u = x * x                                        # x*x*x, not x**3: NumPy fast-paths only **2
-    u *= GELU_CUBIC
-    u += 1.0
-    u *= x
-    u *= SQRT_2_OVER_PI                              # u = sqrt(2/pi) * (x + 0.044715 x^3)
-    tanh_u = np.tanh(u, out=u)
-    out = tanh_u + 1.0
-    out *= x
-    out *= 0.5
+    out = np.empty(x.shape, dtype=x.dtype)           # C order, so the flat views below are views
+    tanh_u = np.empty(x.shape, dtype=x.dtype)
+    xf, of, tf = _flat(x, out, tanh_u)
+
+    def gelu_block(start, stop):
+        xb, ob, tb = xf[start:stop], of[start:stop], tf[start:stop]
+        np.multiply(xb, xb, out=tb)                  # x*x*x, not x**3: NumPy fast-paths only **2
+        tb *= SQRT_2_OVER_PI * GELU_CUBIC
+        tb += SQRT_2_OVER_PI
+        tb *= xb                                     # u = sqrt(2/pi) (x + 0.044715 x^3)
+        np.tanh(tb, out=tb)
+        np.add(tb, 1.0, out=ob)
+        ob *= xb
+        ob *= 0.5                                    # 0.5 x (1 + tanh u)
+
+    parallel_for(gelu_block, xf.size, GELU_BLOCK)
     return out, (x, tanh_u)
 
 
@@ -28,17 +49,22 @@ def gelu_backward(dout, cache):
     dout: same shape as x -> dx: same shape.
     """
     x, tanh_u = cache
-    du_dx = x * x
-    du_dx *= 3.0 * GELU_CUBIC
-    du_dx += 1.0
-    du_dx *= SQRT_2_OVER_PI                          # du/dx
-    sech2 = tanh_u * tanh_u
-    np.subtract(1.0, sech2, out=sech2)               # 1 - tanh^2 u
-    sech2 *= x
-    sech2 *= du_dx                                   # x (1 - tanh^2 u) du/dx
-    sech2 += tanh_u
-    sech2 += 1.0
-    sech2 *= 0.5                                     # d gelu / dx
-    dx = sech2
-    dx *= dout
+    dx = np.empty(x.shape, dtype=np.result_type(dout, x))
+    xf, tf, df, dxf = _flat(x, tanh_u, dout, dx)
+
+    def gelu_backward_block(start, stop):
+        xb, tb, db, dxb = xf[start:stop], tf[start:stop], df[start:stop], dxf[start:stop]
+        du_dx = xb * xb
+        du_dx *= 3.0 * GELU_CUBIC * SQRT_2_OVER_PI
+        du_dx += SQRT_2_OVER_PI                      # du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2)
+        np.multiply(tb, tb, out=dxb)
+        np.subtract(1.0, dxb, out=dxb)               # 1 - tanh^2 u
+        dxb *= xb
+        dxb *= du_dx                                 # x (1 - tanh^2 u) du/dx
+        dxb += tb
+        dxb += 1.0
+        dxb *= 0.5                                   # d gelu / dx
+        dxb *= db
+
+    parallel_for(gelu_backward_block, xf.size, GELU_BLOCK)
     return dx

@@ -19,7 +19,7 @@ from npgpt.dropout import dropout_backward, dropout_forward
 from npgpt.embedding import embedding_backward, embedding_forward, pos_embedding_backward, pos_embedding_forward
 from npgpt.layernorm import layernorm_backward, layernorm_forward
 from npgpt.linear import linear_layer_backward, linear_layer_forward
-from npgpt.loss import cross_entropy_backward, cross_entropy_forward
+from npgpt.loss import cross_entropy_loss_and_grad
 from npgpt.params import check_param_shapes, prefixed, subdict, unique_arrays
 
 
@@ -192,7 +192,8 @@ def backward(dlogits, cache):
 def loss_and_grads(params, idx, targets, config: GPTConfig, *, train=False, rng=None):
     """Mean cross-entropy of the next-token predictions and the gradient of every parameter."""
     logits, cache = forward(params, idx, config, train=train, rng=rng)
-    loss, loss_cache = cross_entropy_forward(logits, targets)
-    del logits  # the loss cache holds the probabilities; the logits buffer can go
-    grads = backward(cross_entropy_backward(loss_cache), cache)
+    # The fused loss turns the (B, T, V) logits buffer itself into dlogits: no second 196 MiB array at
+    # GPT-2 size, and one softmax pass fewer than cross_entropy_forward + cross_entropy_backward.
+    loss, dlogits = cross_entropy_loss_and_grad(logits, targets, overwrite_logits=True)
+    grads = backward(dlogits, cache)
     return loss, grads

@@ -9,7 +9,12 @@ import math
 
 import numpy as np
 
+from npgpt.parallel import parallel_for
 from npgpt.params import unique_arrays
+
+# Elements per block of the AdamW update (128 KiB of float32 per array): the five arrays one block
+# touches stay in the CPU cache through the dozen passes of the update.
+ADAMW_BLOCK = 1 << 15
 
 
 def decay_matrices_only(name, value):
@@ -36,31 +41,56 @@ class AdamW:
     def step(self, params, grads, lr=None):
         """One update of every parameter from its gradient; `lr` overrides self.lr (schedules)."""
         lr = self.lr if lr is None else lr
-        beta1, beta2 = self.betas
         self.t += 1
+        beta1, beta2 = self.betas
         step_size = lr / (1.0 - beta1 ** self.t)
         inv_sqrt_bias_correction2 = 1.0 / math.sqrt(1.0 - beta2 ** self.t)
         for name, p in unique_arrays(params):
-            g = grads[name]
             if name not in self.m:
                 self.m[name] = np.zeros_like(p)
                 self.v[name] = np.zeros_like(p)
-            m, v = self.m[name], self.v[name]
-            if self.weight_decay and (self.decay_filter is None or self.decay_filter(name, p)):
-                p *= 1.0 - lr * self.weight_decay
-            scratch = g - m
+            decayed = self.weight_decay and (self.decay_filter is None or self.decay_filter(name, p))
+            decay_factor = 1.0 - lr * self.weight_decay if decayed else 1.0
+            self._update(p, grads[name], self.m[name], self.v[name], decay_factor, step_size,
+                         inv_sqrt_bias_correction2)
+
+    def _update(self, p, g, m, v, decay_factor, step_size, inv_sqrt_bias_correction2):
+        """The AdamW formulas for one parameter, in place, on blocks of ADAMW_BLOCK elements on all cores.
+
+        Speed: at GPT-2 124M every array here is up to 154 MiB. A dozen whole-array passes would each
+        stream it through memory (and allocate a same-sized scratch); on a block of 2**15 elements the
+        passes hit the CPU cache, and blocks are spread over the cores (npgpt.parallel).
+        """
+        beta1, beta2 = self.betas
+        eps = self.eps
+        arrays = (p, g, m, v)
+        if all(a.flags.c_contiguous for a in arrays):
+            flat = [a.reshape(-1) for a in arrays]        # views: writing them writes p, m, v
+            n, block = p.size, ADAMW_BLOCK
+        else:                                             # e.g. a transposed view from a loader: one block
+            flat = [a[None] for a in arrays]
+            n, block = 1, 1
+
+        def update_block(start, stop):
+            pb, gb, mb, vb = (a[start:stop] for a in flat)
+            scratch = np.empty_like(pb)
+            if decay_factor != 1.0:
+                pb *= decay_factor                            # p <- p (1 - lr wd)
+            np.subtract(gb, mb, out=scratch)
             scratch *= 1.0 - beta1
-            m += scratch                                     # m <- m + (1 - beta1)(g - m)
-            np.multiply(g, g, out=scratch)
+            mb += scratch                                     # m <- m + (1 - beta1)(g - m)
+            np.multiply(gb, gb, out=scratch)
             scratch *= 1.0 - beta2
-            v *= beta2
-            v += scratch                                     # v <- beta2 v + (1 - beta2) g^2
-            np.sqrt(v, out=scratch)
+            vb *= beta2
+            vb += scratch                                     # v <- beta2 v + (1 - beta2) g^2
+            np.sqrt(vb, out=scratch)
             scratch *= inv_sqrt_bias_correction2
-            scratch += self.eps                              # denominator
-            np.divide(m, scratch, out=scratch)
+            scratch += eps                                    # denominator
+            np.divide(mb, scratch, out=scratch)
             scratch *= step_size
-            p -= scratch
+            pb -= scratch                                     # p <- p - step_size m / denominator
+
+        parallel_for(update_block, n, block)
 
     def state_dict(self):
         return {"t": self.t, "m": self.m, "v": self.v, "lr": self.lr, "betas": self.betas, "eps": self.eps,

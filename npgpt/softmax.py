@@ -1,21 +1,67 @@
-"""Softmax along one axis, numerically stable (the row maximum is subtracted first)."""
+"""Softmax along one axis, numerically stable (the row maximum is subtracted first).
+
+Along the last axis the rows are computed in blocks on all cores (npgpt.parallel): the attention
+softmax of GPT-2 124M at B=4, T=256 is 3M numbers per layer, and np.exp runs on one core.
+"""
 import numpy as np
 
+from npgpt.parallel import parallel_for, rows_per_block
 
-def softmax_forward(x, axis=-1):
-    """out = exp(x - max x) / sum exp(x - max x) along `axis`.  x: any shape -> out: same.
 
-    Rows that are all -inf are not supported (every causal row keeps its diagonal).
-    """
-    out = x - x.max(axis=axis, keepdims=True)
+def _softmax_into(x, out, axis):
+    """out = exp(x - max x) / sum exp(x - max x) along `axis`; out may be x itself."""
+    row_max = x.max(axis=axis, keepdims=True)
+    np.subtract(x, row_max, out=out)
     np.exp(out, out=out)
     out /= out.sum(axis=axis, keepdims=True)
+
+
+def _last_axis_rows(arrays, axis):
+    """(N, n) row views of arrays when `axis` is the last one and all are C-contiguous, else None."""
+    first = arrays[0]
+    if axis not in (-1, first.ndim - 1) or first.ndim == 0 or not all(a.flags.c_contiguous for a in arrays):
+        return None
+    return [a.reshape(-1, first.shape[-1]) for a in arrays]
+
+
+def softmax_forward(x, axis=-1, *, out=None):
+    """out = exp(x - max x) / sum exp(x - max x) along `axis`.  x: any shape -> out: same.
+
+    out: optional array to write into (may be x itself, for an in-place softmax).
+    Rows that are all -inf are not supported (every causal row keeps its diagonal).
+    """
+    if out is None:
+        out = np.empty_like(x)
+    rows = _last_axis_rows((x, out), axis)
+    if rows is None:
+        _softmax_into(x, out, axis)
+    else:
+        x2d, out2d = rows                            # (N, n)
+        parallel_for(lambda start, stop: _softmax_into(x2d[start:stop], out2d[start:stop], -1),
+                     x2d.shape[0], rows_per_block(x2d.shape[1]))
     return out, (out, axis)
 
 
-def softmax_backward(dout, cache):
-    """dx = y * (dout - sum(dout * y))  along the softmax axis (the Jacobian diag(y) - y y^T applied to dout)."""
+def _softmax_backward_into(dout, y, dx, axis):
+    """dx = y * (dout - sum(dout * y)); dx may be dout itself."""
+    dot = np.multiply(dout, y).sum(axis=axis, keepdims=True)    # sum_j dout_j y_j
+    np.subtract(dout, dot, out=dx)
+    dx *= y
+
+
+def softmax_backward(dout, cache, *, out=None):
+    """dx = y * (dout - sum(dout * y))  along the softmax axis (the Jacobian diag(y) - y y^T applied to dout).
+
+    out: optional array to write dx into (may be dout itself).
+    """
     y, axis = cache
-    dx = dout * y
-    dx -= y * dx.sum(axis=axis, keepdims=True)
+    dx = np.empty(y.shape, dtype=np.result_type(dout, y)) if out is None else out
+    rows = _last_axis_rows((np.ascontiguousarray(dout), y, dx), axis)
+    if rows is None:
+        _softmax_backward_into(dout, y, dx, axis)
+    else:
+        dout2d, y2d, dx2d = rows
+        parallel_for(lambda start, stop: _softmax_backward_into(dout2d[start:stop], y2d[start:stop],
+                                                                dx2d[start:stop], -1),
+                     dout2d.shape[0], rows_per_block(dout2d.shape[1]))
     return dx

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from npgpt import model
 from npgpt.data import WindowStream, iterate_batches
 from npgpt.loss import cross_entropy_forward, perplexity
+from npgpt.memory import keep_freed_memory
 from npgpt.optim import AdamW, clip_grad_norm, warmup_cosine_lr
 from npgpt.params import unique_arrays
 from npgpt.runs import NonFiniteLossError, RunLog, StopRequest, TrainingInterrupted, checkpoint_path, \
@@ -141,6 +142,7 @@ def train(params, config, train_dataset, val_dataset, settings: TrainSettings, *
     A NaN/inf loss raises NonFiniteLossError before the update; Ctrl-C saves a checkpoint, then raises
     TrainingInterrupted.
     """
+    keep_freed_memory()   # reuse each step's activation memory instead of faulting it in again (npgpt.memory)
     optimizer = AdamW(lr=settings.lr, betas=settings.betas, weight_decay=settings.weight_decay)
     dropout_rng = np.random.default_rng(settings.seed)
     stream = WindowStream(len(train_dataset), settings.windows_per_step(), seed=settings.seed)
