@@ -380,6 +380,8 @@ def read_hf_config(file: Path) -> dict:
         values = json.loads(Path(file).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
         raise WeightsError(f"cannot read {file} ({error}); it should be a Hugging Face GPT-2 config.json") from error
+    if not isinstance(values, dict):
+        raise WeightsError(f"{file} holds a JSON {type(values).__name__}, not a Hugging Face GPT-2 config object")
     if values.get("model_type", "gpt2") != "gpt2":
         raise WeightsError(f"{file} describes a {values['model_type']!r} model; only GPT-2 weights load here")
     activation = values.get("activation_function", "gelu_new")

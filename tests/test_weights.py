@@ -298,6 +298,9 @@ def test_hf_config_problems(tmp_path):
     config_file.write_text('{"n_embd": 32,')
     with pytest.raises(WeightsError, match=r"config\.json"):
         load_weights(folder)
+    config_file.write_text("[1, 2]")
+    with pytest.raises(WeightsError, match=r"config\.json holds a JSON list"):
+        load_weights(folder)
     config_file.write_text(json.dumps({**hf_config(HPARAMS), "n_embd": 64, "n_head": 4}))
     with pytest.raises(WeightsError) as caught:
         load_weights(folder)
