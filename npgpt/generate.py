@@ -34,7 +34,7 @@ from npgpt.config import GPTConfig
 from npgpt.kvcache import KVCache
 from npgpt.linear import linear_layer_forward
 from npgpt.lora import split_lora
-from npgpt.model import check_params, trunk_forward
+from npgpt.model import block_params, check_params, trunk_forward
 
 EOT_ID = 50256   # <|endoftext|>
 
@@ -258,13 +258,15 @@ class NumpyDecoder(Decoder):
         check_params(split_lora(params)[0], config)     # LoRA adapters may ride along: the layers apply them
         super().__init__(config, use_cache)
         self.params = params
+        self.blocks = block_params(params, config)
         self.dtype = params["tok_emb.weight"].dtype
 
     def new_cache(self, batch_size, capacity):
         return KVCache(self.config, batch_size, capacity, dtype=self.dtype)
 
     def forward_last(self, ids, attention_mask, cache):
-        x, _ = trunk_forward(self.params, ids, self.config, kv_cache=cache, attention_mask=attention_mask)
+        x, _ = trunk_forward(self.params, ids, self.config, kv_cache=cache, attention_mask=attention_mask,
+                             blocks=self.blocks)
         # The head only where it is needed: (B, C) @ (C, V), the largest single read of a decoding step;
         # through linear_layer_forward so that a LoRA adapter on out_head applies too.
         logits, _ = linear_layer_forward(x[:, -1], self.params, "out_head")  # (B, V)

@@ -105,13 +105,21 @@ def check_token_ids(idx, config: GPTConfig):
     return idx
 
 
-def trunk_forward(params, idx, config: GPTConfig, *, train=False, rng=None, kv_cache=None, attention_mask=None):
+def block_params(params, config: GPTConfig):
+    """Each block's parameters under their names inside the block: [subdict(params, "blocks.i.") for each i]."""
+    return [subdict(params, f"blocks.{i}.") for i in range(config.n_layers)]
+
+
+def trunk_forward(params, idx, config: GPTConfig, *, train=False, rng=None, kv_cache=None, attention_mask=None,
+                  blocks=None):
     """Everything but the output head: idx (B, T) -> final-normed hidden states x (B, T, C), cache.
 
     The classification head and LoRA reuse it; forward() adds the language-model head.
     kv_cache: an npgpt.kvcache.KVCache (decoding, inference only): idx are the NEW tokens, placed after the
     cached ones, whose keys and values the attention layers reuse; attention_mask (B, T), 0 at left
     padding, goes with it (see npgpt/kvcache.py). No backward through this path.
+    blocks: block_params(params, config), for callers that run the trunk many times (decoding): splitting
+    the flat dict costs more than a decoding step's small operations.
     """
     idx = check_token_ids(idx, config)
     T = idx.shape[1]
@@ -131,8 +139,8 @@ def trunk_forward(params, idx, config: GPTConfig, *, train=False, rng=None, kv_c
     tok += pos
     x, drop_cache = dropout_forward(tok, drop_rate, rng=rng)
     block_caches = []
-    for i in range(config.n_layers):
-        x, block_cache = block_forward(x, subdict(params, f"blocks.{i}."), config, train=train, rng=rng,
+    for i, p in enumerate(blocks if blocks is not None else block_params(params, config)):
+        x, block_cache = block_forward(x, p, config, train=train, rng=rng,
                                        kv_cache=None if kv_cache is None else kv_cache.layer(i))
         block_caches.append(block_cache)
     if kv_cache is not None:
