@@ -259,21 +259,19 @@ def small_gpt_configs(draw, max_vocab: int = 48, max_context: int = 12):
 
 
 def random_gpt_params(config, seed: int, dtype, std: float = 0.3) -> dict:
-    """Canonical parameters with std-0.3 weights (GPT-2's init of 0.02 gives nearly uniform next-token
-    distributions; these give a tiny model clear preferences), LayerNorm scale ~1, small shifts and biases."""
-    from npgpt.model import param_shapes
+    """GPT-2's init (npgpt.model.init_params) with the weights scaled from std 0.02 up to `std`, LayerNorm
+    scales and shifts and the biases jittered by N(0, 0.1): GPT-2's init gives nearly uniform next-token
+    distributions, these give a tiny model clear preferences (and LayerNorm/bias paths nonzero work)."""
+    from npgpt.model import init_params
+    from npgpt.params import unique_arrays
 
+    params = init_params(config, seed=seed, dtype=dtype)
     rng = np.random.default_rng(seed)
-    params = {}
-    for name, shape in param_shapes(config).items():
-        if name == "out_head.weight" and config.tie_weights:
-            params[name] = params["tok_emb.weight"]
-        elif name.endswith(".scale"):
-            params[name] = (1.0 + 0.1 * rng.standard_normal(shape)).astype(dtype)
-        elif name.endswith((".shift", ".bias")):
-            params[name] = weights(rng, shape, dtype, std=0.1)
+    for name, value in unique_arrays(params):
+        if name.endswith((".scale", ".shift", ".bias")):
+            value += weights(rng, value.shape, dtype, std=0.1)
         else:
-            params[name] = weights(rng, shape, dtype, std=std)
+            value *= std / 0.02
     return params
 
 
