@@ -20,6 +20,8 @@ def attention_layout(valid: torch.Tensor, T: int):
     """
     B, S = valid.shape
     start = S - T
+    if T == 1 and bool(valid.all()):                                          # a decoding step without padding
+        return torch.full((B, 1), start, device=valid.device), None
     key_index = torch.arange(S, device=valid.device)[None, :]                  # (1, S)
     query_index = start + torch.arange(T, device=valid.device)[:, None]       # (T, 1)
     future = key_index > query_index                                          # (T, S)
