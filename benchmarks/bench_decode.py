@@ -77,18 +77,11 @@ def engines(config, params, hf_model, prompt, new_tokens):
     return runs
 
 
-def run_benchmark(model_name="gpt2-small", prompt_tokens=32, new_tokens=100, repeats=3, threads=2, use_hf=True):
+def _interleaved_runs(model_name, prompt_tokens, new_tokens, repeats, threads, use_hf):
+    """(times per engine, tokens per engine, engine names): one warm-up each, then rotated repeats."""
     import numpy as np
-    import torch
     from threadpoolctl import threadpool_limits
 
-    if use_hf:
-        try:
-            import transformers  # noqa: F401
-        except ImportError:
-            print("transformers is not installed (pip install -e .[bench]): running without the hf column")
-            use_hf = False
-    torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp, threadpool_limits(threads):
         config, params, hf_model = make_weights(model_name, Path(tmp) / "hf", use_hf)
         prompt = np.random.default_rng(0).integers(0, config.vocab_size, prompt_tokens).tolist()
@@ -101,6 +94,25 @@ def run_benchmark(model_name="gpt2-small", prompt_tokens=32, new_tokens=100, rep
                 start = time.perf_counter()
                 runs[name]()
                 times[name].append(time.perf_counter() - start)
+    return times, tokens, names
+
+
+def run_benchmark(model_name="gpt2-small", prompt_tokens=32, new_tokens=100, repeats=3, threads=2, use_hf=True):
+    import numpy as np
+    import torch
+
+    if use_hf:
+        try:
+            import transformers  # noqa: F401
+        except ImportError:
+            print("transformers is not installed (pip install -e .[bench]): running without the hf column")
+            use_hf = False
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        times, tokens, names = _interleaved_runs(model_name, prompt_tokens, new_tokens, repeats, threads, use_hf)
+    finally:
+        torch.set_num_threads(threads_before)
     rates = {name: [new_tokens / t for t in times[name]] for name in names}
     result = {
         "model": model_name, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "repeats": repeats,
@@ -137,15 +149,17 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="gpt2-small", help="preset (gpt2-small = 124M; tiny for a smoke run)")
     parser.add_argument("--prompt-tokens", type=int, default=32)
-    parser.add_argument("--new-tokens", type=int, default=100)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--new-tokens", type=int, default=None, help="default 100 (--quick: 20)")
+    parser.add_argument("--repeats", type=int, default=None, help="default 3 (--quick: 2)")
     parser.add_argument("--threads", type=int, default=2, help="BLAS / torch threads (default 2)")
     parser.add_argument("--no-hf", action="store_true", help="leave out Hugging Face transformers")
-    parser.add_argument("--quick", action="store_true", help="20 new tokens, 2 repeats")
+    parser.add_argument("--quick", action="store_true", help="20 new tokens and 2 repeats unless given")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for decode.json and decode.md")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.new_tokens, args.repeats = 20, 2
+    if args.new_tokens is None:
+        args.new_tokens = 20 if args.quick else 100
+    if args.repeats is None:
+        args.repeats = 2 if args.quick else 3
     from npgpt.fileio import atomic_write_json, atomic_write_text
 
     result = run_benchmark(args.model, args.prompt_tokens, args.new_tokens, args.repeats, args.threads,

@@ -303,3 +303,17 @@ def test_text_stream_holds_back_partial_utf8_characters():
     assert "".join(pieces) + stream.flush() == text
     assert not any("\ufffd" in piece for piece in pieces)
     assert any(piece == "" for piece in pieces)          # some token ended inside a character
+
+
+def test_decode_benchmark_quick_run_writes_its_tables(tmp_path):
+    """The benchmark script runs end to end (a tiny model, no transformers): a smoke test, not a timing."""
+    import json
+
+    from benchmarks.bench_decode import main as bench_main
+
+    assert bench_main(["--model", "tiny", "--quick", "--no-hf", "--new-tokens", "4", "--prompt-tokens", "4",
+                       "--threads", "1", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "decode_quick_tiny_1threads.json").read_text())
+    assert set(result["median_tokens_per_s"]) == {"numpy", "torchgpt"}
+    assert result["same_tokens_as_numpy"] == {"numpy": True, "torchgpt": True}
+    assert "| numpy |" in (tmp_path / "decode_quick_tiny_1threads.md").read_text()
