@@ -17,6 +17,7 @@ the hf column is left out (--no-hf does the same).
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import tempfile
@@ -107,6 +108,7 @@ def run_benchmark(model_name="gpt2-small", prompt_tokens=32, new_tokens=100, rep
         except ImportError:
             print("transformers is not installed (pip install -e .[bench]): running without the hf column")
             use_hf = False
+    load_before = os.getloadavg()[0]
     threads_before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -117,6 +119,8 @@ def run_benchmark(model_name="gpt2-small", prompt_tokens=32, new_tokens=100, rep
     result = {
         "model": model_name, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "repeats": repeats,
         "threads": threads, "batch_size": 1, "strategy": "greedy, KV cache",
+        # other processes' share of the cores: a load above the core count means they were contended
+        "load_average_1min": {"start": load_before, "end": os.getloadavg()[0], "cores": os.cpu_count()},
         "machine": f"{platform.machine()}, {platform.python_implementation()} {platform.python_version()}, "
                    f"numpy {np.__version__}, torch {torch.__version__}"
                    + (f", transformers {__import__('transformers').__version__}" if "hf" in names else ""),
@@ -134,7 +138,8 @@ def markdown_table(result: dict) -> str:
     has_hf = "median_speedup_vs_hf" in result
     lines = [f"GPT-2 {result['model']} (random weights), batch 1, {result['strategy']}, {result['prompt_tokens']}-token "
              f"prompt + {result['new_tokens']} new tokens, {result['threads']} threads, {result['repeats']} interleaved "
-             f"repeats; {result['machine']}", "",
+             f"repeats; {result['machine']}; load average {result['load_average_1min']['start']:.1f} -> "
+             f"{result['load_average_1min']['end']:.1f} on {result['load_average_1min']['cores']} cores", "",
              "| engine | median tokens/s | all runs (tokens/s) |" + (" speedup vs hf (median of per-repeat ratios) |"
                                                                     if has_hf else "") + " same tokens as numpy |",
              "| --- | ---: | --- |" + (" ---: |" if has_hf else "") + " --- |"]
