@@ -177,6 +177,37 @@ def test_lora_adapted_params_generate_like_the_merged_model(params):
     assert expected != npgen.generate(untied, config, [1, 2, 3], 8, stop_ids=())
 
 
+def test_the_cache_feeds_one_token_per_step_until_the_window_slides(params, monkeypatch):
+    fed = []
+    real_forward_last = npgen.NumpyDecoder.forward_last
+
+    def recording(self, ids, attention_mask, cache):
+        fed.append((ids.shape[1], cache is not None))
+        return real_forward_last(self, ids, attention_mask, cache)
+
+    monkeypatch.setattr(npgen.NumpyDecoder, "forward_last", recording)
+    npgen.generate(params, CONFIG, [1, 2, 3, 4, 5, 6], 7, stop_ids=())
+    # prompt 6, then single tokens up to length 10 = the context, then the whole sliding window each step
+    assert fed == [(6, True), (1, True), (1, True), (1, True), (1, True), (10, True), (10, True)]
+    fed.clear()
+    npgen.generate(params, CONFIG, [1, 2, 3], 3, stop_ids=(), use_cache=False)
+    assert fed == [(3, False), (4, False), (5, False)]
+
+
+def test_kv_cache_errors_name_the_problem(params):
+    from npgpt.kvcache import KVCache
+    from npgpt.model import trunk_forward
+
+    cache = KVCache(CONFIG, batch_size=1, capacity=4, dtype=np.float64)
+    trunk_forward(params, np.array([[1, 2, 3]]), CONFIG, kv_cache=cache)
+    with pytest.raises(ValueError, match="KV cache full: 3 cached"):
+        trunk_forward(params, np.array([[1, 2]]), CONFIG, kv_cache=cache)
+    with pytest.raises(ValueError, match="capacity must be in"):
+        KVCache(CONFIG, batch_size=1, capacity=CONFIG.context_length + 1)
+    with pytest.raises(ValueError, match="needs a kv_cache"):
+        trunk_forward(params, np.array([[1, 2]]), CONFIG, attention_mask=np.ones((1, 2)))
+
+
 # --------------------------------------------------------------------------------------------------------
 # The sampling rule by hand
 # --------------------------------------------------------------------------------------------------------
