@@ -41,18 +41,28 @@ def register(subparsers):
 
 
 def load_model(args):
-    """(config, params) from --weights, --checkpoint or --model (random, seeded)."""
+    """(config, model arguments of the backend's generate) from --weights, --checkpoint or --model (random
+    weights from --seed, made by npgpt so both backends get the same ones)."""
+    if args.backend == "torch" and not args.model:
+        from torchgpt.checkpoint import load_model as load_torch_model
+        model = load_torch_model(args.weights or args.checkpoint, args.device, use_sdpa=True)
+        return model.config, (model,)
     if args.weights:
         from npgpt.weights import load_weights
-        return load_weights(args.weights)
-    if args.checkpoint:
+        config, params = load_weights(args.weights)
+    elif args.checkpoint:
         from npgpt.checkpoint import load_checkpoint
         config, params, _ = load_checkpoint(args.checkpoint, load_training_state=False)
-        return config, params
-    from npgpt.config import get_config
-    from npgpt.model import init_params
-    config = get_config(args.model)
-    return config, init_params(config, seed=0 if args.seed is None else args.seed)
+    else:
+        from npgpt.config import get_config
+        from npgpt.model import init_params
+        config = get_config(args.model)
+        params = init_params(config, seed=0 if args.seed is None else args.seed)
+    if args.backend == "numpy":
+        return config, (params, config)
+    from torchgpt import GPTModel, load_numpy_params, pick_device
+    model = load_numpy_params(GPTModel(config.replace(drop_rate=0.0), use_sdpa=True), params)
+    return config, (model.to(pick_device(args.device)).eval(),)
 
 
 class TextStream:
@@ -87,7 +97,7 @@ def run(args) -> int:
     if args.backend == "numpy" and args.device not in ("auto", "cpu"):
         raise UserError(f"--device {args.device} needs --backend torch (the NumPy backend runs on the CPU)")
     tokenizer = get_tokenizer()
-    config, params = load_model(args)
+    config, model_args = load_model(args)
     if config.vocab_size < tokenizer.n_vocab:
         raise UserError(f"the model's vocabulary ({config.vocab_size}) is smaller than the GPT-2 tokenizer's "
                         f"({tokenizer.n_vocab}); generate text with a model trained on GPT-2 token ids")
@@ -99,12 +109,8 @@ def run(args) -> int:
 
     if args.backend == "numpy":
         import npgpt.generate as backend
-        model_args = (params, config)
     else:
         import torchgpt.generate as backend
-        from torchgpt import GPTModel, load_numpy_params, pick_device
-        model = GPTModel(config.replace(drop_rate=0.0), use_sdpa=True)
-        model_args = (load_numpy_params(model, params).to(pick_device(args.device)).eval(),)
 
     _print(args.prompt)
     start = time.perf_counter()
