@@ -1,0 +1,67 @@
+"""The pre-LayerNorm transformer block: npgpt block_forward/backward vs torchgpt.TransformerBlock.
+
+Dropout off, and on with identical masks: npgpt draws its three masks (attention weights, after attention,
+after feed-forward) from a RecordingGenerator and torch is fed exactly those through MaskFeed.
+"""
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+
+import npgpt.block as npblock
+import npgpt.model as npmodel
+import torchgpt.block as tblock
+from npgpt.config import GPTConfig
+from torchgpt.model import MaskFeed
+from parity_tests.conftest import (KeyBiasFloors, RecordingGenerator, assert_grads_close, budget, dtypes, make_array,
+                                   model_dims, record_example, to_torch, torch_with_reference, values, weights)
+
+DROP_RATES = [0.0, 0.0, 0.1, 0.5]
+
+
+def block_params(config, rng, dtype):
+    """One block's parameters under their in-block names; LayerNorm scales near 1, everything else N(0, 0.3)."""
+    params = {}
+    for name, shape in npmodel.block_param_shapes(config).items():
+        params[name] = weights(rng, shape, np.float64) + (1.0 if name.endswith(".scale") else 0.0)
+    return {name: value.astype(dtype) for name, value in params.items()}
+
+
+def check_block(B, T, C, H, qkv_bias, drop_rate, recipe, dtype, mask_seed=0):
+    config = GPTConfig(vocab_size=1, context_length=T, emb_dim=C, n_heads=H, n_layers=1, drop_rate=drop_rate,
+                       qkv_bias=qkv_bias)
+    x = make_array(recipe, (B, T, C), dtype)
+    p = block_params(config, recipe.rng(1), dtype)
+    rng = RecordingGenerator(mask_seed)
+    out, cache = npblock.block_forward(x, p, config, train=drop_rate > 0, rng=rng)
+    masks = rng.keep_masks(drop_rate)
+    assert len(masks) == (3 if drop_rate else 0)
+    dout = (make_array(recipe, out.shape, np.float64, salt=2) / recipe.scale).astype(dtype)
+    dx, grads = npblock.block_backward(dout, cache)
+    assert out.dtype == dx.dtype == dtype and sorted(grads) == sorted(p)
+    floors = {}
+
+    def run(tdtype):
+        module = tblock.TransformerBlock(config).to(tdtype)
+        module.load_state_dict({name: to_torch(value) for name, value in p.items()})
+        module.train(drop_rate > 0)
+        keys = KeyBiasFloors(module)
+        feed = MaskFeed(masks, drop_rate)
+        x_t = to_torch(x).to(tdtype).requires_grad_()
+        out_t = module(x_t, dropout_masks=feed)
+        assert feed.taken == len(masks)
+        out_t.backward(to_torch(dout).to(tdtype))
+        floors.update(keys.floors())
+        return {"out": out_t, "x": x_t.grad, **{name: param.grad for name, param in module.named_parameters()}}
+
+    expected, reference = torch_with_reference(run, dtype)
+    assert_grads_close({"out": out, "x": dx, **grads}, expected, references=reference, floors=floors, prefix="block ")
+    return dx, grads
+
+
+@budget(30)
+@given(dims=model_dims(), qkv_bias=st.booleans(), drop_rate=st.sampled_from(DROP_RATES),
+       mask_seed=st.integers(0, 2**16), recipe=values(), dtype=dtypes)
+def test_block(dims, qkv_bias, drop_rate, mask_seed, recipe, dtype):
+    record_example()
+    B, T, C, H = dims
+    check_block(B, T, C, H, qkv_bias, drop_rate, recipe, dtype, mask_seed)

@@ -1,0 +1,51 @@
+"""Cross-entropy with ignore_index=-100 (mean over the kept targets) and perplexity: npgpt vs torch.
+
+Targets: none, some or all ignored (all ignored: loss nan and zero gradient in both); logits up to 1e3
+in magnitude and with exact ties; an upstream gradient other than 1.
+"""
+import math
+
+import numpy as np
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import npgpt.loss as nploss
+import torchgpt.loss as tloss
+from parity_tests.conftest import (assert_close, budget, dtypes, make_array, record_example, to_torch,
+                                   torch_with_reference, values)
+
+
+def check_cross_entropy(B, T, V, ignored, dloss, recipe, dtype):
+    logits = make_array(recipe, (B, T, V), dtype)
+    rng = recipe.rng(1)
+    targets = rng.integers(0, V, (B, T))
+    targets[rng.random((B, T)) < ignored] = nploss.IGNORE_INDEX
+    loss, cache = nploss.cross_entropy_forward(logits, targets)
+    dlogits = nploss.cross_entropy_backward(cache, dloss)
+    assert dlogits.dtype == dtype and dlogits.shape == logits.shape
+    assert np.all(dlogits[targets == nploss.IGNORE_INDEX] == 0)
+
+    def run(tdtype):
+        logits_t = to_torch(logits).to(tdtype).requires_grad_()
+        loss_t = tloss.cross_entropy(logits_t, torch.from_numpy(targets))
+        loss_t.backward(torch.tensor(dloss, dtype=tdtype))
+        return {"loss": loss_t, "dlogits": logits_t.grad}
+
+    expected, reference = torch_with_reference(run, dtype)
+    ref = reference or {"loss": None, "dlogits": None}
+    assert_close(np.asarray(loss, dtype), expected["loss"], name="loss", reference=ref["loss"])
+    assert_close(dlogits, expected["dlogits"], name="dlogits", reference=ref["dlogits"])
+    if (targets == nploss.IGNORE_INDEX).all():
+        assert math.isnan(loss) and not dlogits.any()
+    else:
+        assert nploss.perplexity(loss) == tloss.perplexity(torch.tensor(loss, dtype=torch.float64))
+    return loss, dlogits
+
+
+@budget(40)
+@given(B=st.integers(1, 3), T=st.integers(1, 16), V=st.integers(1, 60), ignored=st.sampled_from([0.0, 0.3, 0.7, 1.0]),
+       dloss=st.sampled_from([1.0, 0.37, -2.0]), recipe=values(), dtype=dtypes)
+def test_cross_entropy(B, T, V, ignored, dloss, recipe, dtype):
+    record_example()
+    check_cross_entropy(B, T, V, ignored, dloss, recipe, dtype)

@@ -1,0 +1,106 @@
+"""The whole GPT: npgpt.model forward/backward vs torchgpt.GPTModel on the same parameter dict.
+
+Logits, the cross-entropy loss (ignore_index=-100 on some targets) and the gradient of EVERY parameter,
+tied and untied head, qkv bias on and off, dropout off and on with the same masks (npgpt draws them from a
+RecordingGenerator, torch gets them through GPTModel.forward(dropout_masks=...)), explicit attention and
+the SDPA fast path.
+"""
+import numpy as np
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import npgpt.model as npmodel
+import torchgpt.loss as tloss
+from npgpt.config import GPTConfig
+from npgpt.loss import cross_entropy_backward, cross_entropy_forward
+from npgpt.params import unique_arrays
+from torchgpt.model import GPTModel, load_numpy_params
+from parity_tests.conftest import (KeyBiasFloors, RecordingGenerator, assert_close, assert_grads_close, budget, dtypes,
+                                   record_example, torch_with_reference)
+
+
+@st.composite
+def model_configs(draw):
+    """Small GPTConfigs: V <= 40 (so ids repeat), T_max <= 12, C <= 32 with H | C, 1-2 layers."""
+    H = draw(st.integers(1, 4))
+    C = H * draw(st.integers(1, 32 // H))
+    return GPTConfig(vocab_size=draw(st.integers(1, 40)), context_length=draw(st.integers(1, 12)), emb_dim=C,
+                     n_heads=H, n_layers=draw(st.integers(1, 2)), drop_rate=draw(st.sampled_from([0.0, 0.0, 0.1, 0.5])),
+                     qkv_bias=draw(st.booleans()), tie_weights=draw(st.booleans()))
+
+
+def model_params(config, seed, dtype, emb_scale=1.0):
+    """init_params (float64), moved off the GPT-2 init so every term matters: weights x10 (std 0.2), biases and
+    LayerNorm params shifted by N(0, 0.3); the embeddings scaled by emb_scale (large: LayerNorm stability)."""
+    params = npmodel.init_params(config, seed=seed, dtype=np.float64)
+    rng = np.random.default_rng([seed, 1])
+    for name, value in unique_arrays(params):
+        if value.ndim == 1:
+            value += rng.standard_normal(value.shape) * 0.3
+        else:
+            value *= 10.0 * (emb_scale if name in ("tok_emb.weight", "pos_emb.weight") else 1.0)
+    cast = {}
+    for name, value in params.items():                # keep the tie: one array under both names
+        cast[name] = cast["tok_emb.weight"] if value is params["tok_emb.weight"] and name != "tok_emb.weight" \
+            else value.astype(dtype)
+    return cast
+
+
+def check_model(config, B, T, dtype, *, seed=0, emb_scale=1.0, ignored=0.0, use_sdpa=False):
+    """npgpt vs torch: logits, loss and every parameter's gradient. Returns npgpt's (loss, grads)."""
+    params = model_params(config, seed, dtype, emb_scale)
+    data = np.random.default_rng([seed, 2])
+    idx = data.integers(0, config.vocab_size, (B, T))
+    targets = data.integers(0, config.vocab_size, (B, T))
+    targets[data.random((B, T)) < ignored] = -100
+    targets.reshape(-1)[0] = data.integers(0, config.vocab_size)      # at least one target counts
+    train = config.drop_rate > 0
+    rng = RecordingGenerator(seed)
+    logits, cache = npmodel.forward(params, idx, config, train=train, rng=rng)
+    masks = rng.keep_masks(config.drop_rate)
+    assert len(masks) == (1 + 3 * config.n_layers if train else 0)
+    loss, loss_cache = cross_entropy_forward(logits, targets)
+    logits = logits.copy()                                            # the loss backward reuses buffers
+    grads = npmodel.backward(cross_entropy_backward(loss_cache), cache)
+    assert logits.dtype == dtype and all(g.dtype == dtype for g in grads.values()) and list(grads) == list(params)
+    if config.tie_weights:
+        assert grads["out_head.weight"] is grads["tok_emb.weight"]
+    floors = {}
+
+    def run(tdtype, sdpa=use_sdpa):
+        model = load_numpy_params(GPTModel(config, use_sdpa=sdpa, seed=0).to(tdtype), params).train(train)
+        keys = KeyBiasFloors(model)
+        remaining = iter(masks)
+        logits_t = model(torch.from_numpy(idx), dropout_masks=remaining if train else None)
+        assert next(remaining, None) is None, "torch used fewer dropout masks than npgpt drew"
+        loss_t = tloss.cross_entropy(logits_t, torch.from_numpy(targets))
+        loss_t.backward()
+        floors.update(keys.floors())
+        return {"logits": logits_t, "loss": loss_t, **{name: model.get_parameter(name).grad for name in params}}
+
+    expected, reference = torch_with_reference(run, dtype)
+    ours = {"logits": logits, "loss": np.asarray(loss, dtype=dtype), **grads}
+    assert_close(ours.pop("logits"), expected.pop("logits"), name="logits",
+                 reference=None if reference is None else reference.pop("logits"))
+    assert_close(ours.pop("loss"), expected.pop("loss"), name="loss",
+                 reference=None if reference is None else reference.pop("loss"))
+    assert_grads_close(grads, expected, references=reference, floors=floors, prefix="d ")
+    return loss, grads
+
+
+@budget(25)
+@given(config=model_configs(), B=st.integers(1, 3), T_short=st.integers(0, 11), seed=st.integers(0, 2**16),
+       emb_scale=st.sampled_from([0.1, 1.0, 1.0, 30.0]), ignored=st.sampled_from([0.0, 0.3]), dtype=dtypes)
+def test_model(config, B, T_short, seed, emb_scale, ignored, dtype):
+    record_example()
+    T = max(1, config.context_length - T_short)                        # T <= context_length
+    check_model(config, B, T, dtype, seed=seed, emb_scale=emb_scale, ignored=ignored)
+
+
+@budget(10)
+@given(config=model_configs(), B=st.integers(1, 3), seed=st.integers(0, 2**16), dtype=dtypes)
+def test_model_sdpa_fast_path(config, B, seed, dtype):
+    """GPTModel(use_sdpa=True), dropout off, against npgpt (and so against the explicit attention)."""
+    record_example()
+    check_model(config.replace(drop_rate=0.0), B, config.context_length, dtype, seed=seed, use_sdpa=True)
