@@ -115,16 +115,22 @@ def attention_params(rng, C, D, qkv_bias, out_proj=True):
     return p
 
 
-@pytest.mark.parametrize("causal", [True, False])
-def test_single_head_attention(causal):
+@pytest.mark.parametrize("causal,qkv_bias,drop_rate", [(True, False, 0.0), (False, False, 0.0), (True, True, 0.0),
+                                                     (True, True, 0.3)])
+def test_single_head_attention(causal, qkv_bias, drop_rate):
     rng = np.random.default_rng(7)
     x = rand(rng, 2, 5, 6)
-    p = attention_params(rng, 6, 4, qkv_bias=False, out_proj=False)
-    out, cache = attention.single_head_attention_forward(x, p, causal=causal)
+    p = attention_params(rng, 6, 4, qkv_bias=qkv_bias, out_proj=False)
+    mask = dropout.dropout_mask((2, 5, 5), drop_rate, np.random.default_rng(9)) if drop_rate else None
+
+    def run():
+        return attention.single_head_attention_forward(x, p, causal=causal, drop_rate=drop_rate, dropout_mask=mask)
+
+    out, cache = run()
     R = rand(rng, *out.shape)
     dx, grads = attention.single_head_attention_backward(R, cache)
-    L = projection_loss(lambda: attention.single_head_attention_forward(x, p, causal=causal)[0], R)
-    check_all(L, {"x": (x, dx), **{k: (p[k], grads[k]) for k in p}})
+    assert set(grads) == set(p)
+    check_all(projection_loss(lambda: run()[0], R), {"x": (x, dx), **{k: (p[k], grads[k]) for k in p}})
 
 
 @pytest.mark.parametrize("qkv_bias,drop_rate", [(False, 0.0), (True, 0.0), (True, 0.25)])
@@ -219,9 +225,20 @@ def test_cross_entropy_with_ignore_index():
     check_all(L, {"logits": (logits, dlogits)})
 
 
-def test_cross_entropy_all_ignored_is_nan():
-    value, _ = loss.cross_entropy_forward(np.zeros((1, 2, 3)), np.full((1, 2), -100))
+def test_cross_entropy_all_ignored_is_nan_with_zero_gradient():
+    value, cache = loss.cross_entropy_forward(np.ones((1, 2, 3)), np.full((1, 2), -100))
     assert np.isnan(value)
+    assert not loss.cross_entropy_backward(cache).any()     # nothing to learn from: zero, not nan (as torch)
+
+
+def test_cross_entropy_upstream_gradient_scales():
+    """dloss != 1 (a loss that is itself scaled or summed later): dlogits = dloss * dL/dlogits."""
+    rng = np.random.default_rng(23)
+    logits, targets = rand(rng, 3, 5, scale=2.0), np.array([4, -100, 0])
+    value, cache = loss.cross_entropy_forward(logits, targets)
+    dlogits = loss.cross_entropy_backward(cache, dloss=-0.7)
+    L = lambda: -0.7 * loss.cross_entropy_forward(logits, targets)[0]  # noqa: E731
+    check_all(L, {"logits": (logits, dlogits)})
 
 
 @pytest.mark.parametrize("tie_weights,qkv_bias,drop_rate", [(True, True, 0.0), (False, False, 0.0), (True, False, 0.1)])
