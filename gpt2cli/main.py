@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "gpt2cli.commands.train",
     "gpt2cli.commands.classify",
     "gpt2cli.commands.weights",
+    "gpt2cli.commands.parity",
 ]
 
 

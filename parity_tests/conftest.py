@@ -10,7 +10,6 @@
 """
 from __future__ import annotations
 
-import json
 import os
 from collections import defaultdict
 from contextlib import contextmanager
@@ -24,6 +23,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from npgpt import gradcheck
+from npgpt.fileio import atomic_write_json
 
 # --------------------------------------------------------------------------------------------------------
 # Tolerances (max abs error <= rtol * magnitude, see assert_close)
@@ -256,12 +256,8 @@ def pytest_runtest_logreport(report):
 def pytest_sessionfinish(session, exitstatus):
     """Writes the registry to $PARITY_REPORT (JSON) when set; `gpt2 parity` prints it as a table."""
     path = os.environ.get("PARITY_REPORT")
-    if not path:
-        return
-    payload = {"profile": PROFILE, "components": dict(sorted(_REGISTRY.items()))}
-    tmp = Path(path).with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, path)
+    if path:
+        atomic_write_json(path, {"profile": PROFILE, "components": dict(sorted(_REGISTRY.items()))})
 
 
 # --------------------------------------------------------------------------------------------------------
