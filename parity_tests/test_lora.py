@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import npgpt.linear as nplin
@@ -16,9 +16,9 @@ import npgpt.model as npmodel
 import torchgpt.lora as tlora
 from npgpt.config import GPTConfig
 from npgpt.loss import cross_entropy_backward, cross_entropy_forward
-from parity_tests.conftest import (RTOL_MODEL32, assert_close, assert_grads_close, assert_matches_finite_differences,
+from parity_tests.conftest import (assert_close, assert_grads_close, assert_matches_finite_differences,
                                    budget, dtypes, make_array, Values, model_dims, record_example, to_torch, torch_dtype,
-                                   values, weights)
+                                   torch_with_reference, values, weights)
 
 LAYER = "proj"
 
@@ -126,6 +126,9 @@ def test_model_with_lora(dims, V, L, tie, qkv_bias, targets, rank, seed, dtype):
     from torchgpt import GPTModel, load_numpy_params
 
     B, T, C, H = dims
+    # C = 1: every LayerNorm output is its shift, so the loss does not depend on the attention or feed-forward
+    # adapters; their exact gradient is 0 and both sides return rounding noise, which no tolerance can compare.
+    assume(C > 1)
     config = GPTConfig(vocab_size=V, context_length=16, emb_dim=C, n_heads=H, n_layers=L, drop_rate=0.0,
                        qkv_bias=qkv_bias, tie_weights=tie)
     lora_config = nplora.LoRAConfig(rank=rank, alpha=2.0 * rank, targets=targets)
@@ -142,20 +145,25 @@ def test_model_with_lora(dims, V, L, tie, qkv_bias, targets, rank, seed, dtype):
     loss, loss_cache = cross_entropy_forward(logits, targets_ids)
     grads = nplora.trainable_grads(npmodel.backward(cross_entropy_backward(loss_cache), cache))
 
-    model = GPTModel(config).to(torch_dtype(dtype))
-    tlora.add_lora(model, lora_config)
-    load_numpy_params(model, params)             # one state dict (base + adapters) loads into both
-    logits_t = model(torch.from_numpy(idx))
-    loss_t = F.cross_entropy(logits_t.reshape(-1, V), torch.from_numpy(targets_ids).reshape(-1))
-    loss_t.backward()
-    trainable_t = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    assert sorted(grads) == sorted(trainable_t) == sorted(nplora.trainable_params(params))
-    frozen_with_grad = [name for name, p in model.named_parameters() if not p.requires_grad and p.grad is not None]
-    assert frozen_with_grad == []
-    rtol = None if dtype == np.float64 else RTOL_MODEL32
-    assert_close(np.array(loss), loss_t, rtol=rtol, name="lora model loss")
-    assert_close(logits, logits_t, rtol=rtol, name="lora model logits")
-    assert_grads_close(grads, {name: p.grad for name, p in trainable_t.items()}, rtol=rtol, prefix="lora model ")
+    def run(tdtype):
+        model = GPTModel(config).to(tdtype)
+        tlora.add_lora(model, lora_config)
+        load_numpy_params(model, params)         # one state dict (base + adapters) loads into both
+        logits_t = model(torch.from_numpy(idx))
+        loss_t = F.cross_entropy(logits_t.reshape(-1, V), torch.from_numpy(targets_ids).reshape(-1))
+        loss_t.backward()
+        frozen_with_grad = [name for name, p in model.named_parameters() if not p.requires_grad and p.grad is not None]
+        assert frozen_with_grad == []
+        trainable = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+        return {"loss": loss_t, "logits": logits_t}, trainable
+
+    # float32: the float64 run is the reference that measures torch's own rounding (see conftest.assert_close)
+    (expected, expected_grads), reference = torch_with_reference(run, dtype)
+    reference_values, reference_grads = reference or ({"loss": None, "logits": None}, None)
+    assert sorted(grads) == sorted(expected_grads) == sorted(nplora.trainable_params(params))
+    assert_close(np.asarray(loss, dtype), expected["loss"], name="lora model loss", reference=reference_values["loss"])
+    assert_close(logits, expected["logits"], name="lora model logits", reference=reference_values["logits"])
+    assert_grads_close(grads, expected_grads, references=reference_grads, prefix="lora model ")
 
 
 def test_fresh_adapters_change_nothing():

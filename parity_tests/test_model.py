@@ -12,39 +12,19 @@ from hypothesis import strategies as st
 
 import npgpt.model as npmodel
 import torchgpt.loss as tloss
-from npgpt.config import GPTConfig
 from npgpt.loss import cross_entropy_backward, cross_entropy_forward
-from npgpt.params import unique_arrays
 from torchgpt.model import GPTModel, load_numpy_params
 from parity_tests.conftest import (KeyBiasFloors, RecordingGenerator, assert_close, assert_grads_close, budget, dtypes,
-                                   record_example, torch_with_reference)
-
-
-@st.composite
-def model_configs(draw):
-    """Small GPTConfigs: V <= 40 (so ids repeat), T_max <= 12, C <= 32 with H | C, 1-2 layers."""
-    H = draw(st.integers(1, 4))
-    C = H * draw(st.integers(1, 32 // H))
-    return GPTConfig(vocab_size=draw(st.integers(1, 40)), context_length=draw(st.integers(1, 12)), emb_dim=C,
-                     n_heads=H, n_layers=draw(st.integers(1, 2)), drop_rate=draw(st.sampled_from([0.0, 0.0, 0.1, 0.5])),
-                     qkv_bias=draw(st.booleans()), tie_weights=draw(st.booleans()))
+                                   random_gpt_params, record_example, small_gpt_configs, torch_with_reference)
 
 
 def model_params(config, seed, dtype, emb_scale=1.0):
-    """init_params (float64), moved off the GPT-2 init so every term matters: weights x10 (std 0.2), biases and
-    LayerNorm params shifted by N(0, 0.3); the embeddings scaled by emb_scale (large: LayerNorm stability)."""
-    params = npmodel.init_params(config, seed=seed, dtype=np.float64)
-    rng = np.random.default_rng([seed, 1])
-    for name, value in unique_arrays(params):
-        if value.ndim == 1:
-            value += rng.standard_normal(value.shape) * 0.3
-        else:
-            value *= 10.0 * (emb_scale if name in ("tok_emb.weight", "pos_emb.weight") else 1.0)
-    cast = {}
-    for name, value in params.items():                # keep the tie: one array under both names
-        cast[name] = cast["tok_emb.weight"] if value is params["tok_emb.weight"] and name != "tok_emb.weight" \
-            else value.astype(dtype)
-    return cast
+    """random_gpt_params (std-0.3 weights, LayerNorm and biases off their 1/0 init, so every term matters),
+    with the embeddings scaled by emb_scale (large: the first LayerNorm's stability); a tie stays a tie."""
+    params = random_gpt_params(config, seed, dtype)
+    params["tok_emb.weight"] *= dtype(emb_scale)
+    params["pos_emb.weight"] *= dtype(emb_scale)
+    return params
 
 
 def check_model(config, B, T, dtype, *, seed=0, emb_scale=1.0, ignored=0.0, use_sdpa=False):
@@ -90,17 +70,18 @@ def check_model(config, B, T, dtype, *, seed=0, emb_scale=1.0, ignored=0.0, use_
 
 
 @budget(25)
-@given(config=model_configs(), B=st.integers(1, 3), T_short=st.integers(0, 11), seed=st.integers(0, 2**16),
-       emb_scale=st.sampled_from([0.1, 1.0, 1.0, 30.0]), ignored=st.sampled_from([0.0, 0.3]), dtype=dtypes)
-def test_model(config, B, T_short, seed, emb_scale, ignored, dtype):
+@given(config=small_gpt_configs(max_vocab=40), drop_rate=st.sampled_from([0.0, 0.0, 0.1, 0.5]), B=st.integers(1, 3),
+       T_short=st.integers(0, 11), seed=st.integers(0, 2**16), emb_scale=st.sampled_from([0.1, 1.0, 1.0, 30.0]),
+       ignored=st.sampled_from([0.0, 0.3]), dtype=dtypes)
+def test_model(config, drop_rate, B, T_short, seed, emb_scale, ignored, dtype):
     record_example()
-    T = max(1, config.context_length - T_short)                        # T <= context_length
-    check_model(config, B, T, dtype, seed=seed, emb_scale=emb_scale, ignored=ignored)
+    T = max(1, config.context_length - T_short)                        # 1 <= T <= context_length
+    check_model(config.replace(drop_rate=drop_rate), B, T, dtype, seed=seed, emb_scale=emb_scale, ignored=ignored)
 
 
 @budget(10)
-@given(config=model_configs(), B=st.integers(1, 3), seed=st.integers(0, 2**16), dtype=dtypes)
+@given(config=small_gpt_configs(max_vocab=40), B=st.integers(1, 3), seed=st.integers(0, 2**16), dtype=dtypes)
 def test_model_sdpa_fast_path(config, B, seed, dtype):
     """GPTModel(use_sdpa=True), dropout off, against npgpt (and so against the explicit attention)."""
     record_example()
-    check_model(config.replace(drop_rate=0.0), B, config.context_length, dtype, seed=seed, use_sdpa=True)
+    check_model(config, B, config.context_length, dtype, seed=seed, use_sdpa=True)      # drop_rate is 0
