@@ -1,12 +1,19 @@
-"""Shared tools of the NumPy-vs-torch parity suite.
+"""Shared tools of the NumPy-vs-torch parity suite (docs/parity.md explains the choices).
 
+- RTOL and TORCH_ERROR_FACTOR: the tolerances, with their reasons
+- hypothesis profiles "ci" (default, derandomized, bounded) and "thorough", picked by $HYPOTHESIS_PROFILE;
+  budget(n) sets a test's ci example count
 - to_torch / to_numpy: conversion both ways (float64 stays float64, float32 stays float32)
-- assert_close: max-abs / max-rel comparison against a tolerance scaled to the expected magnitude;
-  every call is recorded for the `gpt2 parity` table
-- numerical_grad: float64 central finite differences, the independent third opinion
-- hypothesis profiles "ci" (default, derandomized, bounded) and "thorough", picked by $HYPOTHESIS_PROFILE
-- draw strategies: shapes (B <= 3, T <= 16, C <= 48, H | C, V small) and value recipes
-  (normal, large magnitude, exact ties) turned into arrays by make_array
+- assert_close / assert_grads_close: max-abs / max-rel comparison against a tolerance scaled to the
+  expected magnitude (floors for cancelled results, a float64 `reference` for float32); every call is
+  recorded for the `gpt2 parity` table (record_example counts examples)
+- torch_with_reference: run a torch computation in the test's dtype and, for float32, in float64
+- KeyBiasFloors: the magnitude of the exactly-zero key-bias gradients of a torch model
+- planted_bug: the context that proves a check rejects a deliberately broken backward
+- RecordingGenerator: npgpt's dropout rng that records the masks, to feed torch the same ones
+- numerical_grad / assert_matches_finite_differences: float64 central differences (npgpt.gradcheck)
+- strategies: shapes (B <= 3, T <= 16, C <= 48, H | C, V small), value recipes (normal at magnitudes
+  1e-3..1e3, exact ties) turned into arrays by make_array; small GPT configs and parameters
 """
 from __future__ import annotations
 
