@@ -4,7 +4,6 @@ Weight decay on: decay on every parameter (npgpt decay_filter=None vs one torch 
 matrices only (npgpt's default decay_matrices_only vs torchgpt.optim.make_adamw's two param groups, on a
 GPTModel with tied or untied head, where the tied weight must be updated once).
 """
-import numpy as np
 import torch
 from hypothesis import given
 from hypothesis import strategies as st

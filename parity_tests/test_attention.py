@@ -12,7 +12,6 @@ softmax passes it on unchanged): up to 100 in float32, 1e4 in float64.
 import math
 
 import numpy as np
-import torch
 from hypothesis import given
 from hypothesis import strategies as st
 

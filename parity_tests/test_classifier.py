@@ -5,16 +5,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import npgpt.classifier as npcls
 import npgpt.model as npmodel
 import torchgpt.classifier as tcls
 from npgpt.config import GPTConfig
-from parity_tests.conftest import (RTOL_MODEL32, Values, assert_close, assert_grads_close,
+from parity_tests.conftest import (Values, assert_close, assert_grads_close,
                                    assert_matches_finite_differences, budget, dtypes, make_array, model_dims,
-                                   record_example, to_torch, torch_dtype, values, weights)
+                                   record_example, to_torch, torch_with_reference, values,
+                                   weights)
 
 
 def draw_lengths(rng, B, T):
@@ -116,6 +117,9 @@ def test_classifier_model(dims, L, K, tie, qkv_bias, trainable, weighted, seed, 
     gradients for exactly the trainable parameters (the NumPy backward stops at the lowest trained block)."""
     record_example()
     B, T, C, H = dims
+    # C = 1: every LayerNorm output is its shift, so the logits do not depend on the trunk; its exact
+    # gradients are 0 and both sides return rounding noise, which no tolerance can compare.
+    assume(C > 1)
     V = 50
     config = GPTConfig(vocab_size=V, context_length=16, emb_dim=C, n_heads=H, n_layers=L, drop_rate=0.0,
                        qkv_bias=qkv_bias, tie_weights=tie)
@@ -135,19 +139,26 @@ def test_classifier_model(dims, L, K, tie, qkv_bias, trainable, weighted, seed, 
     assert list(grads) == names
 
     from torchgpt.model import load_numpy_params
-    model = tcls.GPTClassifier(config, K).to(torch_dtype(dtype))
-    load_numpy_params(model, params)
-    assert tcls.set_trainable(model, names) == sum(params[name].size for name in names)
-    logits_t = model(torch.from_numpy(idx), torch.from_numpy(lengths))
-    weights_t = None if class_weights is None else torch.from_numpy(class_weights)
-    loss_t = tcls.class_weighted_cross_entropy(logits_t, torch.from_numpy(labels), weights_t)
-    loss_t.backward()
-    grads_t = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
-    assert [name for name, p in model.named_parameters() if not p.requires_grad and p.grad is not None] == []
-    rtol = None if dtype == np.float64 else RTOL_MODEL32
-    assert_close(logits, logits_t, rtol=rtol, name="classifier logits")
-    assert_close(np.array(loss, dtype=dtype), loss_t, rtol=rtol, name="classifier loss")
-    assert_grads_close(grads, grads_t, rtol=rtol, prefix="classifier ")
+
+    def run(tdtype):
+        model = tcls.GPTClassifier(config, K).to(tdtype)
+        load_numpy_params(model, params)
+        assert tcls.set_trainable(model, names) == sum(params[name].size for name in names)
+        logits_t = model(torch.from_numpy(idx), torch.from_numpy(lengths))
+        weights_t = None if class_weights is None else torch.from_numpy(class_weights).to(tdtype)
+        loss_t = tcls.class_weighted_cross_entropy(logits_t, torch.from_numpy(labels), weights_t)
+        loss_t.backward()
+        assert [name for name, p in model.named_parameters() if not p.requires_grad and p.grad is not None] == []
+        return {"logits": logits_t, "loss": loss_t}, {name: p.grad for name, p in model.named_parameters()
+                                                       if p.requires_grad}
+
+    # float32: the float64 run is the reference that measures torch's own rounding (see conftest.assert_close)
+    (expected, grads_t), reference = torch_with_reference(run, dtype)
+    reference_values, reference_grads = reference or ({"logits": None, "loss": None}, None)
+    assert_close(logits, expected["logits"], name="classifier logits", reference=reference_values["logits"])
+    assert_close(np.array(loss, dtype=dtype), expected["loss"], name="classifier loss",
+                 reference=reference_values["loss"])
+    assert_grads_close(grads, grads_t, references=reference_grads, prefix="classifier ")
 
 
 def test_classifier_model_finite_differences():
