@@ -359,9 +359,20 @@ dtypes = st.sampled_from([np.float64, np.float32])
 
 @pytest.fixture(autouse=True)
 def _deterministic_torch():
-    """Same torch thread count and no grad-mode leaks between tests."""
+    """No grad-mode leaks between tests."""
     torch.set_grad_enabled(True)
     yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """torch with one intra-op thread: the tensors here are tiny, so a second thread only adds overhead
+    (measured: the model and multi-head modules took 2.4x the CPU time with two threads on a busy 2-core
+    machine), and results do not depend on the core count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 # --------------------------------------------------------------------------------------------------------
