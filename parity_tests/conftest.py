@@ -232,15 +232,16 @@ class KeyBiasFloors:
 
 
 @contextmanager
-def planted_bug(description: str):
-    """`with planted_bug("..."): check(...)` asserts the check raises AssertionError (the bug is caught).
+def planted_bug(description: str, match: str | None = None):
+    """`with planted_bug("..."): check(...)` asserts the check raises AssertionError (the bug is caught),
+    whose message matches the regex `match` when given.
 
     Checks inside are not recorded as parity errors; the catch is counted (`planted_caught`) for the
     `gpt2 parity` table. Fails the test, naming the bug, when the check passes.
     """
     _RECORDING["on"] = False
     try:
-        with pytest.raises(AssertionError) as caught:
+        with pytest.raises(AssertionError, match=match):
             yield
     except BaseException as error:
         if isinstance(error, pytest.fail.Exception):

@@ -115,7 +115,8 @@ def attention_term_magnitudes(x, p, n_heads, dout, *, causal=True, keep_mask=Non
     magnitudes = {}
     if "out_proj.weight" in p:
         magnitudes["out"] = context_abs @ np.abs(p["out_proj.weight"]).T + np.abs(p["out_proj.bias"])
-        magnitudes["out_proj.weight"] = dout.reshape(-1, dout.shape[-1]).T @ context_abs.reshape(-1, context_abs.shape[-1])
+        dout2d, context2d = dout.reshape(B * T, -1), context_abs.reshape(B * T, -1)
+        magnitudes["out_proj.weight"] = dout2d.T @ context2d
         magnitudes["out_proj.bias"] = dout.reshape(-1, dout.shape[-1]).sum(0)
         dcontext = split(dout @ np.abs(p["out_proj.weight"]))
     else:

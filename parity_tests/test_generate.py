@@ -20,7 +20,7 @@ from npgpt.config import GPTConfig
 import torchgpt.generate as tgen
 from npgpt.kvcache import KVCache
 from npgpt.model import forward, trunk_forward
-from parity_tests.conftest import (assert_close, budget, make_array, random_gpt_params, record_example,
+from parity_tests.conftest import (assert_close, budget, make_array, planted_bug, random_gpt_params, record_example,
                                    small_gpt_configs, to_torch, torch_twin, values)
 from torchgpt.kvcache import KVCache as TorchKVCache
 
@@ -153,7 +153,7 @@ def test_cached_logits_check_bites(monkeypatch):
         return np.minimum(positions + 1, config.context_length - 1), hide
 
     monkeypatch.setattr(npgpt.kvcache, "attention_layout", late_positions)
-    with pytest.raises(AssertionError, match="numpy cached logits"):
+    with planted_bug("KV cache positions shifted by one", match="numpy cached logits"):
         check_cached_logits(config, 0, idx, [3, 1, 2], np.float64)
 
 

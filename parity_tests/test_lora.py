@@ -18,7 +18,7 @@ from npgpt.config import GPTConfig
 from npgpt.loss import cross_entropy_backward, cross_entropy_forward
 from parity_tests.conftest import (assert_close, assert_grads_close, assert_matches_finite_differences,
                                    budget, dtypes, make_array, Values, model_dims, record_example, to_torch, torch_dtype,
-                                   torch_with_reference, values, weights)
+                                   planted_bug, torch_with_reference, values, weights)
 
 LAYER = "proj"
 
@@ -94,7 +94,7 @@ def test_planted_bug_in_lora_backward_is_caught(monkeypatch):
         return dx, dA * (1 + 1e-4), dB
 
     monkeypatch.setattr(nplin, "lora_backward", slightly_wrong)
-    with pytest.raises(AssertionError, match="lora dA"):
+    with planted_bug("LoRA backward: dA off by 1e-4", match="lora dA"):
         check_lora_linear(2, 3, 6, 5, 3, 8.0, True, Values(seed=1, scale=1.0, ties=False), np.float64)
 
 
@@ -126,9 +126,10 @@ def test_model_with_lora(dims, V, L, tie, qkv_bias, targets, rank, seed, dtype):
     from torchgpt import GPTModel, load_numpy_params
 
     B, T, C, H = dims
-    # C = 1: every LayerNorm output is its shift, so the loss does not depend on the attention or feed-forward
-    # adapters; their exact gradient is 0 and both sides return rounding noise, which no tolerance can compare.
-    assume(C > 1)
+    # C <= 2: a LayerNorm's output is its shift (C = 1) or +-scale + shift up to eps (C = 2), so the loss
+    # hardly depends on the attention or feed-forward adapters: their gradients are ~1e-5 of the terms they
+    # cancel (exactly 0 for C = 1) and both sides return rounding noise (see test_model.WIDTH_AT_LEAST_3).
+    assume(C > 2)
     config = GPTConfig(vocab_size=V, context_length=16, emb_dim=C, n_heads=H, n_layers=L, drop_rate=0.0,
                        qkv_bias=qkv_bias, tie_weights=tie)
     lora_config = nplora.LoRAConfig(rank=rank, alpha=2.0 * rank, targets=targets)

@@ -14,8 +14,8 @@ import npgpt.dropout as npdrop
 import torchgpt.attention as tatt
 from parity_tests.conftest import (assert_close, assert_grads_close, budget, make_array, model_dims, record_example,
                                    torch_dtype, torch_with_reference, values)
-from parity_tests.test_attention import (attention_floors, attention_term_magnitudes, cast, dtype_and_score, load_into, projection_params, run_module,
-                                         set_score_magnitude)
+from parity_tests.test_attention import (attention_floors, attention_term_magnitudes, cast, dtype_and_score, load_into,
+                                         projection_params, run_module, set_score_magnitude)
 
 
 def check_multihead(B, T, C, H, qkv_bias, drop_rate, recipe, dtype, score, mask_seed=0):
@@ -68,7 +68,8 @@ def test_one_head_equals_causal_attention_with_identity_projection():
     x = rng.standard_normal((2, 5, 6))
     p = projection_params(rng, 6, 6, True, np.float64)
     single, _ = npatt.single_head_attention_forward(x, p, causal=True)
-    multi, _ = npatt.multihead_attention_forward(x, {**p, "out_proj.weight": np.eye(6), "out_proj.bias": np.zeros(6)}, 1)
+    identity = {"out_proj.weight": np.eye(6), "out_proj.bias": np.zeros(6)}
+    multi, _ = npatt.multihead_attention_forward(x, {**p, **identity}, 1)
     assert_close(multi, single, name="H=1 multi-head vs single-head")
     causal = load_into(tatt.CausalAttention(6, 6, 5, 0.0, qkv_bias=True).double().eval(), p)
     assert_close(single, causal(torch.from_numpy(x)), name="single-head vs CausalAttention")
