@@ -127,8 +127,8 @@ def summary_lines(report: dict) -> list[str]:
     kind = "deterministic: derandomized examples" if profile == "ci" else "random examples, 16x as many"
     lines = [f"profile {profile} ({kind}): {passed} tests passed, {failed} failed"]
     if caught:
-        lines.append(f"planted bugs caught: {caught} (parity_tests/test_bites.py: the same checks reject "
-                     f"deliberately broken backwards)")
+        lines.append(f"planted bugs caught: {caught} (the same checks reject deliberately broken backwards: "
+                     f"test_bites.py and each module's own)")
     lines.append("tolerances: float64 1e-10, float32 1e-5 of each tensor's magnitude (docs/parity.md); "
                  "'worst' is the check that used most of its tolerance")
     return lines
