@@ -53,7 +53,13 @@ def layernorm_backward_without_variance_term(real):
 
 
 def scaled(real, factor=1.0 + 1e-4):
-    return lambda *args, **kwargs: real(*args, **kwargs) * factor
+    """The real backward's result times `factor`, in place: also right when the caller passes out= and
+    ignores the return value (npgpt.attention's blocked softmax backward)."""
+    def broken(*args, **kwargs):
+        result = real(*args, **kwargs)
+        result *= factor
+        return result
+    return broken
 
 
 def gelu_backward_without_power_rule(real):
