@@ -1,5 +1,6 @@
-"""DistributedDataParallel on CPU (gloo, 2 processes through `gpt2 train --nproc 2`, i.e. torchrun):
-the same losses as one process with the same global batch, and its checkpoint resumes in one process."""
+"""DistributedDataParallel on CPU (gloo, 2 processes through `gpt2 train --nproc 2`, i.e. torchrun
+--standalone, whose rendezvous binds port 0): the same losses as one process with the same global batch,
+and its checkpoint resumes in one process."""
 from __future__ import annotations
 
 import os
@@ -56,6 +57,8 @@ def test_launcher_strips_nproc_and_uses_a_free_port():
     from gpt2cli.commands.train import strip_nproc
     from torchgpt.distributed import torchrun_command
     assert strip_nproc(["train", "--nproc", "2", "--out", "x", "--nproc=3"]) == ["train", "--out", "x"]
-    command = torchrun_command(2, ["train", "--out", "x"], port=free_port())
-    assert command[1:4] == ["-m", "torch.distributed.run", "--nproc_per_node=2"]
-    assert command[-4:] == ["-m", "gpt2cli", "train", "--out", "x"][-4:]
+    command = torchrun_command(2, ["train", "--out", "x"])
+    assert command[1:4] == ["-m", "torch.distributed.run", "--nproc_per_node=2"] and "--standalone" in command
+    assert command[-5:] == ["-m", "gpt2cli", "train", "--out", "x"]
+    port = free_port()
+    assert f"--master_port={port}" in torchrun_command(2, ["train"], port=port)

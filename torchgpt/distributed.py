@@ -106,9 +106,15 @@ def free_port() -> int:
 
 
 def torchrun_command(nproc: int, argv: list[str], module: str = "gpt2cli", port: int | None = None) -> list[str]:
-    """The torchrun command line that runs `python -m <module> <argv>` in nproc processes on this machine."""
-    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
-            "--master_addr=127.0.0.1", f"--master_port={port or free_port()}", "-m", module, *argv]
+    """The torchrun command line that runs `python -m <module> <argv>` in nproc processes on this machine.
+
+    Without `port`: --standalone, whose rendezvous store binds port 0 (the OS picks a free port, and the
+    processes share that store), so nothing can take the port between choosing and binding it. With
+    `port`: a fixed rendezvous on 127.0.0.1:port (e.g. one that free_port() found).
+    """
+    head = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1"]
+    where = ["--standalone"] if port is None else ["--master_addr=127.0.0.1", f"--master_port={port}"]
+    return [*head, *where, "-m", module, *argv]
 
 
 def launch(nproc: int, argv: list[str], module: str = "gpt2cli") -> int:
