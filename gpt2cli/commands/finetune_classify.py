@@ -181,99 +181,54 @@ def run_finetune(args) -> int:
 
 
 def _run(args) -> int:
-    import numpy as np
-
     from npgpt import classifier
     from npgpt.checkpoint import save_checkpoint
-    from npgpt.classification_data import (PAD_TOKEN_ID, SMS_LABELS, balance_classes, encode_messages,
-                                           read_sms_spam, split_frame)
+    from npgpt.classification_data import PAD_TOKEN_ID, SMS_LABELS
     from npgpt.classifier_train import ClassifierSettings, train_classifier
     from npgpt.fileio import atomic_write_json
     from npgpt.runs import RunLog
-    from npgpt.tokenizer import get_tokenizer
 
     settings = ClassifierSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                   weight_decay=args.weight_decay, eval_interval=args.eval_interval,
                                   eval_batches=args.eval_batches, grad_clip=args.grad_clip, seed=args.seed)
-    if not 0.0 <= args.drop_rate < 1.0:
-        raise ValueError(f"--drop-rate must be in [0, 1), got {args.drop_rate}")
     out = Path(args.out)
-    data_file = Path(args.data_file) if args.data_file else fetch_sms_spam(args.data_dir, progress=not args.quiet)
-    frame = read_sms_spam(data_file)
-    if not args.no_balance:
-        frame = balance_classes(frame, seed=args.seed)
-    train_frame, val_frame, test_frame = split_frame(frame, seed=args.seed)
-    for split, part in (("training", train_frame), ("validation", val_frame), ("test", test_frame)):
-        if len(part) == 0:
-            raise ValueError(f"{data_file}: the {split} split is empty ({len(frame)} messages in all); "
-                             f"give more messages")
-
-    lm_config, lm_params, source = load_initial_model(args)
-    if lm_config.vocab_size <= PAD_TOKEN_ID:
-        raise ValueError(f"the model's vocabulary has {lm_config.vocab_size} tokens, but messages are encoded with "
-                         f"the GPT-2 tokenizer (50257 tokens, padding id {PAD_TOKEN_ID}); use a model with "
-                         f"vocab_size 50257")
-    lm_config = lm_config.replace(drop_rate=args.drop_rate)
-    config, params = classifier.classifier_from_lm_params(lm_params, lm_config, len(SMS_LABELS), seed=args.seed)
-    del lm_params
+    data_file, frames = load_splits(args)
+    config, params, source = build_classifier(args, num_classes=len(SMS_LABELS))
     trainable_names = classifier.trainable_param_names(config, args.trainable, args.last_k)
-
-    tokenizer = get_tokenizer()
-    # Padded to --max-length, else to the longest training message (at most the context length); the
-    # validation and test messages to the same length.
-    train = encode_messages(train_frame, tokenizer, max_length=args.max_length, length_cap=config.context_length,
-                            what="training messages")
-    max_length = train.max_length
-    val, test = (encode_messages(part, tokenizer, max_length=max_length, what=f"{split} messages")
-                 for split, part in (("validation", val_frame), ("test", test_frame)))
+    train, val, test = encode_splits(frames, args.max_length, config.context_length)
     class_weights = classifier.balanced_class_weights(train.labels, len(SMS_LABELS)) if args.no_balance else None
 
     backend, device = make_backend(args.backend, params, config, len(SMS_LABELS), args.device)
     backend.prepare_training(trainable_names, settings, class_weights)
-    trainable_count = sum(int(params[name].size) for name in trainable_names)
-    total_count = sum(int(value.size) for value in params.values())
+    counts = {"trainable_params": sum(int(params[name].size) for name in trainable_names),
+              "total_params": sum(int(value.size) for value in params.values())}
     print(f"classifier: {source}, {config.n_layers} blocks x {config.emb_dim} wide; trains {args.trainable} "
-          f"({trainable_count:,} of {total_count:,} parameters) with the {args.backend} backend on {device}")
+          f"({counts['trainable_params']:,} of {counts['total_params']:,} parameters) with the {args.backend} "
+          f"backend on {device}")
     print(f"data: {len(train)} train / {len(val)} validation / {len(test)} test messages"
-          f"{' (balanced)' if not args.no_balance else ' (all, class-weighted loss)'}, padded to {max_length} tokens")
+          f"{' (balanced)' if not args.no_balance else ' (all, class-weighted loss)'}, padded to "
+          f"{train.max_length} tokens")
 
     run_log = RunLog(out, extra_columns=("examples_seen", *ACCURACY_KEYS), ylabel="loss")
     run_log.continue_from(0)   # a fresh run: drop the records an earlier run left in this folder
     run_log.write_config({"task": "classification", "init": source, "backend": args.backend, "device": device,
                           "model": config.to_dict(), "settings": settings.to_dict(),
-                          "data": {"file": str(data_file), "balanced": not args.no_balance, "max_length": max_length},
+                          "data": {"file": str(data_file), "balanced": not args.no_balance,
+                                   "max_length": train.max_length},
                           "arguments": arguments(args), "command": sys.argv[1:]})
     started = time.perf_counter()
     history = train_classifier(backend, train, val, test, settings, class_weights=class_weights,
                                progress=not args.quiet, on_log=run_log.log)
     train_seconds = time.perf_counter() - started
 
-    test_predictions = history.pop("test_logits").argmax(axis=-1)
-    test_metrics = classifier.classification_metrics(test.labels, test_predictions, len(SMS_LABELS),
-                                                     positive=SMS_LABELS.index("spam"))
-    final = history["epochs"][-1]
-    metrics = {
-        "train_accuracy": final["train_accuracy"], "val_accuracy": final["val_accuracy"],
-        "test_accuracy": final["test_accuracy"], "precision": test_metrics["precision"],
-        "recall": test_metrics["recall"], "f1": test_metrics["f1"],
-        "confusion_matrix": test_metrics["confusion_matrix"],
-        "confusion_matrix_layout": "rows: true label, columns: predicted label, in the order of `labels`",
-        "labels": list(SMS_LABELS), "positive_label": "spam",
-        "split_sizes": {"train": len(train), "val": len(val), "test": len(test)}, "balanced": not args.no_balance,
-        "class_weights": None if class_weights is None else [float(w) for w in class_weights],
-        "max_length": max_length,
-        "truncated_messages": {"train": train.num_truncated, "val": val.num_truncated, "test": test.num_truncated},
-        "init": source, "trainable": args.trainable, "last_k": args.last_k if args.trainable == "last-k" else None,
-        "trainable_params": trainable_count, "total_params": total_count,
-        "backend": args.backend, "device": device, "train_seconds": round(train_seconds, 2),
-        "settings": settings.to_dict(), "model_config": config.to_dict(),
-        "arguments": arguments(args),
-        "history": history,
-    }
+    metrics = final_metrics(history, (train, val, test), class_weights, args)
+    metrics.update(init=source, **counts, device=device, train_seconds=round(train_seconds, 2),
+                   settings=settings.to_dict(), model_config=config.to_dict(), arguments=arguments(args),
+                   history=history)
     checkpoint = save_checkpoint(out / "model", backend.numpy_params(), config, metadata={
         "task": "classification", "labels": list(SMS_LABELS), "num_classes": len(SMS_LABELS),
-        "max_length": max_length, "pad_token_id": PAD_TOKEN_ID, "tokenizer": "gpt2",
-        "init": source, "trainable": args.trainable, "test_accuracy": final["test_accuracy"]})
+        "max_length": train.max_length, "pad_token_id": PAD_TOKEN_ID, "tokenizer": "gpt2",
+        "init": source, "trainable": args.trainable, "test_accuracy": metrics["test_accuracy"]})
     run_log.plot()
     plot_accuracy(out / "accuracy.png", history["epochs"])
     atomic_write_json(out / "metrics.json", metrics)
@@ -282,6 +237,80 @@ def _run(args) -> int:
           f"{metrics['confusion_matrix']}")
     print(f"trained in {train_seconds:.1f} s; checkpoint {checkpoint}, metrics {out / 'metrics.json'}")
     return 0
+
+
+def load_splits(args):
+    """(data file, (train, validation, test) frames): read and checked, balanced unless --no-balance, split."""
+    from npgpt.classification_data import balance_classes, read_sms_spam, split_frame
+
+    data_file = Path(args.data_file) if args.data_file else fetch_sms_spam(args.data_dir, progress=not args.quiet)
+    frame = read_sms_spam(data_file)
+    if not args.no_balance:
+        frame = balance_classes(frame, seed=args.seed)
+    frames = split_frame(frame, seed=args.seed)
+    for split, part in zip(("training", "validation", "test"), frames):
+        if len(part) == 0:
+            raise ValueError(f"{data_file}: the {split} split is empty ({len(frame)} messages in all); "
+                             f"give more messages")
+    return data_file, frames
+
+
+def build_classifier(args, num_classes: int):
+    """(classifier config, params, description of the start): the initial LM with its head replaced."""
+    from npgpt.classification_data import PAD_TOKEN_ID
+    from npgpt.classifier import classifier_from_lm_params
+
+    if not 0.0 <= args.drop_rate < 1.0:
+        raise ValueError(f"--drop-rate must be in [0, 1), got {args.drop_rate}")
+    lm_config, lm_params, source = load_initial_model(args)
+    if lm_config.vocab_size <= PAD_TOKEN_ID:
+        raise ValueError(f"the model's vocabulary has {lm_config.vocab_size} tokens, but messages are encoded with "
+                         f"the GPT-2 tokenizer (50257 tokens, padding id {PAD_TOKEN_ID}); use a model with "
+                         f"vocab_size 50257")
+    lm_config = lm_config.replace(drop_rate=args.drop_rate)
+    config, params = classifier_from_lm_params(lm_params, lm_config, num_classes, seed=args.seed)
+    return config, params, source
+
+
+def encode_splits(frames, max_length, context_length):
+    """GPT-2 token ids of the three splits, padded to --max-length, else to the longest training message (at
+    most the context length); validation and test to the same length as training."""
+    from npgpt.classification_data import encode_messages
+    from npgpt.tokenizer import get_tokenizer
+
+    tokenizer = get_tokenizer()
+    train_frame, val_frame, test_frame = frames
+    train = encode_messages(train_frame, tokenizer, max_length=max_length, length_cap=context_length,
+                            what="training messages")
+    val, test = (encode_messages(part, tokenizer, max_length=train.max_length, what=f"{split} messages")
+                 for split, part in (("validation", val_frame), ("test", test_frame)))
+    return train, val, test
+
+
+def final_metrics(history, splits, class_weights, args) -> dict:
+    """metrics.json's main part: the last epoch's accuracies and the test split's precision/recall/F1/confusion."""
+    from npgpt.classification_data import SMS_LABELS
+    from npgpt.classifier import classification_metrics
+
+    train, val, test = splits
+    test_predictions = history.pop("test_logits").argmax(axis=-1)
+    test_metrics = classification_metrics(test.labels, test_predictions, len(SMS_LABELS),
+                                          positive=SMS_LABELS.index("spam"))
+    final = history["epochs"][-1]
+    return {
+        "train_accuracy": final["train_accuracy"], "val_accuracy": final["val_accuracy"],
+        "test_accuracy": final["test_accuracy"], "precision": test_metrics["precision"],
+        "recall": test_metrics["recall"], "f1": test_metrics["f1"],
+        "confusion_matrix": test_metrics["confusion_matrix"],
+        "confusion_matrix_layout": "rows: true label, columns: predicted label, in the order of `labels`",
+        "labels": list(SMS_LABELS), "positive_label": "spam",
+        "split_sizes": {"train": len(train), "val": len(val), "test": len(test)}, "balanced": not args.no_balance,
+        "class_weights": None if class_weights is None else [float(w) for w in class_weights],
+        "max_length": train.max_length,
+        "truncated_messages": {"train": train.num_truncated, "val": val.num_truncated, "test": test.num_truncated},
+        "trainable": args.trainable, "last_k": args.last_k if args.trainable == "last-k" else None,
+        "backend": args.backend,
+    }
 
 
 def arguments(args) -> dict:
