@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from npgpt import classifier
 from npgpt.classification_data import EncodedMessages, classification_batches, num_batches
+from npgpt.lora import split_lora
 from npgpt.optim import AdamW, clip_grad_norm
 from npgpt.runs import NonFiniteLossError
 
@@ -63,7 +64,8 @@ class NumpyClassifierBackend:
     name = "numpy"
 
     def __init__(self, params: dict, config, num_classes: int):
-        classifier.check_classifier_params(params, config, num_classes)
+        # LoRA adapters (npgpt.lora) may ride along in params: the model's linear layers apply them.
+        classifier.check_classifier_params(split_lora(params)[0], config, num_classes)
         self.params, self.config, self.num_classes = params, config, num_classes
         self.trainable_names = None
 

@@ -9,7 +9,9 @@ import numpy as np
 import torch
 
 from npgpt.classifier import check_classifier_params
+from npgpt.lora import split_lora
 from torchgpt.classifier import GPTClassifier, class_weighted_cross_entropy, set_trainable
+from torchgpt.lora import attach_adapters
 from torchgpt.model import load_numpy_params, to_numpy_params
 from torchgpt.optim import clip_grad_norm, make_adamw
 from torchgpt.train import to_device
@@ -21,13 +23,17 @@ class TorchClassifierBackend:
     name = "torch"
 
     def __init__(self, params: dict, config, num_classes: int, device="cpu", use_sdpa: bool = True):
-        check_classifier_params(params, config, num_classes)
+        base, adapters = split_lora(params)           # LoRA adapters (npgpt.lora names) may ride along
+        check_classifier_params(base, config, num_classes)
         self.config, self.num_classes, self.device = config, num_classes, torch.device(device)
         # Built on the meta device: no time spent drawing initial weights that the params replace at once.
         with torch.device("meta"):
             model = GPTClassifier(config, num_classes, use_sdpa=use_sdpa)
         model = model.to_empty(device="cpu")
-        self.model = load_numpy_params(model, params).to(self.device)
+        model = load_numpy_params(model, base)
+        if adapters:
+            attach_adapters(model, adapters)          # LoRALinear layers with exactly these adapter values
+        self.model = model.to(self.device)
         self.model.check_token_ids = False   # the data pipeline makes the ids; skip the per-batch host sync
         self.optimizer = None
 

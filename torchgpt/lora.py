@@ -24,7 +24,7 @@ from npgpt.lora import A_SUFFIX, B_SUFFIX, DEFAULT_TARGETS, LoRAConfig, select_l
 
 __all__ = ["LoRALinear", "LoRAConfig", "DEFAULT_TARGETS", "add_lora", "merge_lora", "unmerge_lora",
            "lora_state_dict", "count_trainable_params", "save_lora", "load_lora", "lora_layers",
-           "trainable_summary"]
+           "trainable_summary", "attach_adapters"]
 
 
 class LoRALinear(nn.Module):
@@ -177,23 +177,39 @@ def save_lora(path, model: nn.Module, lora_config: LoRAConfig, metadata: dict | 
     return np_lora.save_lora(path, adapters, lora_config, metadata=metadata)
 
 
-def load_lora(path, model: nn.Module, seed: int | None = 0) -> nn.Module:
-    """Adds the adapters saved at `path` to a (base) model: add_lora with their config, then their values."""
-    lora_config, adapters = np_lora.load_lora(path)
+def attach_adapters(model: nn.Module, adapters: dict, lora_config: LoRAConfig | None = None) -> nn.Module:
+    """Wraps the layers named in `adapters` (arrays or tensors under canonical names, e.g. from npgpt's
+    init_lora or load_lora) and gives them exactly these values; the rest of the model is frozen (add_lora).
+
+    lora_config supplies rank and alpha (default: read from the adapters' shapes and scaling).
+    """
     layers = np_lora.adapted_layers(adapters)
-    add_lora(model, LoRAConfig(lora_config.rank, lora_config.alpha, targets=tuple(layers)), seed=seed)
+    if not layers:
+        raise ValueError("no adapters given: expected names ending in .lora_A / .lora_B / .lora_scaling")
+    rank = int(np.shape(adapters[layers[0] + A_SUFFIX])[0])
+    if lora_config is None:
+        scaling = float(np.asarray(adapters[layers[0] + np_lora.SCALING_SUFFIX]))
+        lora_config = LoRAConfig(rank=rank, alpha=scaling * rank)
+    # seed=0: the draw is overwritten below; a private generator leaves torch's global RNG untouched.
+    add_lora(model, LoRAConfig(lora_config.rank, lora_config.alpha, targets=tuple(layers)), seed=0)
     wrapped = lora_layers(model)
     for name in layers:
         layer = wrapped[name]
-        A, B = adapters[name + A_SUFFIX], adapters[name + B_SUFFIX]
+        A, B = (np.asarray(adapters[name + suffix]) for suffix in (A_SUFFIX, B_SUFFIX))
         if A.shape != tuple(layer.lora_A.shape) or B.shape != tuple(layer.lora_B.shape):
-            raise ValueError(f"adapter for {name} in {path} has lora_A {A.shape} and lora_B {B.shape}; the model's "
-                             f"layer needs {tuple(layer.lora_A.shape)} and {tuple(layer.lora_B.shape)}: the adapters "
-                             f"were trained on another model size")
+            raise ValueError(f"adapter for {name} has lora_A {A.shape} and lora_B {B.shape}; the model's layer "
+                             f"needs {tuple(layer.lora_A.shape)} and {tuple(layer.lora_B.shape)}: the adapters "
+                             f"were made for another model size")
         with torch.no_grad():
             layer.lora_A.copy_(torch.from_numpy(A))
             layer.lora_B.copy_(torch.from_numpy(B))
     return model
+
+
+def load_lora(path, model: nn.Module) -> nn.Module:
+    """Adds the adapters saved at `path` (save_lora's folder) to a base model, with their saved values."""
+    lora_config, adapters = np_lora.load_lora(path)
+    return attach_adapters(model, adapters, lora_config)
 
 
 def trainable_summary(model: nn.Module) -> dict:

@@ -38,9 +38,16 @@ def register(actions):
     model.add_argument("--model", metavar="PRESET", default=None,
                        help=f"model size trained from scratch when there is no --init-from (default "
                             f"{DEFAULT_PRESET}; tiny, gpt2-small, ... or 124M, ...)")
-    model.add_argument("--trainable", choices=TRAINABLE_CHOICES, default="last-k",
+    model.add_argument("--trainable", choices=TRAINABLE_CHOICES, default=None,
                        help="what trains: the head only, the last --last-k blocks + final norm + head "
                             "(default, the book's choice), or all parameters")
+    model.add_argument("--lora-rank", type=int, default=None, metavar="R",
+                       help="train LoRA adapters of rank R on --lora-targets instead (everything else frozen)")
+    model.add_argument("--lora-alpha", type=float, default=None, metavar="A",
+                       help="LoRA alpha, the update is scaled by A / R (default R)")
+    model.add_argument("--lora-targets", nargs="+", default=["attention", "feedforward", "head"], metavar="T",
+                       help="layers LoRA adapts: attention, feedforward, head (the new cls_head), short names "
+                            "or globs (default: all three, as the book's appendix E)")
     model.add_argument("--last-k", type=int, default=1, metavar="K",
                        help="number of last blocks that train with --trainable last-k (default 1)")
     model.add_argument("--drop-rate", type=float, default=0.0, help="dropout while finetuning (default 0.0)")
@@ -194,15 +201,16 @@ def _run(args) -> int:
     out = Path(args.out)
     data_file, frames = load_splits(args)
     config, params, source = build_classifier(args, num_classes=len(SMS_LABELS))
-    trainable_names = classifier.trainable_param_names(config, args.trainable, args.last_k)
+    params, trainable_names, lora_config, what_trains = choose_trainable(args, config, params)
     train, val, test = encode_splits(frames, args.max_length, config.context_length)
     class_weights = classifier.balanced_class_weights(train.labels, len(SMS_LABELS)) if args.no_balance else None
 
     backend, device = make_backend(args.backend, params, config, len(SMS_LABELS), args.device)
     backend.prepare_training(trainable_names, settings, class_weights)
     counts = {"trainable_params": sum(int(params[name].size) for name in trainable_names),
-              "total_params": sum(int(value.size) for value in params.values())}
-    print(f"classifier: {source}, {config.n_layers} blocks x {config.emb_dim} wide; trains {args.trainable} "
+              "total_params": sum(int(value.size) for name, value in params.items()
+                                  if not name.endswith(".lora_scaling"))}
+    print(f"classifier: {source}, {config.n_layers} blocks x {config.emb_dim} wide; trains {what_trains} "
           f"({counts['trainable_params']:,} of {counts['total_params']:,} parameters) with the {args.backend} "
           f"backend on {device}")
     print(f"data: {len(train)} train / {len(val)} validation / {len(test)} test messages"
@@ -224,11 +232,20 @@ def _run(args) -> int:
     metrics = final_metrics(history, (train, val, test), class_weights, args)
     metrics.update(init=source, **counts, device=device, train_seconds=round(train_seconds, 2),
                    settings=settings.to_dict(), model_config=config.to_dict(), arguments=arguments(args),
-                   history=history)
-    checkpoint = save_checkpoint(out / "model", backend.numpy_params(), config, metadata={
+                   history=history, lora=None if lora_config is None else lora_config.to_dict())
+    trained_params = backend.numpy_params()
+    if lora_config is not None:
+        # The adapters alone (small), and a plain classifier with them merged in: `gpt2 classify` reads it
+        # like any other, with no adapter cost.
+        from npgpt.lora import merge_lora, save_lora
+        save_lora(out / "lora_adapter", trained_params, lora_config, metadata={"task": "classification",
+                                                                               "init": source})
+        trained_params = merge_lora(trained_params)
+    checkpoint = save_checkpoint(out / "model", trained_params, config, metadata={
         "task": "classification", "labels": list(SMS_LABELS), "num_classes": len(SMS_LABELS),
         "max_length": train.max_length, "pad_token_id": PAD_TOKEN_ID, "tokenizer": "gpt2",
-        "init": source, "trainable": args.trainable, "test_accuracy": metrics["test_accuracy"]})
+        "init": source, "trainable": args.trainable, "test_accuracy": metrics["test_accuracy"],
+        "lora": None if lora_config is None else lora_config.to_dict()})
     run_log.plot()
     plot_accuracy(out / "accuracy.png", history["epochs"])
     atomic_write_json(out / "metrics.json", metrics)
@@ -270,6 +287,26 @@ def build_classifier(args, num_classes: int):
     lm_config = lm_config.replace(drop_rate=args.drop_rate)
     config, params = classifier_from_lm_params(lm_params, lm_config, num_classes, seed=args.seed)
     return config, params, source
+
+
+def choose_trainable(args, config, params):
+    """(params, trainable names, LoRAConfig or None, description): --trainable's parts, or with --lora-rank
+    fresh LoRA adapters (npgpt.lora, one seeded init for both backends) as the only trainable parameters."""
+    from npgpt import classifier
+    from npgpt.lora import LoRAConfig, add_lora, trainable_params
+
+    if args.lora_rank is None:
+        if args.lora_alpha is not None:
+            raise ValueError("--lora-alpha needs --lora-rank R")
+        args.trainable = args.trainable or "last-k"
+        return params, classifier.trainable_param_names(config, args.trainable, args.last_k), None, args.trainable
+    if args.trainable is not None:
+        raise ValueError("--lora-rank trains the LoRA adapters only; leave --trainable out (or drop --lora-rank)")
+    alpha = args.lora_alpha if args.lora_alpha is not None else float(args.lora_rank)
+    lora_config = LoRAConfig(rank=args.lora_rank, alpha=alpha, targets=tuple(args.lora_targets))
+    params = add_lora(params, lora_config, seed=args.seed)
+    what = f"LoRA r={lora_config.rank} alpha={lora_config.alpha:g} on {', '.join(lora_config.targets)}"
+    return params, list(trainable_params(params)), lora_config, what
 
 
 def encode_splits(frames, max_length, context_length):
