@@ -21,7 +21,9 @@ def check_softmax(shape, axis, recipe, dtype):
     out_t.backward(to_torch(dout))
     assert_close(out, out_t, name="softmax out")
     assert_close(out, torch.softmax(to_torch(x), dim=axis), name="softmax out vs torch.softmax")
-    assert_close(dx, x_t.grad, name="softmax dx")
+    # dx = y * dout - y * sum(dout * y) cancels (to ~0 for a saturated row); measure it against its terms
+    terms = np.abs(out * dout) + out * np.abs((out * dout).sum(axis=axis, keepdims=True))
+    assert_close(dx, x_t.grad, floor=float(terms.max(initial=0.0)), name="softmax dx")
 
 
 @budget(40)
