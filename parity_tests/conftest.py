@@ -22,6 +22,7 @@ from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -81,9 +82,32 @@ def budget(ci: int, thorough: int | None = None):
 # Conversion
 # --------------------------------------------------------------------------------------------------------
 def to_torch(array, requires_grad: bool = False) -> torch.Tensor:
-    """NumPy -> torch, same dtype (a copy, so torch never writes into NumPy's buffers)."""
-    tensor = torch.from_numpy(np.array(array, copy=True))
+    """NumPy -> torch, same dtype (a copy, so torch never writes into NumPy's buffers); nudged by one ulp
+    during torch_with_reference's nudged run."""
+    tensor = torch.from_numpy(np.array(nudged(array), copy=True))
     return tensor.requires_grad_(requires_grad)
+
+
+_NUDGE = {"rng": None}     # a Generator while torch_with_reference's nudged float32 run is on
+
+
+def nudged(array):
+    """During the nudged run, a copy of a float array with every entry moved one ulp up or down at random
+    (what storing a value in the dtype may cost anyway); otherwise the array itself."""
+    rng = _NUDGE["rng"]
+    if rng is None or np.asarray(array).dtype.kind != "f":
+        return array
+    array = np.asarray(array)
+    toward = np.where(rng.random(array.shape) < 0.5, -np.inf, np.inf).astype(array.dtype)
+    return np.nextafter(array, toward)
+
+
+def nudged_params(params: dict) -> dict:
+    """nudged() for a parameter dict (what load_numpy_params gets in a run); a tied array stays one array."""
+    if _NUDGE["rng"] is None:
+        return params
+    by_id = {}
+    return {name: by_id.setdefault(id(value), nudged(value)) for name, value in params.items()}
 
 
 def to_numpy(tensor) -> np.ndarray:
@@ -146,7 +170,8 @@ def assert_close(actual, expected, *, rtol: float | None = None, floor: float = 
     near zero carry the rounding noise of their larger neighbours. `floor` sets the magnitude for tensors
     that cancel to (nearly) zero, e.g. the magnitude of the terms a gradient sums.
     rtol defaults to RTOL for the lower of the two dtypes. `reference` (float32 checks only): the float64
-    result of the same computation; adds TORCH_ERROR_FACTOR * max |expected - reference| to the budget.
+    result of the same computation (or a Reference from torch_with_reference); adds TORCH_ERROR_FACTOR times
+    torch's own float32 error, max |expected - reference| (or the nudged run's, if larger), to the budget.
     Reports max abs and max rel error on failure.
     """
     actual, expected = to_numpy(actual), to_numpy(expected)
@@ -165,8 +190,11 @@ def assert_close(actual, expected, *, rtol: float | None = None, floor: float = 
     allowed = rtol * scale
     torch_error = 0.0
     if reference is not None and dtype == np.float32:
-        r = _as_float64(reference)
-        torch_error = float(np.abs(e[finite] - r[finite]).max(initial=0.0))
+        exact, others = reference, [e]
+        if isinstance(reference, Reference):        # torch's float32 error: plain run or nudged run, the larger
+            exact, others = reference.exact, [e, reference.nudged]
+        r = _as_float64(exact)
+        torch_error = max(float(np.abs(_as_float64(o)[finite] - r[finite]).max(initial=0.0)) for o in others)
         allowed += TORCH_ERROR_FACTOR * torch_error
     max_rel = max_abs / scale
     _record_check(name, dtype.name, max_abs, max_rel, max_abs / allowed if allowed > 0 else float(max_abs > 0))
@@ -190,20 +218,43 @@ def assert_grads_close(actual: dict, expected: dict, *, rtol=None, prefix="", re
                      name=f"{prefix}{key}", reference=None if references is None else references[key])
 
 
-def torch_with_reference(run, dtype):
-    """run(torch dtype) -> dict of tensors. Returns (run in dtype, run in float64 for a float32 dtype else None).
+class Reference(NamedTuple):
+    """A float32 check's yardstick: the float64 result and torch's float32 result on nudged inputs."""
+    exact: torch.Tensor
+    nudged: torch.Tensor
 
-    run must build its torch inputs from the NumPy ones with .to(the given dtype): float32 values widen to
-    float64 exactly, so the float64 run is the exact-arithmetic reference up to float64 rounding.
+
+def torch_with_reference(run, dtype):
+    """run(torch dtype) -> tensors (nested in dicts/tuples/lists). Returns (run in dtype, reference), where
+    reference is None for float64 and, for float32, the float64 run's results each paired with a third run's:
+    float32 on inputs nudged by one ulp (as Reference).
+
+    run must build its torch inputs with to_torch(...).to(the given dtype) (and nudged_params for
+    load_numpy_params): float32 values widen to float64 exactly, so the float64 run is the exact result up to
+    float64 rounding. Torch's float32 error is then the larger of its plain and its nudged run's distance from
+    it: one run can be lucky (its rounding errors happen to cancel), the nudged one shows what the problem's
+    conditioning makes of one-ulp errors, which no float32 code avoids.
     """
     expected = run(torch_dtype(dtype))
-    reference = run(torch.float64) if np.dtype(dtype) == np.float32 else None
-    return expected, reference
+    if np.dtype(dtype) != np.float32:
+        return expected, None
+    reference = run(torch.float64)
+    _NUDGE["rng"] = np.random.default_rng(0)
+    try:
+        nudged_run = run(torch.float32)
+    finally:
+        _NUDGE["rng"] = None
+    return expected, _paired(reference, nudged_run)
 
 
-def key_bias_floors(module: torch.nn.Module) -> "KeyBiasFloors":
-    """See KeyBiasFloors; call before the forward pass."""
-    return KeyBiasFloors(module)
+def _paired(reference, nudged_run):
+    if isinstance(reference, dict):
+        return {key: _paired(reference[key], nudged_run[key]) for key in reference}
+    if isinstance(reference, (tuple, list)):
+        return type(reference)(_paired(a, b) for a, b in zip(reference, nudged_run))
+    if isinstance(reference, torch.Tensor):
+        return Reference(reference, nudged_run)
+    return reference
 
 
 class KeyBiasFloors:

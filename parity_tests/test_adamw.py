@@ -14,7 +14,7 @@ from npgpt.optim import AdamW, decay_matrices_only
 from npgpt.params import unique_arrays
 from torchgpt.model import GPTModel, load_numpy_params
 from torchgpt.optim import make_adamw, set_lr
-from parity_tests.conftest import (assert_close, budget, dtypes, make_array, record_example, to_torch,
+from parity_tests.conftest import (assert_close, budget, dtypes, make_array, nudged_params, record_example, to_torch,
                                    torch_with_reference, values)
 
 shapes = st.lists(st.lists(st.integers(1, 6), min_size=1, max_size=3).map(tuple), min_size=1, max_size=4)
@@ -88,7 +88,7 @@ def check_adamw_matrices_only(config, settings, recipe, dtype):
             step_grads["out_head.weight"] = step_grads["tok_emb.weight"]
 
     def torch_optimizer(tdtype):
-        model = load_numpy_params(GPTModel(config, seed=0).to(tdtype), params)
+        model = load_numpy_params(GPTModel(config, seed=0).to(tdtype), nudged_params(params))
         optimizer = make_adamw(model, lr=settings["lrs"][0], weight_decay=settings["weight_decay"],
                                betas=settings["betas"], eps=settings["eps"])
         return optimizer, {name: model.get_parameter(name) for name in params}

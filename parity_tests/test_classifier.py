@@ -13,7 +13,7 @@ import torchgpt.classifier as tcls
 from npgpt.config import GPTConfig
 from parity_tests.conftest import (Values, assert_close, assert_grads_close,
                                    assert_matches_finite_differences, budget, dtypes, make_array, model_dims,
-                                   planted_bug, record_example, to_torch, torch_with_reference, values,
+                                   nudged_params, planted_bug, record_example, to_torch, torch_with_reference, values,
                                    weights)
 
 
@@ -144,7 +144,7 @@ def test_classifier_model(dims, L, K, tie, qkv_bias, trainable, weighted, seed, 
 
     def run(tdtype):
         model = tcls.GPTClassifier(config, K).to(tdtype)
-        load_numpy_params(model, params)
+        load_numpy_params(model, nudged_params(params))
         assert tcls.set_trainable(model, names) == sum(params[name].size for name in names)
         logits_t = model(torch.from_numpy(idx), torch.from_numpy(lengths))
         weights_t = None if class_weights is None else torch.from_numpy(class_weights).to(tdtype)

@@ -18,7 +18,7 @@ from npgpt.config import GPTConfig
 from npgpt.loss import cross_entropy_backward, cross_entropy_forward
 from parity_tests.conftest import (assert_close, assert_grads_close, assert_matches_finite_differences,
                                    budget, dtypes, make_array, Values, model_dims, record_example, to_torch, torch_dtype,
-                                   planted_bug, torch_with_reference, values, weights)
+                                   nudged_params, planted_bug, torch_with_reference, values, weights)
 
 LAYER = "proj"
 
@@ -149,7 +149,7 @@ def test_model_with_lora(dims, V, L, tie, qkv_bias, targets, rank, seed, dtype):
     def run(tdtype):
         model = GPTModel(config).to(tdtype)
         tlora.add_lora(model, lora_config)
-        load_numpy_params(model, params)         # one state dict (base + adapters) loads into both
+        load_numpy_params(model, nudged_params(params))  # one state dict (base + adapters) loads into both
         logits_t = model(torch.from_numpy(idx))
         loss_t = F.cross_entropy(logits_t.reshape(-1, V), torch.from_numpy(targets_ids).reshape(-1))
         loss_t.backward()

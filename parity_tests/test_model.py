@@ -15,7 +15,8 @@ import torchgpt.loss as tloss
 from npgpt.loss import cross_entropy_backward, cross_entropy_forward
 from torchgpt.model import GPTModel, load_numpy_params
 from parity_tests.conftest import (KeyBiasFloors, RecordingGenerator, assert_close, assert_grads_close, budget, dtypes,
-                                   random_gpt_params, record_example, small_gpt_configs, torch_with_reference)
+                                   nudged_params, random_gpt_params, record_example, small_gpt_configs,
+                                   torch_with_reference)
 
 
 # WIDTH_AT_LEAST_3: with C <= 2 a LayerNorm's output is +-scale + shift up to eps (exactly shift for C = 1),
@@ -55,7 +56,8 @@ def check_model(config, B, T, dtype, *, seed=0, emb_scale=1.0, ignored=0.0, use_
     floors = {}
 
     def run(tdtype, sdpa=use_sdpa):
-        model = load_numpy_params(GPTModel(config, use_sdpa=sdpa, seed=0).to(tdtype), params).train(train)
+        model = GPTModel(config, use_sdpa=sdpa, seed=0).to(tdtype)
+        model = load_numpy_params(model, nudged_params(params)).train(train)
         keys = KeyBiasFloors(model)
         remaining = iter(masks)
         logits_t = model(torch.from_numpy(idx), dropout_masks=remaining if train else None)
