@@ -50,21 +50,20 @@ def check_head(B, T, C, K, weighted, recipe, dtype):
     loss_t.backward()
     assert_close(logits, logits_t, name="head logits")
     assert_close(np.array(loss, dtype=dtype), loss_t, name="class-weighted loss")
-    # dlogits = w_y / sum(w) * (softmax - onehot) cancels to ~0 for a saturated row: measure it against the terms
+    # dlogits = w_y / sum(w) * (softmax - onehot) cancels to ~0 for a saturated row, and so do dx, dweight and
+    # dbias, the sums built from it: measure each against its terms, built from |w_y / sum(w) (softmax + onehot)|
     row_share = (np.ones(K) if class_weights is None else class_weights)[labels]
     row_share = row_share / row_share.sum()
     probs = torch.softmax(torch.from_numpy(logits.astype(np.float64)), dim=-1).numpy()
-    dlogits_terms = float((row_share[:, None] * (probs + np.eye(K)[labels])).max(initial=0.0))
-    assert_close(dlogits, logits_t.grad, floor=dlogits_terms, name="class-weighted dlogits")
-    # dx = dlogits @ W, and dlogits sums to 0 over the classes: it cancels; measure it against its terms
-    dx_terms = float((np.abs(dlogits) @ np.abs(head["cls_head.weight"])).max(initial=0.0))
-    assert_close(dx, x_t.grad, floor=dx_terms, name="head dx")
-    # dweight = dlogits^T x_last and dbias = sum dlogits: sums over the batch that can cancel too
-    assert_close(grads["cls_head.weight"], weight_t.grad, name="head dweight",
-                 floor=float((np.abs(dlogits).T @ np.abs(tcls.last_token(x_t, torch.from_numpy(lengths))
-                                                          .detach().numpy())).max(initial=0.0)))
-    assert_close(grads["cls_head.bias"], bias_t.grad, name="head dbias",
-                 floor=float(np.abs(dlogits).sum(axis=0).max(initial=0.0)))
+    dlogits_terms = row_share[:, None] * (probs + np.eye(K)[labels])                      # (B, K)
+    x_last = np.abs(tcls.last_token(x_t, torch.from_numpy(lengths)).detach().numpy())     # (B, C)
+    floors = {"dlogits": dlogits_terms.max(initial=0.0),
+              "dx": (dlogits_terms @ np.abs(head["cls_head.weight"])).max(initial=0.0),
+              "dweight": (dlogits_terms.T @ x_last).max(initial=0.0), "dbias": dlogits_terms.sum(0).max(initial=0.0)}
+    assert_close(dlogits, logits_t.grad, floor=float(floors["dlogits"]), name="class-weighted dlogits")
+    assert_close(dx, x_t.grad, floor=float(floors["dx"]), name="head dx")
+    assert_close(grads["cls_head.weight"], weight_t.grad, floor=float(floors["dweight"]), name="head dweight")
+    assert_close(grads["cls_head.bias"], bias_t.grad, floor=float(floors["dbias"]), name="head dbias")
     return x, lengths, head, labels, class_weights, dx, grads
 
 
