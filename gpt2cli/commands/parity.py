@@ -22,8 +22,8 @@ def register(subparsers):
         description="Runs parity_tests/ with pytest and prints, per component, the examples hypothesis tried, "
                     "the checks made, the largest absolute/relative errors per dtype and the worst tensor.")
     parser.add_argument("--profile", choices=PROFILES, default="ci",
-                        help="hypothesis profile: ci (deterministic, bounded, ~1 min on 2 cores) or thorough "
-                             "(random, 16x the examples, for local runs); default ci")
+                        help="hypothesis profile: ci (deterministic, bounded, ~20 s on 2 cores) or thorough "
+                             "(random, 16x the examples, ~2.5 min, for local runs); default ci")
     parser.add_argument("-k", dest="keyword", metavar="EXPR", default=None,
                         help="only run tests matching this pytest -k expression (e.g. 'attention or model')")
     parser.add_argument("--report", metavar="FILE", default=None,
