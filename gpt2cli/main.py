@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "gpt2cli.commands.evaluate",
     "gpt2cli.commands.generate",
     "gpt2cli.commands.train",
+    "gpt2cli.commands.bench",
     "gpt2cli.commands.classify",
     "gpt2cli.commands.weights",
     "gpt2cli.commands.parity",

@@ -1,0 +1,257 @@
+"""What `gpt2 bench` times: each component and the whole model, as one zero-argument function per backend.
+
+Backends:
+    numpy        npgpt (hand-written forward and backward)
+    torch        torchgpt, eager, with the explicit attention (the parity-tested twin)
+    torch_sdpa   torchgpt with F.scaled_dot_product_attention (only where attention is involved)
+    hf           Hugging Face transformers' GPT2LMHeadModel (model forward and train step; optional)
+
+Components (at width C, H heads, on a (B, T, C) input): layernorm, gelu (on (B, T, 4C)), softmax (on the
+attention weights' shape (B, H, T, T)), attention (causal multi-head, with the q/k/v and output projections),
+feedforward, block. "forward" in torch records the autograd graph, as in training (the NumPy forward
+also builds its caches); "backward" is the gradient of every input and parameter for a fixed upstream
+gradient (NumPy: *_backward from a saved cache; torch: torch.autograd.grad with retain_graph).
+Components run without dropout: the comparison is of the computation.
+
+Model tasks: "forward" is inference (torch under no_grad, eval mode); "train_step" is forward,
+cross-entropy, backward and AdamW (dropout as the config says).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+COMPONENTS = ("layernorm", "gelu", "softmax", "attention", "feedforward", "block")
+ATTENTION_COMPONENTS = ("attention", "block")      # the ones torch_sdpa changes
+
+
+def model_flops(config, batch_size: int, seq_len: int, *, train: bool) -> float:
+    """Model FLOPs of one forward (or train step) of GPT `config` on batch_size sequences of seq_len tokens.
+
+    Counted as matmul multiply-adds times 2 (the usual convention; elementwise work is left out):
+        N_mm    = L (4 C^2 + 2 C F) + V C          weights used in matmuls: q, k, v, out_proj, fc1, fc2, head
+        forward = 2 N_mm B T  +  4 L B T^2 C       projections, plus q k^T and weights v over all T x T pairs
+        train   = 3 forward                        the backward needs two matmuls per forward matmul
+    i.e. 6 N_mm + 12 L T C FLOPs per trained token. The causal mask is not subtracted (both libraries
+    compute the full T x T scores, except SDPA kernels that skip masked blocks).
+    """
+    L, C, F, V = config.n_layers, config.emb_dim, config.ff_dim, config.vocab_size
+    n_matmul = L * (4 * C * C + 2 * C * F) + V * C
+    forward = 2.0 * n_matmul * batch_size * seq_len + 4.0 * L * batch_size * seq_len ** 2 * C
+    return 3.0 * forward if train else forward
+
+
+def component_config(config, seq_len: int):
+    """A one-block copy of `config` (small vocabulary) whose context fits seq_len, without dropout."""
+    return config.replace(n_layers=1, vocab_size=16, context_length=max(seq_len, config.context_length), drop_rate=0.0)
+
+
+def _numpy_block_params(config, seed: int) -> dict:
+    from npgpt.model import init_params
+    from npgpt.params import subdict
+
+    return subdict(init_params(config, seed=seed), "blocks.0.")
+
+
+def _inputs(component: str, config, batch_size: int, seq_len: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """(x, dout) float32 for a component: (B, T, C), (B, T, F) for GELU, (B, H, T, T) for softmax."""
+    B, T, C, H = batch_size, seq_len, config.emb_dim, config.n_heads
+    shape = {"gelu": (B, T, config.ff_dim), "softmax": (B, H, T, T)}.get(component, (B, T, C))
+    return rng.standard_normal(shape, dtype=np.float32), rng.standard_normal(shape, dtype=np.float32)
+
+
+def numpy_component(component: str, config, x: np.ndarray, dout: np.ndarray, p: dict):
+    """(forward_fn, backward_fn) for npgpt; backward_fn reuses the cache of one forward."""
+    from npgpt import attention, block, feedforward, gelu, layernorm, softmax
+    from npgpt.params import subdict
+
+    forwards = {
+        "layernorm": lambda: layernorm.layernorm_forward(x, p["norm1.scale"], p["norm1.shift"]),
+        "gelu": lambda: gelu.gelu_forward(x),
+        "softmax": lambda: softmax.softmax_forward(x, axis=-1),
+        "attention": lambda: attention.multihead_attention_forward(x, subdict(p, "att."), config.n_heads),
+        "feedforward": lambda: feedforward.feedforward_forward(x, subdict(p, "ff.")),
+        "block": lambda: block.block_forward(x, p, config),
+    }
+    backwards = {
+        "layernorm": layernorm.layernorm_backward, "gelu": gelu.gelu_backward, "softmax": softmax.softmax_backward,
+        "attention": attention.multihead_attention_backward, "feedforward": feedforward.feedforward_backward,
+        "block": block.block_backward,
+    }
+    forward = forwards[component]
+    _, cache = forward()
+    backward = backwards[component]
+    return forward, (lambda: backward(dout, cache))
+
+
+def torch_component(component: str, config, x: np.ndarray, dout: np.ndarray, p: dict, *, use_sdpa: bool):
+    """(forward_fn, backward_fn) for torchgpt with the same weights; backward_fn = torch.autograd.grad."""
+    import torch
+
+    from torchgpt.block import TransformerBlock
+    from torchgpt.gelu import gelu
+
+    block = TransformerBlock(config, use_sdpa=use_sdpa)
+    block.load_state_dict({name: torch.from_numpy(value) for name, value in p.items()})
+    block.eval()                                     # no dropout (drop_rate is 0 anyway)
+    modules = {"layernorm": block.norm1, "attention": block.att, "feedforward": block.ff, "block": block}
+    if component in modules:
+        module = modules[component]
+        run, weights = module, list(module.parameters())
+    elif component == "gelu":
+        run, weights = gelu, []
+    else:
+        run, weights = (lambda t: torch.softmax(t, dim=-1)), []
+    tx = torch.from_numpy(x.copy()).requires_grad_(True)
+    tdout = torch.from_numpy(dout.copy())
+    inputs = [tx] + weights
+    out = run(tx)
+
+    def backward():
+        return torch.autograd.grad(out, inputs, tdout, retain_graph=True)
+
+    return (lambda: run(tx)), backward
+
+
+def component_cases(component: str, config, batch_size: int, seq_len: int, *, seed: int = 0) -> dict:
+    """{"forward": {backend: fn}, "backward": {backend: fn}} for one component at one shape."""
+    config = component_config(config, seq_len)
+    rng = np.random.default_rng(seed)
+    x, dout = _inputs(component, config, batch_size, seq_len, rng)
+    p = _numpy_block_params(config, seed)
+    cases: dict[str, dict[str, Callable]] = {"forward": {}, "backward": {}}
+    backends = {"numpy": None, "torch": False}
+    if component in ATTENTION_COMPONENTS:
+        backends["torch_sdpa"] = True
+    for backend, use_sdpa in backends.items():
+        if backend == "numpy":
+            forward, backward = numpy_component(component, config, x, dout, p)
+        else:
+            forward, backward = torch_component(component, config, x, dout, p, use_sdpa=use_sdpa)
+        cases["forward"][backend] = forward
+        cases["backward"][backend] = backward
+    return cases
+
+
+# --- whole models ---------------------------------------------------------------------------------
+
+def set_sdpa(torch_model, use_sdpa: bool) -> None:
+    """Switches every attention layer of a torchgpt.GPTModel between the explicit path and SDPA."""
+    for block in torch_model.blocks:
+        block.att.use_sdpa = use_sdpa
+
+
+def make_hf_model(config, seed: int = 0):
+    """transformers' GPT2LMHeadModel with the same sizes and dropout as `config` (random weights)."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    hf_config = GPT2Config(vocab_size=config.vocab_size, n_positions=config.context_length, n_embd=config.emb_dim,
+                           n_layer=config.n_layers, n_head=config.n_heads, resid_pdrop=config.drop_rate,
+                           embd_pdrop=config.drop_rate, attn_pdrop=config.drop_rate)
+    return GPT2LMHeadModel(hf_config)
+
+
+def hf_available() -> bool:
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class ModelCases:
+    """The model forward and train step of one config and batch shape, for every backend.
+
+    Holds one npgpt parameter dict, one torchgpt model (shared by torch and torch_sdpa, switched with
+    set_sdpa before each call) and optionally one Hugging Face model, each with its own AdamW.
+    """
+
+    def __init__(self, config, batch_size: int, seq_len: int, *, use_hf: bool, seed: int = 0):
+        import torch
+
+        from npgpt import model as npmodel
+        from npgpt.optim import AdamW
+        from torchgpt import GPTModel, load_numpy_params
+        from torchgpt.optim import make_adamw
+
+        self.config = config.replace(context_length=max(seq_len, config.context_length))
+        self.batch_size, self.seq_len = batch_size, seq_len
+        rng = np.random.default_rng(seed)
+        self.idx = rng.integers(0, config.vocab_size, (batch_size, seq_len))
+        self.targets = rng.integers(0, config.vocab_size, (batch_size, seq_len))
+        self.tidx, self.ttargets = torch.from_numpy(self.idx), torch.from_numpy(self.targets)
+        self.params = npmodel.init_params(self.config, seed=seed)
+        self.n_params = npmodel.count_params(self.params)
+        self.numpy_optimizer = AdamW()
+        self.dropout_rng = np.random.default_rng(seed + 1)
+        self.torch_model = load_numpy_params(GPTModel(self.config, use_sdpa=False), self.params)
+        self.torch_optimizer = make_adamw(self.torch_model)
+        self.hf_model = make_hf_model(self.config, seed) if use_hf else None
+        if self.hf_model is not None:
+            self.hf_optimizer = torch.optim.AdamW(self.hf_model.parameters(), lr=4e-4, weight_decay=0.1)
+
+    def backends(self) -> list[str]:
+        return ["numpy", "torch", "torch_sdpa"] + (["hf"] if self.hf_model is not None else [])
+
+    def flops(self, task: str) -> float:
+        return model_flops(self.config, self.batch_size, self.seq_len, train=task == "train_step")
+
+    # numpy
+    def numpy_forward(self):
+        from npgpt import model as npmodel
+        return npmodel.forward(self.params, self.idx, self.config)[0]
+
+    def numpy_train_step(self):
+        from npgpt import model as npmodel
+        train = self.config.drop_rate > 0
+        loss, grads = npmodel.loss_and_grads(self.params, self.idx, self.targets, self.config, train=train,
+                                             rng=self.dropout_rng)
+        self.numpy_optimizer.step(self.params, grads)
+        return loss
+
+    # torch (eager or SDPA) and Hugging Face
+    def _torch_forward(self, model, hf: bool):
+        import torch
+        model.eval()
+        with torch.no_grad():
+            out = model(self.tidx)
+        return out.logits if hf else out
+
+    def _torch_train_step(self, model, optimizer, hf: bool):
+        import torch.nn.functional as F
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        logits = model(self.tidx)
+        logits = logits.logits if hf else logits
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), self.ttargets.reshape(-1))
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    def functions(self, task: str) -> dict[str, Callable]:
+        """backend -> zero-argument function for task "forward" or "train_step"."""
+        def with_sdpa(flag, fn):
+            def run():
+                set_sdpa(self.torch_model, flag)
+                return fn()
+            return run
+
+        if task == "forward":
+            fns = {"numpy": self.numpy_forward,
+                   "torch": with_sdpa(False, lambda: self._torch_forward(self.torch_model, False)),
+                   "torch_sdpa": with_sdpa(True, lambda: self._torch_forward(self.torch_model, False))}
+            if self.hf_model is not None:
+                fns["hf"] = lambda: self._torch_forward(self.hf_model, True)
+        elif task == "train_step":
+            fns = {"numpy": self.numpy_train_step,
+                   "torch": with_sdpa(False, lambda: self._torch_train_step(self.torch_model, self.torch_optimizer, False)),
+                   "torch_sdpa": with_sdpa(True, lambda: self._torch_train_step(self.torch_model, self.torch_optimizer,
+                                                                                False))}
+            if self.hf_model is not None:
+                fns["hf"] = lambda: self._torch_train_step(self.hf_model, self.hf_optimizer, True)
+        else:
+            raise ValueError(f"unknown model task {task!r}; use 'forward' or 'train_step'")
+        return fns

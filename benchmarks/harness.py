@@ -1,0 +1,182 @@
+"""How `gpt2 bench` measures: thread limits, interleaved repeats, robust statistics, the machine header.
+
+The method, in short (docs/benchmarks.md has the long form):
+- Every library gets the same number of threads: threadpoolctl limits NumPy's BLAS, npgpt.parallel the
+  threads of npgpt's elementwise blocks, torch.set_num_threads torch (its BLAS and its elementwise ops).
+- Each case (one operation at one shape) is a set of functions, one per backend, measured in the SAME
+  process and interleaved: repeat 1 runs numpy, torch, ...; repeat 2 starts with the next backend; and
+  so on. A busy moment of a shared machine then slows the runs of one repeat alike, and the ratio
+  numpy/torch is computed per repeat (runs that were neighbours in time) before its median is taken.
+- Warm-up runs first (caches, allocator, torch's lazy init); a run shorter than `min_time` is repeated
+  in a loop and divided, so sub-millisecond operations are not timer noise.
+- Reported: the median of the repeats and their spread (min, max, and the quartiles).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import platform
+import statistics
+import time
+from typing import Callable
+
+
+@contextlib.contextmanager
+def limited_threads(n: int):
+    """NumPy's BLAS, npgpt's elementwise threads and torch all limited to n threads inside the block."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from npgpt import parallel
+
+    previous_torch = torch.get_num_threads()
+    previous_npgpt = parallel.set_num_threads(n)
+    torch.set_num_threads(n)
+    try:
+        with threadpool_limits(limits=n, user_api="blas"):
+            yield
+    finally:
+        torch.set_num_threads(previous_torch)
+        parallel.set_num_threads(previous_npgpt)
+
+
+def summarize(times: list[float]) -> dict:
+    """median, min, max and quartiles (q1, q3) of a list of seconds."""
+    ordered = sorted(times)
+    if len(ordered) >= 2:
+        q1, _, q3 = statistics.quantiles(ordered, n=4, method="inclusive")
+    else:
+        q1 = q3 = ordered[0]
+    return {"median": statistics.median(ordered), "min": ordered[0], "max": ordered[-1], "q1": q1, "q3": q3,
+            "n": len(ordered)}
+
+
+def _calibrate(fn: Callable[[], object], min_time: float) -> int:
+    """Calls per measurement so that one measurement lasts at least min_time (fn is called once here)."""
+    start = time.perf_counter()
+    fn()
+    elapsed = time.perf_counter() - start
+    return 1 if elapsed >= min_time else min(1000, math.ceil(min_time / max(elapsed, 1e-7)))
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], *, repeats: int, warmup: int = 1,
+                     min_time: float = 0.02) -> dict[str, list[float]]:
+    """Seconds per call of each function, `repeats` values each, measured in rotating order.
+
+    fns: backend name -> zero-argument function. Returns backend name -> list of per-call seconds, where
+    entry i of every list comes from repeat i (so per-repeat ratios compare neighbours in time).
+    """
+    names = list(fns)
+    for _ in range(max(0, warmup - 1)):
+        for name in names:
+            fns[name]()
+    loops = {name: _calibrate(fns[name], min_time) for name in names}     # the last warm-up run
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for repeat in range(repeats):
+        shift = repeat % len(names)
+        for name in names[shift:] + names[:shift]:
+            fn, n = fns[name], loops[name]
+            start = time.perf_counter()
+            for _ in range(n):
+                fn()
+            times[name].append((time.perf_counter() - start) / n)
+    return times
+
+
+def ratio_medians(times: dict[str, list[float]], reference: str = "torch") -> dict[str, float]:
+    """For each backend, the median over repeats of time[backend][i] / time[reference][i]."""
+    if reference not in times:
+        return {}
+    return {name: statistics.median(t / r for t, r in zip(values, times[reference]))
+            for name, values in times.items() if name != reference}
+
+
+def measure(fns: dict[str, Callable[[], object]], *, repeats: int, warmup: int = 1, min_time: float = 0.02,
+            reference: str = "torch") -> dict:
+    """time_interleaved + statistics: {"times_s": {...}, "stats": {...}, "ratio_vs_<reference>": {...}}."""
+    times = time_interleaved(fns, repeats=repeats, warmup=warmup, min_time=min_time)
+    return {"times_s": times, "stats": {name: summarize(values) for name, values in times.items()},
+            f"ratio_vs_{reference}": ratio_medians(times, reference)}
+
+
+# --- the header: what machine, which BLAS, how fast is a plain GEMM ---------------------------------
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else platform.processor()."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def load_average() -> list[float] | None:
+    """1, 5 and 15 minute load averages (how busy the machine was), None where unknown."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def blas_info() -> list[dict]:
+    """The native thread pools threadpoolctl sees (NumPy's BLAS, torch's OpenMP/MKL, ...), short form."""
+    import numpy  # noqa: F401  (loads NumPy's BLAS so threadpoolctl can see it)
+    import torch  # noqa: F401
+    from threadpoolctl import threadpool_info
+
+    keep = ("user_api", "internal_api", "prefix", "version", "num_threads", "architecture", "threading_layer")
+    return [{key: info[key] for key in keep if info.get(key) is not None} | {"file": os.path.basename(info["filepath"])}
+            for info in threadpool_info()]
+
+
+def torch_blas() -> str:
+    """torch's BLAS as its build reports it (e.g. 'mkl')."""
+    import torch
+
+    for part in torch.__config__.show().replace("\n", ",").split(","):
+        if part.strip().startswith("BLAS_INFO="):
+            return part.strip().split("=", 1)[1]
+    return "unknown"
+
+
+def machine_info(threads: int) -> dict:
+    import numpy as np
+    import torch
+
+    return {
+        "cpu": cpu_model(), "usable_cpus": usable_cpus(), "threads": threads,
+        "platform": platform.platform(), "python": platform.python_version(),
+        "numpy": np.__version__, "torch": torch.__version__, "torch_blas": torch_blas(),
+        "thread_pools": blas_info(), "load_average_start": load_average(),
+    }
+
+
+def gemm_gflops(n: int, repeats: int) -> dict:
+    """Measured float32 GEMM rate (n x n times n x n, 2 n^3 FLOP) of NumPy and torch, interleaved.
+
+    Returns {"numpy": stats of GFLOP/s, "torch": ...}; call it inside limited_threads().
+    """
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    out = np.empty((n, n), dtype=np.float32)
+    ta, tb = torch.from_numpy(a.copy()), torch.from_numpy(b.copy())
+    tout = torch.empty(n, n)
+    times = time_interleaved({"numpy": lambda: np.matmul(a, b, out=out), "torch": lambda: torch.mm(ta, tb, out=tout)},
+                             repeats=repeats, warmup=2, min_time=0.05)
+    flop = 2.0 * n ** 3
+    return {name: summarize([flop / t / 1e9 for t in values]) | {"n": n} for name, values in times.items()}
