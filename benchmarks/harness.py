@@ -159,6 +159,7 @@ def machine_info(threads: int) -> dict:
         "platform": platform.platform(), "python": platform.python_version(),
         "numpy": np.__version__, "torch": torch.__version__, "torch_blas": torch_blas(),
         "thread_pools": blas_info(), "load_average_start": load_average(),
+        "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT"),
     }
 
 

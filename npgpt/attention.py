@@ -10,7 +10,7 @@ import numpy as np
 
 from npgpt.dropout import dropout_backward, dropout_forward
 from npgpt.linear import linear_layer_backward, linear_layer_forward
-from npgpt.parallel import parallel_for, rows_per_block
+from npgpt.parallel import matmul_stack, parallel_for, rows_per_block
 from npgpt.softmax import softmax_backward, softmax_forward
 
 
@@ -78,13 +78,13 @@ def _attention_core_forward(q, k, v, *, causal, drop_rate, rng, dropout_mask, hi
     """weights = dropout(softmax(q k^T / sqrt(D) + mask)); context = weights v.
 
     q: (..., T, D), k, v: (..., S, D) (S = T without a KV cache) -> context: (..., T, D).
-    Batched matmul (one BLAS GEMM per head), not einsum.
+    One matmul per head (matmul_stack: the heads shared among the cores), not einsum.
     """
     scale = 1.0 / math.sqrt(q.shape[-1])
-    scores = q @ np.swapaxes(k, -1, -2)              # (..., T, S)
+    scores = matmul_stack(q, np.swapaxes(k, -1, -2))    # (..., T, S)
     weights, softmax_cache = _masked_scaled_softmax(scores, causal, scale, hide)
     dropped, dropout_cache = dropout_forward(weights, drop_rate, rng=rng, mask=dropout_mask)
-    context = dropped @ v                            # (..., T, D)
+    context = matmul_stack(dropped, v)               # (..., T, D)
     return context, (q, k, v, dropped, scale, softmax_cache, dropout_cache)
 
 
@@ -97,12 +97,12 @@ def _attention_core_backward(dcontext, cache):
     Masked positions have weight 0, so softmax_backward already gives them zero gradient.
     """
     q, k, v, dropped, scale, softmax_cache, dropout_cache = cache
-    dv = np.swapaxes(dropped, -1, -2) @ dcontext     # (..., T, D)
-    ddropped = dcontext @ np.swapaxes(v, -1, -2)     # (..., T, T)
+    dv = matmul_stack(np.swapaxes(dropped, -1, -2), dcontext)     # (..., T, D)
+    ddropped = matmul_stack(dcontext, np.swapaxes(v, -1, -2))     # (..., T, T)
     dweights = dropout_backward(ddropped, dropout_cache)
     dscores = _scaled_softmax_backward(dweights, softmax_cache, scale)
-    dq = dscores @ k                                 # (..., T, D)
-    dk = np.swapaxes(dscores, -1, -2) @ q            # (..., T, D)
+    dq = matmul_stack(dscores, k)                                 # (..., T, D)
+    dk = matmul_stack(np.swapaxes(dscores, -1, -2), q)            # (..., T, D)
     return dq, dk, dv
 
 

@@ -215,3 +215,23 @@ def test_keep_freed_memory_is_idempotent():
     first = memory.keep_freed_memory()
     assert isinstance(first, bool)
     assert memory.keep_freed_memory() == first
+
+
+def test_matmul_stack_equals_matmul_and_restores_the_blas_threads(two_threads):
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]
+
+    before = blas_threads()
+    rng = np.random.default_rng(8)
+    q = rng.standard_normal((2, 3, 5, 4)).astype(np.float32)
+    k = rng.standard_normal((2, 5, 3, 4)).astype(np.float32).transpose(0, 2, 1, 3)     # split-heads view
+    for a, b in [(q, np.swapaxes(k, -1, -2)),                      # (2, 3, 5, 4) @ (2, 3, 4, 5)
+                 (q[0], np.swapaxes(k[0], -1, -2)),                # 3-D stack
+                 (q, rng.standard_normal((4, 6)).astype(np.float32)),        # broadcast 2-D right operand
+                 (q[:1, :1], np.swapaxes(k[:1, :1], -1, -2))]:     # a single matrix: plain np.matmul
+        out = parallel.matmul_stack(a, b)
+        np.testing.assert_allclose(out, np.matmul(a, b), rtol=1e-5, atol=1e-6)
+        assert out.dtype == np.float32 and out.shape == np.matmul(a, b).shape
+    assert blas_threads() == before
