@@ -13,7 +13,7 @@ import os
 # set wins.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
-from npgpt.config import PRESETS  # noqa: E402  (after the environment setting above), ConfigError, GPTConfig, get_config
+from npgpt.config import PRESETS, ConfigError, GPTConfig, get_config  # noqa: E402  (after the setting above)
 from npgpt.weights import WeightsError, load_weights  # noqa: E402
 
 __all__ = ["GPTConfig", "PRESETS", "ConfigError", "get_config", "load_weights", "WeightsError"]
