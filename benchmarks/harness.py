@@ -17,6 +17,7 @@ import contextlib
 import math
 import os
 import platform
+import re
 import statistics
 import time
 from typing import Callable
@@ -141,13 +142,33 @@ def blas_info() -> list[dict]:
 
 
 def torch_blas() -> str:
-    """torch's BLAS as its build reports it (e.g. 'mkl')."""
+    """torch's BLAS as its build reports it (e.g. 'mkl').
+
+    torch.__config__.show() puts it inside a line like '  - Build settings: BLAS_INFO=mkl, BUILD_TYPE=...',
+    so the key is searched anywhere in the text, not at the start of a line.
+    """
     import torch
 
-    for part in torch.__config__.show().replace("\n", ",").split(","):
-        if part.strip().startswith("BLAS_INFO="):
-            return part.strip().split("=", 1)[1]
-    return "unknown"
+    found = re.search(r"BLAS_INFO=(\w+)", torch.__config__.show())
+    return found[1] if found else "unknown"
+
+
+def torch_parallel_info() -> list[str]:
+    """The head of torch.__config__.parallel_info(): torch's intra-/inter-op thread counts as set now,
+    its OpenMP/MKL/oneDNN versions and its parallel backend (the environment variable lines left out).
+
+    Call it inside limited_threads() to record the thread counts the measurements ran with.
+    """
+    import torch
+
+    lines = [line.strip() for line in torch.__config__.parallel_info().splitlines() if line.strip()]
+    head = []
+    for line in lines:
+        if line.startswith("Environment variables"):
+            break
+        if not line.endswith(":"):                       # section titles like 'ATen/Parallel:'
+            head.append(line)
+    return head + [line for line in lines if line.startswith("ATen parallel backend")]
 
 
 def machine_info(threads: int) -> dict:

@@ -56,6 +56,7 @@ def header(result: dict) -> list[str]:
         f"Python {machine['python']}, NumPy {machine['numpy']}, torch {machine['torch']} (BLAS: {machine['torch_blas']}).",
         f"- Threads: {settings['threads']} for every library (NumPy BLAS via threadpoolctl, npgpt.parallel, "
         f"torch.set_num_threads). Load average (1/5/15 min) at start {load_start}, at end {load_end}.",
+        f"- torch parallel info (as measured): {'; '.join(machine.get('torch_parallel') or ['not recorded'])}.",
         f"- Native thread pools: {pools}. OPENBLAS_THREAD_TIMEOUT={machine.get('openblas_thread_timeout')} "
         f"(idle OpenBLAS workers sleep after 2^n cycles; npgpt sets 4, see npgpt/__init__.py).",
         f"- Measured GEMM ({gemm['numpy']['n']}^3, float32): numpy {gemm['numpy']['median']:.1f} GFLOP/s "

@@ -221,6 +221,8 @@ def run(settings: BenchSettings, out: Path, *, log=print) -> dict:
     result: dict = {"command": command_line(settings, out), "settings": asdict(settings),
                     "machine": harness.machine_info(settings.threads), "malloc_keeps_freed_memory": malloc_reuse}
     with harness.limited_threads(settings.threads):
+        # torch's thread counts as the measurements see them (inside the limits), with its parallel backend
+        result["machine"]["torch_parallel"] = harness.torch_parallel_info()
         result["gemm_gflops"] = harness.gemm_gflops(settings.gemm_n, max(3, settings.repeats))
         numpy_gemm = result["gemm_gflops"]["numpy"]["median"]
         log(f"GEMM {settings.gemm_n}^3: numpy {numpy_gemm:.1f} GFLOP/s, "

@@ -93,6 +93,25 @@ def test_statistics_and_per_repeat_ratios():
     assert harness.ratio_medians(times)["numpy"] == pytest.approx(0.5)
 
 
+def test_torch_blas_is_found_inside_the_build_settings_line(monkeypatch):
+    """torch.__config__.show() lists BLAS_INFO mid-line, after '- Build settings:'."""
+    import torch
+
+    show = "PyTorch built with:\n  - Build settings: BLAS_INFO=mkl, BUILD_TYPE=Release, CXX_COMPILER=/c++\n"
+    monkeypatch.setattr(torch.__config__, "show", lambda: show)
+    assert harness.torch_blas() == "mkl"
+    monkeypatch.setattr(torch.__config__, "show", lambda: "PyTorch built with:\n  - OpenMP 201511\n")
+    assert harness.torch_blas() == "unknown"
+
+
+def test_torch_parallel_info_reports_the_thread_limit():
+    with harness.limited_threads(1):
+        info = harness.torch_parallel_info()
+    assert "at::get_num_threads() : 1" in info
+    assert any(line.startswith("ATen parallel backend") for line in info)
+    assert not any(line.startswith("Environment variables") for line in info)
+
+
 def test_interleaved_timing_rotates_the_order():
     order = []
     fns = {"a": lambda: order.append("a"), "b": lambda: order.append("b"), "c": lambda: order.append("c")}
