@@ -60,6 +60,29 @@ def test_run_folder_and_exact_resume_through_the_cli(tmp_path, capsys, backend):
     assert train_losses(run) == train_losses(whole)
 
 
+@pytest.mark.parametrize("saved", ["options", "settings-only"])
+def test_a_checkpoint_copied_out_of_its_run_resumes_exactly(tmp_path, saved):
+    """No run config.json above the checkpoint: its own saved options / training settings (not the defaults)
+    set lr, batch and schedule. "settings-only" is a checkpoint written before the options were saved in it."""
+    import shutil
+    run, copy, resumed, whole = (tmp_path / name for name in ("run", "copy", "resumed", "whole"))
+    custom = ["--lr", "3e-3", "--batch-size", "3", "--warmup-steps", "1", "--lr-decay-steps", "5",
+              "--eval-interval", "10"]
+    assert train(tmp_path, *custom, "--out", str(run), "--max-steps", "2") == 0
+    shutil.copytree(latest_checkpoint(run), copy)
+    if saved == "settings-only":
+        header = json.loads((copy / "config.json").read_text())
+        header["metadata"] = {"run": header["metadata"]["run"]}
+        (copy / "config.json").write_text(json.dumps(header))
+    shutil.rmtree(run / "checkpoints")                          # nothing to find the run by
+    assert main(["train", "--resume", str(copy), "--out", str(resumed), "--max-steps", "4", "--quiet",
+                 "--token-cache", str(tmp_path / "tokens")]) == 0
+    assert train(tmp_path, *custom, "--out", str(whole), "--max-steps", "4") == 0
+    assert train_losses(run) + train_losses(resumed) == train_losses(whole)
+    options = json.loads((resumed / "config.json").read_text())["options"]
+    assert (options["lr"], options["batch_size"], options["warmup_steps"]) == (3e-3, 3, 1)
+
+
 def test_resume_drops_metrics_logged_after_the_last_checkpoint(tmp_path):
     run = tmp_path / "run"
     assert train(tmp_path, "--out", str(run), "--max-steps", "3", "--checkpoint-interval", "2",

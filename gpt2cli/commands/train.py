@@ -103,11 +103,44 @@ def resolve_options(args) -> tuple[dict, dict | None, Path | None, bool]:
             if not args.out:
                 args.out = str(run_dir)
             same_folder = Path(args.out).resolve() == run_dir.resolve()
-        elif not args.out:
-            raise ValueError(f"--resume {args.resume} is a checkpoint outside a run folder; give --out DIR for "
-                             f"the continued run")
+        else:
+            if not args.out:
+                raise ValueError(f"--resume {args.resume} is a checkpoint outside a run folder; give --out DIR for "
+                                 f"the continued run")
+            source = checkpoint_run_source(checkpoint)
+            options.update(source["options"])
     options.update(given)
     return options, source, checkpoint, same_folder
+
+
+def checkpoint_run_source(checkpoint: Path) -> dict:
+    """What a checkpoint outside any run folder (copied, or its run deleted) says about the run that wrote it, in
+    the shape of a run's config.json: {"options", "world_size", "data"}. Our CLI saves the run's options in the
+    checkpoint's metadata; the optimisation settings and process count in its training state are authoritative
+    (and all that older checkpoints have), so a resume continues with the same lr, batch and schedule."""
+    from npgpt.checkpoint import read_checkpoint_metadata
+    metadata = read_checkpoint_metadata(checkpoint)
+    state = _checkpoint_state_json(checkpoint)
+    options = {name: value for name, value in (metadata.get("options") or {}).items() if name in DEFAULTS}
+    if state.get("settings"):
+        options.update(options_from_settings(state["settings"]))
+    source = {"options": options, "world_size": int(state.get("world_size", 1))}
+    if metadata.get("data_key"):
+        source["data"] = {"key": metadata["data_key"]}
+    return source
+
+
+def options_from_settings(settings: dict) -> dict:
+    """The CLI options that give these TrainSettings (the inverse of training_settings)."""
+    return {"max_steps": settings["max_steps"], "batch_size": settings["batch_size"],
+            "grad_accum": settings["grad_accum_steps"], "lr": settings["lr"], "min_lr": settings["min_lr"],
+            "warmup_steps": settings["warmup_steps"],
+            # None meant "the run's max_steps" when it was written; fixed now, so a longer resume keeps it
+            "lr_decay_steps": settings["lr_decay_steps"] or settings["max_steps"],
+            "schedule": "cosine" if settings["cosine"] else "constant", "weight_decay": settings["weight_decay"],
+            "grad_clip": settings["grad_clip"] or 0.0, "eval_interval": settings["eval_interval"],
+            "eval_batches": settings["eval_batches"], "checkpoint_interval": settings["checkpoint_interval"],
+            "keep_checkpoints": settings["keep_checkpoints"], "seed": settings["seed"]}
 
 
 def training_settings(options: dict, world_size: int):
@@ -288,10 +321,13 @@ def train_command(args) -> int:
                               "world_size": context.world_size, "device": str(device),
                               "resumed_from": str(checkpoint) if checkpoint else None,
                               "command": sys.argv[1:]})
+        # Saved in every checkpoint, so one copied out of its run folder still resumes exactly (see
+        # checkpoint_run_source).
+        metadata = {"run": str(run_log.run_dir), "options": options, "data_key": data_info["key"]}
         if options["backend"] == "numpy":
-            return _train_numpy(config, params, checkpoint, train_set, val_set, settings, run_log, progress)
+            return _train_numpy(config, params, checkpoint, train_set, val_set, settings, run_log, progress, metadata)
         return _train_torch(config, params, checkpoint, train_set, val_set, settings, run_log, options, context,
-                            device, progress)
+                            device, progress, metadata)
     finally:
         from torchgpt.distributed import shutdown_distributed
         shutdown_distributed()
@@ -327,9 +363,18 @@ def _prepare_data_once(options: dict, progress: bool, context):
     return prepare_data(options, False)
 
 
+def _checkpoint_state_json(checkpoint: Path) -> dict:
+    """The JSON part of a checkpoint's training state (step, settings, world size, ...), without its arrays."""
+    from npgpt.checkpoint import STATE_JSON_FILE
+    path = Path(checkpoint) / STATE_JSON_FILE
+    if not path.is_file():
+        raise ValueError(f"{checkpoint} holds no training state (model weights only); start a new run from it "
+                         f"with --init-from instead of --resume")
+    return json.loads(path.read_text(encoding="utf-8"))["state"]
+
+
 def _checkpoint_step(checkpoint: Path) -> int:
-    state = json.loads((Path(checkpoint) / "training_state.json").read_text(encoding="utf-8"))
-    return int(state["state"]["step"])
+    return int(_checkpoint_state_json(checkpoint)["step"])
 
 
 def _settings_json(settings) -> dict:
@@ -337,7 +382,7 @@ def _settings_json(settings) -> dict:
     return settings_dict(settings)
 
 
-def _train_numpy(config, params, checkpoint, train_set, val_set, settings, run_log, progress) -> int:
+def _train_numpy(config, params, checkpoint, train_set, val_set, settings, run_log, progress, metadata) -> int:
     import npgpt.model
     from npgpt.checkpoint import load_checkpoint
     from npgpt.train import train
@@ -349,7 +394,7 @@ def _train_numpy(config, params, checkpoint, train_set, val_set, settings, run_l
     elif params is None:
         params = npgpt.model.init_params(config, seed=settings.seed)
     history = train(params, config, train_set, val_set, settings, progress=progress, run_log=run_log,
-                    resume_state=resume_state, metadata={"run": str(run_log.run_dir)})
+                    resume_state=resume_state, metadata=metadata)
     if len(history) >= 2:       # step time only (no evaluation), the first step left out as in torch's summary
         first, last = history[0], history[-1]
         tokens_per_sec = (last["tokens_seen"] - first["tokens_seen"]) / max(last["elapsed_s"] - first["elapsed_s"], 1e-9)
@@ -360,7 +405,7 @@ def _train_numpy(config, params, checkpoint, train_set, val_set, settings, run_l
 
 
 def _train_torch(config, params, checkpoint, train_set, val_set, settings, run_log, options, context, device,
-                 progress) -> int:
+                 progress, metadata) -> int:
     import torch
     from torchgpt import GPTModel, load_numpy_params
     from torchgpt.train import RuntimeOptions, TokenBatches, Trainer, ordered_batches
@@ -385,7 +430,7 @@ def _train_torch(config, params, checkpoint, train_set, val_set, settings, run_l
             return tokenizer.decode(generate(trained_model, prompt, options["sample_tokens"]))
     trainer = Trainer(model, TokenBatches(train_set, settings, context), settings, eval_sets=eval_sets,
                       runtime=runtime, device=device, context=context, run_log=run_log,
-                      metadata={"run": str(run_log.run_dir)}, sample_fn=sample_fn, progress=progress,
+                      metadata=metadata, sample_fn=sample_fn, progress=progress,
                       peak_flops_per_device=options["peak_tflops"] * 1e12 if options["peak_tflops"] else None)
     if checkpoint is not None:
         trainer.restore(checkpoint)
