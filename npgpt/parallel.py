@@ -33,6 +33,7 @@ _state = threading.local()     # .busy is True inside a worker: nested calls run
 _pool: ThreadPoolExecutor | None = None
 _pool_threads = 0
 _blas_controller = None        # threadpoolctl.ThreadpoolController, made on first use
+SMALL_STACK_MULTIPLY_ADDS = 1 << 24   # below this, matmul_stack is plain np.matmul (see there)
 
 
 def _default_num_threads() -> int:
@@ -139,11 +140,16 @@ def matmul_stack(a, b):
     wakes and synchronises its threads for each of them: at these sizes that costs more than the
     arithmetic, and on a busy machine (a worker thread waiting for a core) many times more. Here the
     stack is shared among the worker threads instead, each matrix computed by single-threaded BLAS, as
-    torch does for its batched matmul. With one thread, or a single matrix, it is np.matmul.
+    torch does for its batched matmul. With one thread, a single matrix, or little work in all, it is
+    np.matmul: handing the stack to the threads costs ~0.2 ms, which a decoding step's (1, 64) @ (64, S)
+    per head cannot repay (measured here: 12 heads of (1, 64) @ (64, 512) 22 us by np.matmul, 200 us
+    shared; the two break even near 2**24 multiply-adds in all, e.g. 12 heads of (128, 64) @ (64, 128)).
     """
     lead = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
     n_matrices = math.prod(lead)
-    if _num_threads == 1 or n_matrices < 2 or getattr(_state, "busy", False):
+    multiply_adds = n_matrices * a.shape[-2] * a.shape[-1] * b.shape[-1]
+    if (_num_threads == 1 or n_matrices < 2 or multiply_adds < SMALL_STACK_MULTIPLY_ADDS
+            or getattr(_state, "busy", False)):
         return np.matmul(a, b)
     a = np.broadcast_to(a, lead + a.shape[-2:])
     b = np.broadcast_to(b, lead + b.shape[-2:])

@@ -217,8 +217,12 @@ def test_keep_freed_memory_is_idempotent():
     assert memory.keep_freed_memory() == first
 
 
-def test_matmul_stack_equals_matmul_and_restores_the_blas_threads(two_threads):
+@pytest.mark.parametrize("threshold", [0, parallel.SMALL_STACK_MULTIPLY_ADDS],
+                         ids=["shared-among-threads", "small-stack-plain-matmul"])
+def test_matmul_stack_equals_matmul_and_restores_the_blas_threads(two_threads, monkeypatch, threshold):
     from threadpoolctl import threadpool_info
+
+    monkeypatch.setattr(parallel, "SMALL_STACK_MULTIPLY_ADDS", threshold)   # 0: even these tiny stacks are shared
 
     def blas_threads():
         return [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]
