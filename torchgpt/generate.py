@@ -14,7 +14,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from npgpt.generate import (EOT_ID, Decoder, generate_batch_tokens, generate_tokens, stream_tokens)
+from npgpt.generate import (EOT_ID, Decoder, generate_batch_tokens, generate_tokens, reads_faster_transposed,
+                            stream_tokens)
 from torchgpt.kvcache import KVCache
 
 
@@ -87,6 +88,22 @@ class TorchDecoder(Decoder):
 
     def log_probs(self, logits):
         return torch.log_softmax(logits, dim=-1).double().cpu().numpy()
+
+
+@torch.no_grad()
+def decoding_layout(model):
+    """Stores, in place, the weights that batch-1 decoding reads faster transposed (the rule and the
+    measurements: npgpt.generate.reads_faster_transposed) as views of contiguous (in, out) tensors; names,
+    shapes and values stay, so state_dict(), training and saving are unchanged. Twin of
+    npgpt.generate.decoding_layout (in place here: a parameter's storage can be swapped). A tied head keeps
+    its tie (one Parameter). Returns the model.
+    """
+    tied_head = model.config.tie_weights
+    for name, param in model.named_parameters(remove_duplicate=True):
+        name_for_rule = "out_head.weight" if (tied_head and name == "tok_emb.weight") else name
+        if reads_faster_transposed(name_for_rule, param.shape) and param.is_contiguous():
+            param.data = param.data.t().contiguous().t()
+    return model
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -42,27 +42,43 @@ def register(subparsers):
 
 def load_model(args):
     """(config, model arguments of the backend's generate) from --weights, --checkpoint or --model (random
-    weights from --seed, made by npgpt so both backends get the same ones)."""
-    if args.backend == "torch" and not args.model:
-        from torchgpt.checkpoint import load_model as load_torch_model
-        model = load_torch_model(args.weights or args.checkpoint, args.device, use_sdpa=True)
+    weights from --seed, made by npgpt so both backends get the same ones). On the CPU the weights are
+    stored in the layout that decodes fastest (decoding_layout; same values)."""
+    if args.backend == "torch":
+        model = _load_torch_model(args)
+        if model.tok_emb.weight.device.type == "cpu":
+            from torchgpt.generate import decoding_layout
+            decoding_layout(model)
         return model.config, (model,)
+    from npgpt.generate import decoding_layout
+    config, params = _load_numpy_params(args)
+    return config, (decoding_layout(params, config), config)
+
+
+def _load_numpy_params(args):
+    """(config, params) of --weights, --checkpoint or --model as npgpt arrays."""
     if args.weights:
         from npgpt.weights import load_weights
-        config, params = load_weights(args.weights)
-    elif args.checkpoint:
+        return load_weights(args.weights)
+    if args.checkpoint:
         from npgpt.checkpoint import load_checkpoint
         config, params, _ = load_checkpoint(args.checkpoint, load_training_state=False)
-    else:
-        from npgpt.config import get_config
-        from npgpt.model import init_params
-        config = get_config(args.model)
-        params = init_params(config, seed=0 if args.seed is None else args.seed)
-    if args.backend == "numpy":
-        return config, (params, config)
+        return config, params
+    from npgpt.config import get_config
+    from npgpt.model import init_params
+    config = get_config(args.model)
+    return config, init_params(config, seed=0 if args.seed is None else args.seed)
+
+
+def _load_torch_model(args):
+    """A torchgpt.GPTModel in eval mode on --device: loaded directly, or from npgpt's random weights."""
+    if not args.model:
+        from torchgpt.checkpoint import load_model as load_torch_model
+        return load_torch_model(args.weights or args.checkpoint, args.device, use_sdpa=True)
     from torchgpt import GPTModel, load_numpy_params, pick_device
+    config, params = _load_numpy_params(args)
     model = load_numpy_params(GPTModel(config.replace(drop_rate=0.0), use_sdpa=True), params)
-    return config, (model.to(pick_device(args.device)).eval(),)
+    return model.to(pick_device(args.device)).eval()
 
 
 class TextStream:
