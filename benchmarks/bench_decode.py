@@ -1,18 +1,22 @@
-"""Batch-1 decoding speed: npgpt (NumPy, KV cache), torchgpt (KV cache) and Hugging Face transformers.
+"""Batch-1 decoding speed: npgpt (NumPy, KV cache), torchgpt (KV cache; SDPA and eager attention) and
+Hugging Face transformers.
 
     python -m benchmarks.bench_decode                 # GPT-2 124M, 32-token prompt, 100 new tokens, 2 threads
     python -m benchmarks.bench_decode --quick         # 20 new tokens, 2 repeats: a quick look
     python -m benchmarks.bench_decode --threads 1 --repeats 5 --out benchmarks/results
+    python -m benchmarks.bench_decode --model C512-L8 # a ladder size, as `gpt2 bench --sizes` takes them
 
-One GPT-2 124M with random weights is made by transformers (GPT2LMHeadModel, seed 0), saved as a Hugging
-Face safetensors folder and loaded from there by npgpt.load_weights, so the three engines run the SAME
-weights (and the table says whether their greedy tokens agree). Each engine generates greedily, the
-end-of-text stop switched off, so every run produces exactly --new-tokens tokens; the time includes the
-prompt's prefill. Runs are interleaved (repeat 1: numpy, torch, hf; repeat 2: torch, hf, numpy; ...) so a
-busy machine slows all engines alike; the table reports each engine's median tokens/s and the median of
-the per-repeat ratios. Batch-1 decoding reads every weight once per token (~0.5 GB in float32), so it
-measures memory bandwidth more than arithmetic. Without transformers installed (`pip install -e .[bench]`)
-the hf column is left out (--no-hf does the same).
+One GPT-2 with random weights is made by transformers (GPT2LMHeadModel, seed 0), saved as a Hugging Face
+safetensors folder and loaded from there by npgpt.load_weights, so every engine runs the SAME weights (and
+the table says whether their greedy tokens agree). The engines: numpy (npgpt), torchgpt (with
+scaled_dot_product_attention, as `gpt2 generate` runs it), torchgpt_eager (the explicit attention) and hf.
+Each generates greedily, the end-of-text stop switched off, so every run produces exactly --new-tokens
+tokens; the time includes the prompt's prefill. Runs are interleaved (repeat 1: numpy, torchgpt, ...;
+repeat 2: torchgpt, ..., numpy; ...) so a busy machine slows all engines alike; the table reports each
+engine's median tokens/s and the median of the per-repeat ratios. --threads limits NumPy's BLAS, npgpt's
+own thread pool and torch alike (benchmarks.harness.limited_threads). Batch-1 decoding reads every weight
+once per token (~0.5 GB in float32 at 124M), so it measures memory bandwidth more than arithmetic. Without
+transformers installed (`pip install -e .[bench]`) the hf column is left out (--no-hf does the same).
 """
 from __future__ import annotations
 
@@ -27,42 +31,59 @@ from pathlib import Path
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
 
-def make_weights(model_name: str, folder: Path, use_hf: bool):
-    """(config, params, hf_model or None): a random GPT-2 of preset `model_name`, the same weights in all."""
+def decode_config(model_name: str, prompt_tokens: int, new_tokens: int):
+    """The GPTConfig of `model_name` (a preset or a ladder size C<width>-L<layers>, the same parser as the
+    other `gpt2 bench` sections), without dropout, its context stretched to hold prompt + new tokens.
+
+    Past the context generation slides its window and recomputes every position: that is not the
+    KV-cached decoding this benchmark measures, so a small preset (tiny's context is 64) gets room instead.
+    """
+    from benchmarks.cases import size_config
+
+    config = size_config(model_name, 0.0)
+    return config.replace(context_length=max(config.context_length, prompt_tokens + new_tokens))
+
+
+def make_weights(config, folder: Path, use_hf: bool):
+    """(config, params, hf_model or None): a random GPT-2 of `config`, the same weights in every engine."""
     import numpy as np
 
-    from npgpt.config import get_config
     from npgpt.model import init_params
     from npgpt.weights import load_weights
 
-    config = get_config(model_name, drop_rate=0.0)
     if not use_hf:
         return config, init_params(config, seed=0, dtype=np.float32), None
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from benchmarks.cases import make_hf_model
 
-    torch.manual_seed(0)
-    hf_config = GPT2Config(vocab_size=config.vocab_size, n_positions=config.context_length, n_embd=config.emb_dim,
-                           n_layer=config.n_layers, n_head=config.n_heads, resid_pdrop=0.0, embd_pdrop=0.0,
-                           attn_pdrop=0.0)
-    hf_model = GPT2LMHeadModel(hf_config).eval()
+    hf_model = make_hf_model(config, seed=0).eval()
     hf_model.save_pretrained(folder, safe_serialization=True)
     loaded_config, params = load_weights(folder)
     return loaded_config.replace(drop_rate=0.0), params, hf_model
 
 
 def engines(config, params, hf_model, prompt, new_tokens):
-    """name -> function() returning the new token ids (greedy, no stop token)."""
+    """name -> function() returning the new token ids (greedy, no stop token).
+
+    torchgpt runs with scaled_dot_product_attention (as `gpt2 generate` does), torchgpt_eager with the
+    explicit attention (the parity-tested twin): one model, switched before each call.
+    """
     import torch
 
     import npgpt.generate
     import torchgpt.generate
+    from benchmarks.cases import set_sdpa
     from torchgpt import GPTModel, load_numpy_params
 
     torch_model = load_numpy_params(GPTModel(config, use_sdpa=True), params).eval()
+
+    def run_torchgpt(use_sdpa):
+        set_sdpa(torch_model, use_sdpa)
+        return torchgpt.generate.generate(torch_model, prompt, new_tokens, stop_ids=())
+
     runs = {
         "numpy": lambda: npgpt.generate.generate(params, config, prompt, new_tokens, stop_ids=()),
-        "torchgpt": lambda: torchgpt.generate.generate(torch_model, prompt, new_tokens, stop_ids=()),
+        "torchgpt": lambda: run_torchgpt(True),
+        "torchgpt_eager": lambda: run_torchgpt(False),
     }
     if hf_model is not None:
         prompt_tensor = torch.tensor([prompt])
@@ -78,13 +99,12 @@ def engines(config, params, hf_model, prompt, new_tokens):
     return runs
 
 
-def _interleaved_runs(model_name, prompt_tokens, new_tokens, repeats, threads, use_hf):
+def _interleaved_runs(config, prompt_tokens, new_tokens, repeats, use_hf):
     """(times per engine, tokens per engine, engine names): one warm-up each, then rotated repeats."""
     import numpy as np
-    from threadpoolctl import threadpool_limits
 
-    with tempfile.TemporaryDirectory() as tmp, threadpool_limits(threads):
-        config, params, hf_model = make_weights(model_name, Path(tmp) / "hf", use_hf)
+    with tempfile.TemporaryDirectory() as tmp:
+        config, params, hf_model = make_weights(config, Path(tmp) / "hf", use_hf)
         prompt = np.random.default_rng(0).integers(0, config.vocab_size, prompt_tokens).tolist()
         runs = engines(config, params, hf_model, prompt, new_tokens)
         names = list(runs)
@@ -99,9 +119,13 @@ def _interleaved_runs(model_name, prompt_tokens, new_tokens, repeats, threads, u
 
 
 def run_benchmark(model_name="gpt2-small", prompt_tokens=32, new_tokens=100, repeats=3, threads=2, use_hf=True):
+    """Tokens/s of every engine; model_name is a preset or a ladder size (benchmarks.cases.size_config)."""
     import numpy as np
     import torch
 
+    from benchmarks.harness import limited_threads
+
+    config = decode_config(model_name, prompt_tokens, new_tokens)      # a bad name fails before any work
     if use_hf:
         try:
             import transformers  # noqa: F401
@@ -109,12 +133,9 @@ def run_benchmark(model_name="gpt2-small", prompt_tokens=32, new_tokens=100, rep
             print("transformers is not installed (pip install -e .[bench]): running without the hf column")
             use_hf = False
     load_before = os.getloadavg()[0]
-    threads_before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        times, tokens, names = _interleaved_runs(model_name, prompt_tokens, new_tokens, repeats, threads, use_hf)
-    finally:
-        torch.set_num_threads(threads_before)
+    # NumPy's BLAS, npgpt's own thread pool and torch alike (harness.limited_threads), restored afterwards
+    with limited_threads(threads):
+        times, tokens, names = _interleaved_runs(config, prompt_tokens, new_tokens, repeats, use_hf)
     rates = {name: [new_tokens / t for t in times[name]] for name in names}
     result = {
         "model": model_name, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "repeats": repeats,
@@ -152,11 +173,13 @@ def markdown_table(result: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="gpt2-small", help="preset (gpt2-small = 124M; tiny for a smoke run)")
+    parser.add_argument("--model", default="gpt2-small", help="preset (gpt2-small = 124M; tiny for a smoke run) "
+                                                              "or a ladder size C<width>-L<layers>")
     parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=None, help="default 100 (--quick: 20)")
     parser.add_argument("--repeats", type=int, default=None, help="default 3 (--quick: 2)")
-    parser.add_argument("--threads", type=int, default=2, help="BLAS / torch threads (default 2)")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="threads of NumPy's BLAS, npgpt's thread pool and torch (default 2)")
     parser.add_argument("--no-hf", action="store_true", help="leave out Hugging Face transformers")
     parser.add_argument("--quick", action="store_true", help="20 new tokens and 2 repeats unless given")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for decode.json and decode.md")

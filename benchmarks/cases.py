@@ -18,12 +18,33 @@ cross-entropy, backward and AdamW (dropout as the config says).
 """
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 import numpy as np
 
 COMPONENTS = ("layernorm", "gelu", "softmax", "attention", "feedforward", "block")
 ATTENTION_COMPONENTS = ("attention", "block")      # the ones torch_sdpa changes
+
+
+def size_config(name: str, drop_rate: float | None):
+    """A preset, or a custom ladder size 'C<width>-L<layers>' (GPT-2 vocabulary, qkv bias, 64-wide heads).
+
+    Every section of `gpt2 bench` (decode included) resolves its model through here, so a name that the
+    up-front check accepted cannot fail later in another section.
+    """
+    from npgpt.config import ConfigError, get_config
+
+    ladder = re.fullmatch(r"C(\d+)-L(\d+)", name)
+    if ladder:
+        width, layers = int(ladder[1]), int(ladder[2])
+        config = get_config("gpt2-small", emb_dim=width, n_layers=layers, n_heads=max(1, width // 64))
+    else:
+        try:
+            config = get_config(name)
+        except ConfigError as error:
+            raise ConfigError(f"{error}; or a ladder size like C256-L4 (width 256, 4 layers)") from None
+    return config if drop_rate is None else config.replace(drop_rate=drop_rate)
 
 
 def model_flops(config, batch_size: int, seq_len: int, *, train: bool) -> float:

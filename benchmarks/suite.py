@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import argparse
 import gc
-import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from benchmarks import cases, harness, report
+from benchmarks.cases import size_config
 
 DEFAULT_OUT = Path("bench_results")
 
@@ -70,22 +70,6 @@ class BenchSettings:
                       quick=True)
         values.update(overrides)
         return cls(**values)
-
-
-def size_config(name: str, drop_rate: float | None):
-    """A preset, or a custom ladder size 'C<width>-L<layers>' (GPT-2 vocabulary, qkv bias, 64-wide heads)."""
-    from npgpt.config import ConfigError, get_config
-
-    ladder = re.fullmatch(r"C(\d+)-L(\d+)", name)
-    if ladder:
-        width, layers = int(ladder[1]), int(ladder[2])
-        config = get_config("gpt2-small", emb_dim=width, n_layers=layers, n_heads=max(1, width // 64))
-    else:
-        try:
-            config = get_config(name)
-        except ConfigError as error:
-            raise ConfigError(f"{error}; or a ladder size like C256-L4 (width 256, 4 layers)") from None
-    return config if drop_rate is None else config.replace(drop_rate=drop_rate)
 
 
 def _free_memory():

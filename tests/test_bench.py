@@ -132,6 +132,49 @@ def test_component_cases_compute_the_same_thing_in_both_backends():
             np.testing.assert_allclose(numpy_out, torch_out, rtol=1e-4, atol=1e-5, err_msg=f"{component} {backend}")
 
 
+def test_decode_takes_ladder_sizes_and_limits_every_thread_pool(monkeypatch):
+    """bench_decode resolves its model like the other sections (C<width>-L<layers> used to raise late, after
+    minutes of work) and limits npgpt's own thread pool as well as BLAS and torch while it runs."""
+    import torch
+    from threadpoolctl import threadpool_info
+
+    from benchmarks import bench_decode
+    from npgpt import parallel
+
+    seen = []
+    original_engines = bench_decode.engines
+
+    def recording_engines(*args):
+        def record(run):
+            def wrapped():
+                blas = {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+                seen.append((parallel.num_threads(), torch.get_num_threads(), blas))
+                return run()
+            return wrapped
+        return {name: record(run) for name, run in original_engines(*args).items()}
+
+    monkeypatch.setattr(bench_decode, "engines", recording_engines)
+    before = parallel.set_num_threads(3)               # not 1, so an unlimited pool shows
+    try:
+        result = bench_decode.run_benchmark("C64-L1", prompt_tokens=4, new_tokens=3, repeats=1, threads=1,
+                                            use_hf=False)
+        assert parallel.num_threads() == 3              # restored afterwards
+    finally:
+        parallel.set_num_threads(before)
+    assert set(result["median_tokens_per_s"]) == {"numpy", "torchgpt", "torchgpt_eager"}
+    assert all(result["same_tokens_as_numpy"].values())
+    assert seen and all(entry == (1, 1, {1}) for entry in seen), seen
+
+
+def test_decode_stretches_a_small_context_to_hold_prompt_and_new_tokens():
+    from benchmarks.bench_decode import decode_config
+
+    assert decode_config("tiny", 32, 100).context_length == 132        # tiny's own context is 64
+    assert decode_config("gpt2-small", 32, 100).context_length == 1024
+    with pytest.raises(ValueError, match="C256-L4"):
+        decode_config("C12x", 4, 4)
+
+
 @pytest.mark.slow
 def test_quick_bench_with_hugging_face(tmp_path):
     pytest.importorskip("transformers")

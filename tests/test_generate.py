@@ -345,6 +345,6 @@ def test_decode_benchmark_quick_run_writes_its_tables(tmp_path):
     assert bench_main(["--model", "tiny", "--quick", "--no-hf", "--new-tokens", "4", "--prompt-tokens", "4",
                        "--threads", "1", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "decode_quick_tiny_1threads.json").read_text())
-    assert set(result["median_tokens_per_s"]) == {"numpy", "torchgpt"}
-    assert result["same_tokens_as_numpy"] == {"numpy": True, "torchgpt": True}
+    assert set(result["median_tokens_per_s"]) == {"numpy", "torchgpt", "torchgpt_eager"}
+    assert result["same_tokens_as_numpy"] == {"numpy": True, "torchgpt": True, "torchgpt_eager": True}
     assert "| numpy |" in (tmp_path / "decode_quick_tiny_1threads.md").read_text()
