@@ -38,37 +38,45 @@ def read_sms_spam(path, labels=SMS_LABELS):
     """The SMS Spam Collection as a DataFrame with columns `label` (str), `text` (str), `line` (1-based).
 
     Every label must be one of `labels` and every text non-empty; otherwise ClassificationDataError
-    naming the file and line.
+    naming the file and line. A blank line is an empty message (an error like any other).
     """
     import pandas as pd
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no data file at {path}; run `gpt2 data fetch sms-spam`")
+        raise FileNotFoundError(f"no data file at {path}; run `gpt2 data fetch sms-spam` or pass an existing "
+                                f"--data-file")
     try:
+        # skip_blank_lines=False keeps one row per line of the file, so `line` below is the file's line
+        # number (pandas would otherwise drop blank lines and every later line number would be off)
         frame = pd.read_csv(path, sep="\t", header=None, names=["label", "text"], quoting=csv.QUOTE_NONE,
-                            dtype=str, keep_default_na=False, encoding="utf-8")
+                            dtype=str, keep_default_na=False, encoding="utf-8", skip_blank_lines=False)
     except (UnicodeDecodeError, pd.errors.ParserError) as error:
-        raise ClassificationDataError(f"{path} is not a `label<TAB>text` file ({error}); "
-                                      f"fetch it again with `gpt2 data fetch sms-spam`") from error
+        raise ClassificationDataError(
+            f"{path} is not a UTF-8 `label<TAB>text` file ({str(error).strip()}); every line must be a label, one tab and "
+            f"the message (a tab inside a message is not allowed): fix the file, or for the SMS Spam "
+            f"Collection fetch it again with `gpt2 data fetch sms-spam`") from error
     frame["line"] = np.arange(1, len(frame) + 1)
     check_messages(frame, path, labels)
     return frame
 
 
 def check_messages(frame, source, labels=SMS_LABELS) -> None:
-    """Refuse unknown labels and empty texts, naming `source` and the line of the first bad row."""
-    bad_label = ~frame["label"].isin(labels)
+    """Refuse unknown labels, then empty texts, naming `source` and the line of the first bad row.
+
+    A blank line (no label, no text) counts as an empty message, not as a bad label.
+    """
+    empty = frame["text"].str.strip() == ""
+    bad_label = ~frame["label"].isin(labels) & ~(empty & (frame["label"].str.strip() == ""))
     if bad_label.any():
         row = frame[bad_label].iloc[0]
         raise ClassificationDataError(f"{source}, line {row['line']}: label {row['label']!r} is not one of "
                                       f"{', '.join(labels)} ({int(bad_label.sum())} such lines); every line "
                                       f"must be `label<TAB>text`")
-    empty = frame["text"].str.strip() == ""
     if empty.any():
         row = frame[empty].iloc[0]
         raise ClassificationDataError(f"{source}, line {row['line']}: empty message ({int(empty.sum())} such "
-                                      f"lines); remove them or give them text")
+                                      f"lines, blank lines included); remove them or give them text")
 
 
 def balance_classes(frame, seed: int = 123):

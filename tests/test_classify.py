@@ -93,6 +93,29 @@ def test_bad_label_and_empty_message_name_file_and_line(tmp_path):
         read_sms_spam(tmp_path / "missing.tsv")
 
 
+def test_line_numbers_count_blank_lines(tmp_path):
+    """pandas skips blank lines by default, which would shift every later line number: they are rows here,
+    and a blank line is itself reported as an empty message at its own line."""
+    after_blanks = tmp_path / "after_blanks.tsv"
+    after_blanks.write_text("ham\tfine\n\n\nhma\ttypo in the label\n", encoding="utf-8")
+    with pytest.raises(ClassificationDataError, match=r"after_blanks\.tsv, line 4: label 'hma'"):
+        read_sms_spam(after_blanks)
+    blank = tmp_path / "blank.tsv"
+    blank.write_text("ham\tfine\n\nspam\tWIN now\n", encoding="utf-8")
+    with pytest.raises(ClassificationDataError, match=r"blank\.tsv, line 2: empty message"):
+        read_sms_spam(blank)
+
+
+def test_extra_tab_error_fits_a_users_data_file(tmp_path):
+    """A parser error (here a tab inside a message) says what a line must look like and how to fix a file
+    the user wrote, not only how to re-download the SMS collection."""
+    tabbed = tmp_path / "mine.tsv"
+    tabbed.write_text("ham\tfine\nspam\tWIN\tnow\n", encoding="utf-8")
+    with pytest.raises(ClassificationDataError, match=r"mine\.tsv is not a UTF-8 `label<TAB>text` file "
+                                                     r"\(.*line 2.*\); .*a tab inside a message.*fix the file"):
+        read_sms_spam(tabbed)
+
+
 def test_padding_and_truncation():
     ids, lengths, truncated = pad_token_ids([[5, 6, 7], [8]])
     assert ids.tolist() == [[5, 6, 7], [8, PAD_TOKEN_ID, PAD_TOKEN_ID]] and lengths.tolist() == [3, 1] and truncated == 0
