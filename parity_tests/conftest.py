@@ -1,8 +1,8 @@
 """Shared tools of the NumPy-vs-torch parity suite (docs/parity.md explains the choices).
 
 - RTOL and TORCH_ERROR_FACTOR: the tolerances, with their reasons
-- hypothesis profiles "ci" (default, derandomized, bounded) and "thorough", picked by $HYPOTHESIS_PROFILE;
-  budget(n) sets a test's ci example count
+- hypothesis profiles "ci" (default, derandomized, bounded) and "thorough", picked by $HYPOTHESIS_PROFILE and
+  defined in tests/hypothesis_profiles.py (both suites use them); budget(n) sets a test's ci example count
 - to_torch / to_numpy: conversion both ways (float64 stays float64, float32 stays float32)
 - assert_close / assert_grads_close: max-abs / max-rel comparison against a tolerance scaled to the
   expected magnitude (floors for cancelled results, a float64 `reference` for float32); every call is
@@ -27,11 +27,12 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, settings
+from hypothesis import settings
 from hypothesis import strategies as st
 
 from npgpt import gradcheck
 from npgpt.fileio import atomic_write_json
+from tests.hypothesis_profiles import load_profile_from_env
 
 # --------------------------------------------------------------------------------------------------------
 # Tolerances (max abs error <= rtol * magnitude, see assert_close)
@@ -58,18 +59,8 @@ TORCH_ERROR_FACTOR = 5.0
 # --------------------------------------------------------------------------------------------------------
 # Hypothesis profiles
 # --------------------------------------------------------------------------------------------------------
-settings.register_profile(
-    "ci", derandomize=True, database=None, max_examples=25, deadline=None, print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
-)
-settings.register_profile(
-    "thorough", max_examples=400, deadline=None, print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
-)
-PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
-if PROFILE not in ("ci", "thorough"):
-    raise ValueError(f"HYPOTHESIS_PROFILE={PROFILE!r}; choose ci or thorough")
-settings.load_profile(PROFILE)
+# Shared with tests/ (tests/hypothesis_profiles.py); loaded here too for a parity_tests folder run on its own.
+PROFILE = load_profile_from_env()
 
 
 def budget(ci: int, thorough: int | None = None):

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from npgpt.tokenizer import (
@@ -237,7 +237,16 @@ fragment = st.one_of(st.text(max_size=8), st.text(emoji, min_size=1, max_size=3)
 mixed_text = st.lists(fragment, max_size=12).map("".join)
 any_text = st.one_of(st.text(), mixed_text)
 
-FUZZ = settings(deadline=None, max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+# Eight times the profile's example count (200 under ci, 3200 under thorough): a tokenizer example takes
+# well under a millisecond, and matching tiktoken on odd text is this file's whole point. Everything else
+# (derandomize under ci, no deadline, health checks) comes from the profile the root conftest.py loads.
+FUZZ = settings(max_examples=8 * settings.default.max_examples)
+
+
+def test_fuzz_follows_the_hypothesis_profile():
+    active = settings.get_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+    assert FUZZ.max_examples == 8 * active.max_examples
+    assert FUZZ.derandomize == active.derandomize and FUZZ.deadline == active.deadline
 
 
 @FUZZ
