@@ -21,6 +21,7 @@ scaled_dot_product_attention (GPTModel(use_sdpa=True)), fused AdamW, optional to
 from __future__ import annotations
 
 import math
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -35,7 +36,8 @@ from npgpt.data import SlidingWindowDataset, WindowStream, iterate_batches
 from npgpt.runs import NonFiniteLossError, RunLog, StopRequest, TrainingInterrupted, checkpoint_path, \
     prune_checkpoints
 from npgpt.train import TrainSettings, nonfinite_message, settings_dict
-from torchgpt.distributed import DistContext, all_reduce_mean, any_process, gather_objects
+from torchgpt.distributed import COUNT_REDUCES_ENV, DistContext, all_reduce_mean, any_process, count_grad_reduces, \
+    gather_objects
 from torchgpt.loss import cross_entropy, perplexity
 from torchgpt.optim import clip_grad_norm, make_adamw, set_lr
 
@@ -250,6 +252,10 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
             self.train_model = DistributedDataParallel(
                 self.eval_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self._reduces: dict | None = None          # gradient all-reduce rounds of this step, when counted
+        if context.is_distributed and os.environ.get(COUNT_REDUCES_ENV):
+            self._reduces = {}
+            count_grad_reduces(self.train_model, self._reduces)
 
         self.step, self.tokens_seen, self.elapsed = 0, 0, 0.0
         self._phase = "idle"        # "computing" a step (undoable on Ctrl-C) or "updating" the parameters
@@ -325,6 +331,8 @@ class Trainer:
         """One optimizer step; returns {loss, grad_norm, lr, tokens, seconds}. Raises NonFiniteLossError
         (parameters untouched) when the loss is NaN or inf."""
         started = time.perf_counter()
+        if self._reduces is not None:
+            self._reduces["reduces"] = 0
         micro_batches = self.batches.next_step()
         self.train_model.train()
         accum = len(micro_batches)
@@ -356,8 +364,11 @@ class Trainer:
         self._phase = "idle"
         seconds = time.perf_counter() - started
         self.elapsed += seconds
-        return {"loss": loss_value, "grad_norm": grad_norm, "lr": lr, "tokens": self.batches.tokens_per_step,
-                "seconds": seconds}
+        result = {"loss": loss_value, "grad_norm": grad_norm, "lr": lr, "tokens": self.batches.tokens_per_step,
+                  "seconds": seconds}
+        if self._reduces is not None:
+            result["grad_reduces"] = self._reduces["reduces"]
+        return result
 
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -393,6 +404,8 @@ class Trainer:
         mfu = self.mfu(tokens_per_sec)
         if mfu is not None:
             entry["mfu"] = mfu
+        if "grad_reduces" in result:
+            entry["grad_reduces"] = result["grad_reduces"]
         return entry
 
     def mfu(self, tokens_per_sec: float) -> float | None:

@@ -160,8 +160,15 @@ def training_settings(options: dict, world_size: int):
         keep_checkpoints=options["keep_checkpoints"], seed=options["seed"])
 
 
-def keep_global_batch(options: dict, saved: dict | None, given: set, world_size: int) -> None:
+def note(message: str, context=None) -> None:
+    """A note on stderr, from rank 0 only: under DDP every process reaches the same notes."""
+    if context is None or context.is_main:
+        print(f"note: {message}", file=sys.stderr)
+
+
+def keep_global_batch(options: dict, saved: dict | None, given: set, context) -> None:
     """Resuming with another process count: adjust --grad-accum so the global batch (and the run) stays the same."""
+    world_size = context.world_size
     if not saved or "grad_accum" in given or "batch_size" in given:
         return
     before = saved.get("world_size", 1)
@@ -174,8 +181,8 @@ def keep_global_batch(options: dict, saved: dict | None, given: set, world_size:
                          f"{world_size} process(es) and --batch-size {options['batch_size']} that does not divide; "
                          f"pass --batch-size and --grad-accum explicitly")
     options["grad_accum"] = global_batch // per_step
-    print(f"note: {world_size} process(es) instead of {before}: --grad-accum {options['grad_accum']} keeps the "
-          f"global batch of {global_batch}", file=sys.stderr)
+    note(f"{world_size} process(es) instead of {before}: --grad-accum {options['grad_accum']} keeps the global "
+         f"batch of {global_batch}", context)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -197,7 +204,7 @@ def prepare_data(options: dict, progress: bool):
                     "train_tokens": corpus.meta["train_tokens"], "val_tokens": corpus.meta["val_tokens"]}
 
 
-def window_datasets(corpus, context_length: int, stride: int):
+def window_datasets(corpus, context_length: int, stride: int, context=None):
     """(train windows, val windows or None) over the memory-mapped token files."""
     from npgpt.data import SlidingWindowDataset
     train_ids, val_ids = corpus.train_tokens(), corpus.val_tokens()
@@ -209,8 +216,8 @@ def window_datasets(corpus, context_length: int, stride: int):
     if val_ids.size >= context_length + 1:
         val_set = SlidingWindowDataset(val_ids, context_length, context_length, copy=False)
     else:
-        print(f"note: the validation text has {val_ids.size} tokens, less than one window of {context_length}; "
-              f"no validation loss (raise --val-fraction or lower --context-length)", file=sys.stderr)
+        note(f"the validation text has {val_ids.size} tokens, less than one window of {context_length}; no "
+             f"validation loss (raise --val-fraction or lower --context-length)", context)
     return train_set, val_set
 
 
@@ -244,7 +251,7 @@ def model_config_and_params(options: dict, checkpoint: Path | None):
 def run(args) -> int:
     from gpt2cli.main import UserError
     from npgpt.runs import NonFiniteLossError, TrainingInterrupted
-    from torchgpt.distributed import launch, launched_by_torchrun
+    from torchgpt.distributed import is_rank_zero, launch, launched_by_torchrun
     if args.nproc > 1 and not launched_by_torchrun():
         if (args.backend or DEFAULTS["backend"]) == "numpy":
             raise UserError("--nproc needs the torch backend; the NumPy loop runs in one process")
@@ -252,6 +259,8 @@ def run(args) -> int:
             raise UserError("--nproc launches `python -m gpt2cli train ...` under torchrun: run it from the "
                             "command line (gpt2 train ... --nproc N)")
         return launch(args.nproc, strip_nproc(sys.argv[1:]))
+    if not is_rank_zero():
+        return _run_quietly(args)
     try:
         return train_command(args)
     except NonFiniteLossError as error:
@@ -259,6 +268,23 @@ def run(args) -> int:
     except TrainingInterrupted as interrupt:
         print(f"gpt2 train: {interrupt}", file=sys.stderr)
         return 130
+
+
+def _run_quietly(args) -> int:
+    """A DDP process other than rank 0: the same run, with the exit code of rank 0 but without its messages.
+    Every rank meets the same user errors, NaN/inf loss and Ctrl-C (the loss and the stop request are shared),
+    and rank 0 reports them once. Problems of this process alone (ProcessSetupError) and crashes still print."""
+    from gpt2cli.main import UserError
+    from npgpt.runs import NonFiniteLossError
+    from torchgpt.distributed import ProcessSetupError
+    try:
+        return train_command(args)
+    except ProcessSetupError:
+        raise
+    except KeyboardInterrupt:                 # TrainingInterrupted too: rank 0 says where the checkpoint is
+        return 130
+    except (NonFiniteLossError, UserError, ValueError, FileNotFoundError, KeyError, OSError):
+        return 2
 
 
 def strip_nproc(argv: list[str]) -> list[str]:
@@ -286,12 +312,12 @@ def train_command(args) -> int:
             raise ValueError("the NumPy backend runs on the CPU; leave --device out or use --backend torch")
     context, device = _start_processes(options)
     try:
-        keep_global_batch(options, saved, given, context.world_size)
+        keep_global_batch(options, saved, given, context)
         settings = training_settings(options, context.world_size)
-        if saved and options["max_steps"] > options["lr_decay_steps"] and context.is_main:
-            print(f"note: the learning rate stays at --min-lr after step {options['lr_decay_steps']} (the run's "
-                  f"cosine horizon); pass --lr-decay-steps to stretch it (the run then differs from one that "
-                  f"planned it)", file=sys.stderr)
+        if saved and options["max_steps"] > options["lr_decay_steps"]:
+            note(f"the learning rate stays at --min-lr after step {options['lr_decay_steps']} (the run's cosine "
+                 f"horizon); pass --lr-decay-steps to stretch it (the run then differs from one that planned it)",
+                 context)
         out = Path(args.out) if args.out else Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
         if not same_folder and list_checkpoints(out):
             raise ValueError(f"--out {out} already holds a run with checkpoints; continue it with --resume {out} "
@@ -299,9 +325,9 @@ def train_command(args) -> int:
         progress = not args.quiet
         _absolute_paths(options)
         corpus, data_info = _prepare_data_once(options, progress and context.is_main, context)
-        if saved and saved.get("data", {}).get("key") not in (None, data_info["key"]) and context.is_main:
-            print(f"note: the training text changed since the run started (token files {saved['data']['key']} -> "
-                  f"{data_info['key']}); the continuation is not the run it would have been", file=sys.stderr)
+        if saved and saved.get("data", {}).get("key") not in (None, data_info["key"]):
+            note(f"the training text changed since the run started (token files {saved['data']['key']} -> "
+                 f"{data_info['key']}); the continuation is not the run it would have been", context)
         config, params = model_config_and_params(options, checkpoint)
         context_length = options["context_length"] or config.context_length
         if context_length > config.context_length:
@@ -312,7 +338,7 @@ def train_command(args) -> int:
                              f"{config.vocab_size}; use a model with vocab_size >= {corpus.meta['n_vocab']}")
         options["context_length"] = context_length
         options["stride"] = options["stride"] or context_length
-        train_set, val_set = window_datasets(corpus, context_length, options["stride"])
+        train_set, val_set = window_datasets(corpus, context_length, options["stride"], context)
         run_log = RunLog(out, enabled=context.is_main)
         if same_folder:
             run_log.continue_from(_checkpoint_step(checkpoint))
