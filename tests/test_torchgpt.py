@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import npgpt.model as npmodel
+import npgpt.optim
 from npgpt.config import get_config
 from torchgpt import GPTModel, count_params, init_weights, load_numpy_params, pick_device, to_numpy_params
 from torchgpt.attention import (CausalAttention, MultiHeadAttention, SelfAttentionV1, SelfAttentionV2,
@@ -271,6 +272,7 @@ def test_warmup_cosine_schedule():
     assert lrs[:4] == [0.25, 0.5, 0.75, 1.0]
     assert lrs[4] == 1.0 and lrs[8] == pytest.approx(0.55) and lrs[12] == lrs[13] == 0.1
     assert all(a >= b for a, b in zip(lrs[3:], lrs[4:]))
+    assert warmup_cosine_lr is npgpt.optim.warmup_cosine_lr          # one formula for both backends
 
 
 def test_pick_device():

@@ -5,9 +5,11 @@ torch.optim.AdamW's update, which npgpt.optim.AdamW reproduces step for step (t 
     m <- beta1 m + (1 - beta1) g        v <- beta2 v + (1 - beta2) g^2
     p <- p - (lr / (1 - beta1^t)) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
 """
-import math
-
 import torch
+
+# The schedules are plain arithmetic on the step number: one formula shared with the NumPy loop, so the two
+# backends cannot drift apart (re-exported here for code that reads torchgpt as the twin of npgpt).
+from npgpt.optim import constant_lr, warmup_cosine_lr  # noqa: F401
 
 clip_grad_norm = torch.nn.utils.clip_grad_norm_
 
@@ -39,23 +41,3 @@ def set_lr(optimizer, lr: float) -> None:
     """Sets the learning rate of every param group (call before optimizer.step() with a schedule's value)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
-
-
-def constant_lr(step, lr):
-    return lr
-
-
-def warmup_cosine_lr(step, *, max_lr, warmup_steps, max_steps, min_lr=0.0):
-    """Learning rate for optimizer step `step` (0-based), the same formula as npgpt.optim:
-
-        step < warmup_steps:            max_lr * (step + 1) / warmup_steps        (linear warmup)
-        warmup_steps <= step < max:     min_lr + (max_lr - min_lr) * (1 + cos(pi * progress)) / 2,
-                                        progress = (step - warmup_steps) / (max_steps - warmup_steps)
-        step >= max_steps:              min_lr
-    """
-    if step < warmup_steps:
-        return max_lr * (step + 1) / warmup_steps
-    if step >= max_steps:
-        return min_lr
-    progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
-    return min_lr + 0.5 * (max_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
