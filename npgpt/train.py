@@ -123,6 +123,18 @@ def evaluate_loss(params, config, dataset, batch_size, max_batches):
     return total / count if count else math.nan
 
 
+def evaluate(params, config, train_dataset, val_dataset, settings: TrainSettings) -> dict:
+    """eval_train_loss/perplexity and val_loss/perplexity (when there are validation windows) over the first
+    settings.eval_batches GLOBAL batches, so the windows do not depend on how a step is split."""
+    micro_batches = settings.eval_batches * settings.grad_accum_steps
+    results = {}
+    for name, dataset in (("eval_train", train_dataset), ("val", val_dataset)):
+        if dataset is not None and len(dataset):
+            results[f"{name}_loss"] = evaluate_loss(params, config, dataset, settings.batch_size, micro_batches)
+            results[f"{name}_perplexity"] = perplexity(results[f"{name}_loss"])
+    return results
+
+
 def _accumulate(total, grads):
     """total += grads for every distinct array (a tied gradient is one array under two names)."""
     for name, g in unique_arrays(total):
@@ -186,6 +198,7 @@ def train(params, config, train_dataset, val_dataset, settings: TrainSettings, *
 
     bar = tqdm(total=settings.max_steps, initial=step, desc="numpy train", disable=not progress, leave=False)
     phase, before, unlogged = "idle", None, None   # phase: "computing" a step (undoable), "updating" params (not)
+    since_report = [0, 0.0]                          # tokens and step seconds since the last evaluation line
     with StopRequest() as stop:
         try:
             while step < settings.max_steps:
@@ -222,19 +235,18 @@ def train(params, config, train_dataset, val_dataset, settings: TrainSettings, *
                          "tokens_seen": tokens_seen,
                          "tokens_per_sec": indices.size * train_dataset.max_length / max(seconds, 1e-9),
                          "elapsed_s": elapsed}
+                since_report[0] += indices.size * train_dataset.max_length
+                since_report[1] += seconds
                 if step % settings.eval_interval == 0 or step == settings.max_steps:
-                    eval_micro_batches = settings.eval_batches * settings.grad_accum_steps   # global batches
-                    entry["eval_train_loss"] = evaluate_loss(params, config, train_dataset, settings.batch_size,
-                                                             eval_micro_batches)
-                    entry["eval_train_perplexity"] = perplexity(entry["eval_train_loss"])
-                    if val_dataset is not None and len(val_dataset):
-                        entry["val_loss"] = evaluate_loss(params, config, val_dataset, settings.batch_size,
-                                                          eval_micro_batches)
-                        entry["val_perplexity"] = perplexity(entry["val_loss"])
-                    bar.set_postfix(train=f"{entry['eval_train_loss']:.3f}", val=f"{entry.get('val_loss', math.nan):.3f}")
+                    entry.update(evaluate(params, config, train_dataset, val_dataset, settings))
+                    if progress:
+                        tokens_per_sec = since_report[0] / max(since_report[1], 1e-9)
+                        tqdm.write(evaluation_line(entry, settings.max_steps, tokens_per_sec))
+                    since_report = [0, 0.0]
                 log(entry)
                 unlogged = None
                 bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}")
                 if step == settings.max_steps or (settings.checkpoint_interval
                                                   and step % settings.checkpoint_interval == 0):
                     save()
@@ -256,6 +268,23 @@ def train(params, config, train_dataset, val_dataset, settings: TrainSettings, *
                                       f"--resume {run_log.run_dir}") from interrupt
     bar.close()
     return history
+
+
+def evaluation_line(entry: dict, max_steps: int, tokens_per_sec: float, mfu: float | None = None) -> str:
+    """The console line of one evaluation (both loops): step, train and val loss with perplexity, tokens seen,
+    throughput, lr, and the sample if any. The train loss is the evaluated one (same windows each time, no
+    dropout) when there is one, else the step's."""
+    parts = [f"step {entry['step']}/{max_steps}"]
+    for label, name in (("train", "eval_train"), ("val", "val")):
+        loss = entry.get(f"{name}_loss", entry["train_loss"] if label == "train" else None)
+        if loss is not None:
+            parts.append(f"{label} loss {loss:.3f} (ppl {perplexity(loss):,.1f})")
+    parts += [f"{entry['tokens_seen']:,} tokens seen", f"{tokens_per_sec:,.0f} tokens/s"]
+    if mfu is not None:
+        parts.append(f"MFU {mfu:.1%}")
+    parts.append(f"lr {entry['lr']:.2e}")
+    line = ", ".join(parts)
+    return line + (f"\n  sample: {entry['sample']!r}" if "sample" in entry else "")
 
 
 def nonfinite_message(loss, step, run_log: RunLog | None) -> str:

@@ -36,6 +36,7 @@ def test_run_folder_and_exact_resume_through_the_cli(tmp_path, capsys, backend):
     assert train(tmp_path, *common, "--out", str(run), "--max-steps", "4") == 0
     summary = capsys.readouterr().out
     assert "tokens/s" in summary and f"{backend} on cpu: steps 1..4" in summary
+    assert "tokens seen" not in summary                          # --quiet: no evaluation lines
 
     records = read_jsonl(run / "metrics.jsonl")
     assert [r["step"] for r in records] == [1, 2, 3, 4]
@@ -81,6 +82,23 @@ def test_a_checkpoint_copied_out_of_its_run_resumes_exactly(tmp_path, saved):
     assert train_losses(run) + train_losses(resumed) == train_losses(whole)
     options = json.loads((resumed / "config.json").read_text())["options"]
     assert (options["lr"], options["batch_size"], options["warmup_steps"]) == (3e-3, 3, 1)
+
+
+@pytest.mark.parametrize("backend", ["torch", "numpy"])
+def test_each_evaluation_writes_one_console_line(tmp_path, capsys, backend):
+    loud = [arg for arg in SMALL if arg != "--quiet"]
+    assert main(["train", *loud, "--token-cache", str(tmp_path / "tokens"), "--backend", backend, "--max-steps", "4",
+                 "--eval-interval", "2", "--lr", "1e-3", "--out", str(tmp_path / "run")]) == 0
+    captured = capsys.readouterr()
+    lines = [line for line in captured.out.splitlines() if line.startswith("step ")]
+    records = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "val_loss" in r]
+    assert len(lines) == len(records) == 2
+    for line, record in zip(lines, records):
+        assert line.startswith(f"step {record['step']}/4, train loss {record['eval_train_loss']:.3f} (ppl ")
+        assert f"val loss {record['val_loss']:.3f} (ppl {record['val_perplexity']:,.1f})" in line
+        assert f"{record['tokens_seen']:,} tokens seen" in line and " tokens/s, lr " in line
+        assert line.endswith(f"lr {record['lr']:.2e}")
+    assert "val=" not in captured.err                            # no val=nan in the bar between evaluations
 
 
 def test_resume_drops_metrics_logged_after_the_last_checkpoint(tmp_path):

@@ -73,8 +73,8 @@ def init_distributed(device_name: str = "auto") -> tuple[DistContext, torch.devi
     device = pick_device(device_name)
     if device.type == "cuda":
         if context.local_rank >= torch.cuda.device_count():
-            raise ProcessSetupError(f"local rank {context.local_rank} has no GPU ({torch.cuda.device_count()} visible); "
-                             f"use --nproc <= the number of GPUs")
+            raise ProcessSetupError(f"local rank {context.local_rank} has no GPU ({torch.cuda.device_count()} "
+                                    f"visible); use --nproc <= the number of GPUs")
         device = torch.device("cuda", context.local_rank)
         torch.cuda.set_device(device)
         backend = "nccl"
@@ -82,7 +82,7 @@ def init_distributed(device_name: str = "auto") -> tuple[DistContext, torch.devi
         backend = "gloo"
     else:
         raise ProcessSetupError(f"distributed training supports CUDA (NCCL) and CPU (gloo), not {device.type}; "
-                         f"use --device cuda or cpu")
+                                f"use --device cuda or cpu")
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, rank=context.rank, world_size=context.world_size)
     return context, device

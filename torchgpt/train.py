@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from npgpt.data import SlidingWindowDataset, WindowStream, iterate_batches
 from npgpt.runs import NonFiniteLossError, RunLog, StopRequest, TrainingInterrupted, checkpoint_path, \
     prune_checkpoints
-from npgpt.train import TrainSettings, nonfinite_message, settings_dict
+from npgpt.train import TrainSettings, evaluation_line, nonfinite_message, settings_dict
 from torchgpt.distributed import COUNT_REDUCES_ENV, DistContext, all_reduce_mean, any_process, count_grad_reduces, \
     gather_objects
 from torchgpt.loss import cross_entropy, perplexity
@@ -261,6 +261,7 @@ class Trainer:
         self._phase = "idle"        # "computing" a step (undoable on Ctrl-C) or "updating" the parameters
         self.last_checkpoint: Path | None = None
         self._session = {"steps": 0, "tokens": 0, "seconds": 0.0}   # timing of this process's steps, first excluded
+        self._since_report = {"tokens": 0, "seconds": 0.0}           # steps since the last evaluation line
         config, windows = getattr(model, "config", None), getattr(batches, "dataset", None)
         self.flops_per_token = (flops_per_token(config, windows.max_length)
                                 if config is not None and isinstance(windows, SlidingWindowDataset) else None)
@@ -428,6 +429,19 @@ class Trainer:
             if plot:
                 self.run_log.plot()
 
+    def _evaluate_into(self, entry: dict) -> None:
+        """Adds the evaluation (and the sample) to this step's entry and writes its console line (rank 0,
+        progress on) with the throughput of the steps since the previous line."""
+        entry.update(self.evaluate())
+        if self.sample_fn is not None and self.context.is_main:
+            self.model.eval()
+            entry["sample"] = self.sample_fn(self.model)
+            self.model.train()
+        tokens_per_sec = self._since_report["tokens"] / max(self._since_report["seconds"], 1e-9)
+        self._since_report = {"tokens": 0, "seconds": 0.0}
+        if self.progress:
+            tqdm.write(evaluation_line(entry, self.settings.max_steps, tokens_per_sec, self.mfu(tokens_per_sec)))
+
     # ----- the loop ----------------------------------------------------------------------------------
 
     def fit(self) -> list[dict]:
@@ -448,20 +462,17 @@ class Trainer:
                         self._session["tokens"] += result["tokens"]
                     self._session["steps"] += 1
                     first_step = False
+                    self._since_report["tokens"] += result["tokens"]
+                    self._since_report["seconds"] += result["seconds"]
                     entry = unlogged = self._entry(result)
                     evaluated = self.step % settings.eval_interval == 0 or self.step == settings.max_steps
                     if evaluated:
-                        entry.update(self.evaluate())
-                        if self.sample_fn is not None and self.context.is_main:
-                            self.model.eval()
-                            entry["sample"] = self.sample_fn(self.model)
-                            self.model.train()
-                            tqdm.write(f"step {self.step}: {entry['sample']!r}")
+                        self._evaluate_into(entry)
                     self._log(entry, history, plot=evaluated)
                     unlogged = None
                     if self.context.is_main:
                         bar.update(1)
-                        bar.set_postfix(loss=f"{result['loss']:.3f}", val=f"{entry.get('val_loss', math.nan):.3f}")
+                        bar.set_postfix(loss=f"{result['loss']:.3f}")
                     if self.step == settings.max_steps or (settings.checkpoint_interval and
                                                            self.step % settings.checkpoint_interval == 0):
                         self.save_checkpoint()
