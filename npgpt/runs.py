@@ -30,6 +30,7 @@ METRICS_JSONL = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
 LOSS_PLOT = "loss.png"
 CHECKPOINTS_DIR = "checkpoints"
+FINAL_MODEL_DIR = "model"      # where `gpt2 finetune classify --out DIR` saves the finished classifier
 CHECKPOINT_NAME = re.compile(r"^step-(\d+)$")
 RUN_FORMAT = "gpt2-twice-run"
 CSV_COLUMNS = ["step", "epoch", "train_loss", "train_perplexity", "eval_train_loss", "eval_train_perplexity",
@@ -140,6 +141,27 @@ def prune_checkpoints(run_dir: str | os.PathLike, keep: int) -> None:
         return
     for _, folder in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def run_weights(path: str | os.PathLike) -> Path | None:
+    """The weights a run folder stands for: its final model/ when it has one (finetuning), else its newest
+    checkpoints/step-* (`gpt2 train`, `gpt2 finetune instruct`); None when `path` is not such a run folder.
+
+    FileNotFoundError for a run folder that has written no checkpoint yet.
+    """
+    from npgpt.checkpoint import is_checkpoint
+    path = Path(path)
+    if not path.is_dir() or is_checkpoint(path):
+        return None
+    if is_checkpoint(path / FINAL_MODEL_DIR):
+        return path / FINAL_MODEL_DIR
+    if not is_run_dir(path):
+        return None
+    checkpoint = latest_checkpoint(path)
+    if checkpoint is None:
+        raise FileNotFoundError(f"{path} is a run folder without a checkpoint yet (none in {path / CHECKPOINTS_DIR}); "
+                                f"let the run save one (--save-interval) or give a checkpoint folder")
+    return checkpoint
 
 
 def is_run_dir(path: str | os.PathLike) -> bool:

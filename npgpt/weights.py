@@ -7,7 +7,8 @@
   with TF variables model/wte, model/wpe, model/h{i}/ln_1/g ..., model/ln_f/b;
 - a Hugging Face GPT-2 folder (config.json + model.safetensors) or the .safetensors file itself,
   keys with or without the `transformer.` prefix;
-- one of our own checkpoints (npgpt/checkpoint.py), folder or model.safetensors.
+- one of our own checkpoints (npgpt/checkpoint.py), folder or model.safetensors;
+- one of our run folders: a finetuning run's model/, else a training run's newest checkpoints/step-*.
 
 Both released layouts store every linear layer as a Conv1D weight of shape (in, out) (TF adds a leading
 axis of 1: [1, in, out]) and fuse query/key/value into one c_attn of width 3C. The canonical params store
@@ -50,8 +51,8 @@ class WeightsError(ValueError):
 
 
 def load_weights(path: str | os.PathLike) -> tuple[GPTConfig, dict[str, np.ndarray]]:
-    """(config, params) from an OpenAI folder, a Hugging Face folder/file or one of our checkpoints."""
-    path = Path(path)
+    """(config, params) from an OpenAI folder, a Hugging Face folder/file, one of our checkpoints or runs."""
+    path = resolve_weights_path(path)
     kind = detect_format(path)
     if kind == "openai":
         return load_openai_checkpoint(path)
@@ -60,6 +61,16 @@ def load_weights(path: str | os.PathLike) -> tuple[GPTConfig, dict[str, np.ndarr
     from npgpt.checkpoint import load_checkpoint
     config, params, _ = load_checkpoint(path, load_training_state=False)
     return config, params
+
+
+def resolve_weights_path(path: str | os.PathLike) -> Path:
+    """A run folder -> the checkpoint it stands for (npgpt.runs.run_weights); any other path as it is.
+
+    Needed before detect_format: a run folder holds a config.json (the run's settings) that would
+    otherwise pass for a Hugging Face folder.
+    """
+    from npgpt.runs import run_weights
+    return run_weights(path) or Path(path)
 
 
 def detect_format(path: Path) -> str:

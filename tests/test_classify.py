@@ -419,6 +419,35 @@ def test_finetune_init_from_hugging_face_checkpoint(subset_file, tmp_path, capsy
     assert code == 2 and "vocabulary has 61 tokens" in err
 
 
+def test_finetune_init_from_a_train_run_folder(subset_file, tmp_path, capsys):
+    """--init-from the --out folder of `gpt2 train`: its config.json holds the run's settings (not a Hugging
+    Face config) and its weights are in checkpoints/step-*; the classifier starts from the newest one."""
+    from npgpt.runs import RUN_CONFIG_FILE, list_checkpoints
+
+    pretrain = tmp_path / "pretrain"
+    assert main(["train", "--model", "tiny", "--max-steps", "2", "--checkpoint-interval", "1", "--batch-size", "2",
+                 "--eval-batches", "1", "--device", "cpu", "--quiet", "--token-cache", str(tmp_path / "tokens"),
+                 "--out", str(pretrain)]) == 0
+    steps = [step for step, _ in list_checkpoints(pretrain)]
+    assert steps == [1, 2]
+    code, out, err = finetune(capsys, tmp_path / "run", "--init-from", str(pretrain), "--data-file", str(subset_file),
+                              "--trainable", "head", "--epochs", "1", "--batch-size", "28", "--lr", "1e-2")
+    assert code == 0, err
+    _, newest, _ = load_checkpoint(list_checkpoints(pretrain)[-1][1], load_training_state=False)
+    _, oldest, _ = load_checkpoint(list_checkpoints(pretrain)[0][1], load_training_state=False)
+    _, params, _ = load_checkpoint(tmp_path / "run" / "model")
+    for name, value in newest.items():
+        if name != "out_head.weight":
+            np.testing.assert_array_equal(params[name], value, err_msg=name)
+    assert not np.array_equal(params["tok_emb.weight"], oldest["tok_emb.weight"])   # step 2 moved it
+    # a run folder that has not saved a checkpoint yet says so
+    empty_run = tmp_path / "empty-run"
+    empty_run.mkdir()
+    (empty_run / RUN_CONFIG_FILE).write_bytes((pretrain / RUN_CONFIG_FILE).read_bytes())
+    code, _, err = finetune(capsys, tmp_path / "bad", "--init-from", str(empty_run), "--data-file", str(subset_file))
+    assert code == 2 and "run folder without a checkpoint yet" in err, err
+
+
 def test_finetune_input_errors(subset_file, tmp_path, capsys, monkeypatch, http_server):
     bad = tmp_path / "bad.tsv"
     bad.write_text(subset_file.read_text(encoding="utf-8") + "spamm\tFREE entry\n", encoding="utf-8")

@@ -12,9 +12,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-RUN_MODEL_FOLDER = "model"
-
-
 def register(subparsers):
     from gpt2cli.commands.finetune_classify import add_threads_option
 
@@ -34,13 +31,10 @@ def register(subparsers):
 
 
 def resolve_checkpoint_path(path) -> Path:
-    """A run folder (holding model/) -> its checkpoint folder; anything else is returned as is."""
-    from npgpt.checkpoint import is_checkpoint
+    """A run folder (holding model/, or checkpoints/step-*) -> its checkpoint folder; anything else as is."""
+    from npgpt.weights import resolve_weights_path
 
-    path = Path(path)
-    if path.is_dir() and not is_checkpoint(path) and is_checkpoint(path / RUN_MODEL_FOLDER):
-        return path / RUN_MODEL_FOLDER
-    return path
+    return resolve_weights_path(path)
 
 
 def load_classifier(path):

@@ -193,7 +193,7 @@ def _run(args) -> int:
     from npgpt.classification_data import PAD_TOKEN_ID, SMS_LABELS
     from npgpt.classifier_train import ClassifierSettings, train_classifier
     from npgpt.fileio import atomic_write_json
-    from npgpt.runs import RunLog
+    from npgpt.runs import FINAL_MODEL_DIR, RunLog
 
     settings = ClassifierSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                   weight_decay=args.weight_decay, eval_interval=args.eval_interval,
@@ -241,7 +241,7 @@ def _run(args) -> int:
         save_lora(out / "lora_adapter", trained_params, lora_config, metadata={"task": "classification",
                                                                                "init": source})
         trained_params = merge_lora(trained_params)
-    checkpoint = save_checkpoint(out / "model", trained_params, config, metadata={
+    checkpoint = save_checkpoint(out / FINAL_MODEL_DIR, trained_params, config, metadata={
         "task": "classification", "labels": list(SMS_LABELS), "num_classes": len(SMS_LABELS),
         "max_length": train.max_length, "pad_token_id": PAD_TOKEN_ID, "tokenizer": "gpt2",
         "init": source, "trainable": args.trainable, "test_accuracy": metrics["test_accuracy"],
