@@ -1,6 +1,6 @@
 """Self-attention, built up in the book's teaching steps, then the causal multi-head version GPT-2 uses.
 
-    simple_attention              no weights: scores are dot products of the inputs themselves
+    simple_attention_*            no weights: scores are dot products of the inputs themselves
     single_head_attention_*       trainable query/key/value projections, one head, optional causal mask
     multihead_attention_*         H heads of width D = C // H in parallel, causal, dropout, output projection
 """
@@ -22,11 +22,35 @@ def causal_mask(T):
 def simple_attention(x):
     """The first step: context_t = sum_s softmax_s(x_t . x_s) x_s, no trainable weights.
 
-    x: (T, C) -> context: (T, C). Forward only: there is nothing to train.
+    x: (T, C) -> context: (T, C). simple_attention_forward also returns the cache for the backward.
     """
-    scores = x @ x.T                                 # (T, T)
-    weights, _ = softmax_forward(scores, axis=-1)    # (T, T), rows sum to 1
-    return weights @ x                               # (T, C)
+    return simple_attention_forward(x)[0]
+
+
+def simple_attention_forward(x):
+    """simple_attention with its cache.   x: (T, C) -> context: (T, C), cache: (x, softmax cache)."""
+    scores = x @ x.T                                             # (T, T)
+    weights, softmax_cache = softmax_forward(scores, axis=-1)    # (T, T), rows sum to 1
+    return weights @ x, (x, softmax_cache)                       # (T, C)
+
+
+def simple_attention_backward(dout, cache):
+    """dout: (T, C) -> dx: (T, C).
+
+    x is used three times (as queries, keys and values), so dx sums three paths:
+        in the forward: context = weights x           dweights = dout x^T,  dx_value = weights^T dout
+        weights = softmax(scores)                     dscores = weights * (dweights - rowsum(dweights * weights))
+        scores = x x^T                                dx_query = dscores x,  dx_key = dscores^T x
+        dx = weights^T dout + (dscores + dscores^T) x
+    Nothing is trained here; the gradient is what a layer below the attention would receive.
+    """
+    x, softmax_cache = cache
+    weights, _ = softmax_cache
+    dweights = dout @ x.T                                        # (T, T)
+    dscores = softmax_backward(dweights, softmax_cache)          # (T, T)
+    dx = weights.T @ dout                                        # value path
+    dx += (dscores + dscores.T) @ x                              # query and key paths
+    return dx
 
 
 def _masked_scaled_softmax(scores, causal, scale, hide=None):

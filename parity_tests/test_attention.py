@@ -1,6 +1,6 @@
 """Single-head self-attention in the book's teaching steps: npgpt against its torch twins.
 
-    simple_attention (no weights)                 <-> torchgpt simple_attention        (forward only)
+    simple_attention_forward/_backward (no weights) <-> torchgpt simple_attention (out and dx)
     single_head_attention(causal=False)           <-> SelfAttentionV1 (raw matrices, no bias), SelfAttentionV2
     single_head_attention(causal=True, dropout)   <-> CausalAttention, fed the SAME keep-mask
 
@@ -163,18 +163,45 @@ def attention_floors(dtype, term_magnitudes, key_bias_terms):
 
 
 # --------------------------------------------------------------------------------------------------------
+def simple_attention_dx_terms(x, dout):
+    """max of the terms dx = weights^T dout + (dscores + dscores^T) x sums, run on absolute values (softmax's
+    two backward terms kept apart): the magnitude to measure dx against where it cancels (a saturated or
+    uniform softmax row: dscores ~ 0; see attention_term_magnitudes). x, dout: (T, C)."""
+    x, dout = x.astype(np.float64), dout.astype(np.float64)
+    scores = x @ x.T
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    dweights = np.abs(dout) @ np.abs(x).T
+    dscores = weights * dweights + weights * (weights * dweights).sum(-1, keepdims=True)
+    dx = weights.T @ np.abs(dout) + (dscores + dscores.T) @ np.abs(x)
+    return float(dx.max(initial=0.0))
+
+
 def check_simple_attention(T, C, recipe, dtype, score):
     x = make_array(recipe, (T, C), np.float64)
     largest = float(np.abs(x @ x.T).max(initial=0.0))
     if largest > 1e-300:
         x *= math.sqrt(score / largest)                                    # scores are quadratic in x
     x = x.astype(dtype)
-    out = npatt.simple_attention(x)
-    assert out.dtype == dtype
+    out, cache = npatt.simple_attention_forward(x)
+    assert np.array_equal(out, npatt.simple_attention(x))
+    dout = (make_array(recipe, out.shape, np.float64, salt=2) / recipe.scale).astype(dtype)
+    dx = npatt.simple_attention_backward(dout, cache)
+    assert out.dtype == dx.dtype == dtype
+
+    def run(tdtype):
+        x_t = to_torch(x).to(tdtype).requires_grad_()
+        out_t = tatt.simple_attention(x_t)
+        out_t.backward(to_torch(dout).to(tdtype))
+        return {"out": out_t, "x": x_t.grad}
+
+    expected, reference = torch_with_reference(run, dtype)
+    share = 1.0 if dtype == np.float64 else FLOAT32_TERMS_SHARE
     # each output is a weighted mean of rows of x (weights >= 0, summing to 1): max |x| bounds its terms
-    floor = float(np.abs(x).max(initial=0.0)) * (1.0 if dtype == np.float64 else FLOAT32_TERMS_SHARE)
-    expected, reference = torch_with_reference(lambda tdtype: tatt.simple_attention(to_torch(x).to(tdtype)), dtype)
-    assert_close(out, expected, floor=floor, reference=reference, name="simple_attention out")
+    floors = {"out": float(np.abs(x).max(initial=0.0)) * share, "x": simple_attention_dx_terms(x, dout) * share}
+    for key, name in (("out", "simple_attention out"), ("x", "simple_attention dx")):
+        assert_close({"out": out, "x": dx}[key], expected[key], floor=floors[key],
+                     reference=reference and reference[key], name=name)
 
 
 def check_single_head(B, T, C, D, causal, qkv_bias, drop_rate, recipe, dtype, score, mask_seed=0):

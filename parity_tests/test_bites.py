@@ -27,7 +27,7 @@ from npgpt.optim import global_grad_norm
 from npgpt.params import unique_arrays
 from parity_tests.conftest import Values, planted_bug, record_example
 from parity_tests.test_adamw import check_adamw_all_decayed
-from parity_tests.test_attention import check_single_head
+from parity_tests.test_attention import check_simple_attention, check_single_head
 from parity_tests.test_block import check_block
 from parity_tests.test_clipping import check_clipping
 from parity_tests.test_cross_entropy import check_cross_entropy
@@ -137,6 +137,12 @@ CASES = {
     "multi-head attention: softmax backward x (1 + 1e-4) (float32)": (
         npgpt.attention, "softmax_backward", scaled,
         lambda: check_multihead(2, 5, 8, 2, True, 0.0, PLAIN, np.float32, 1.0)),
+    "simple attention: softmax backward x (1 + 1e-4) (float64)": (
+        npgpt.attention, "softmax_backward", scaled,
+        lambda: check_simple_attention(5, 6, PLAIN, np.float64, 1.0)),
+    "simple attention: softmax backward x (1 + 1e-4) (float32)": (
+        npgpt.attention, "softmax_backward", scaled,
+        lambda: check_simple_attention(5, 6, PLAIN, np.float32, 1.0)),
     "single-head attention: softmax backward x (1 + 1e-4)": (
         npgpt.attention, "softmax_backward", scaled,
         lambda: check_single_head(2, 5, 6, 4, True, False, 0.0, PLAIN, np.float64, 1.0)),

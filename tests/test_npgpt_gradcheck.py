@@ -104,6 +104,26 @@ def test_pos_embedding():
     check_all(L, {"W": (W, embedding.pos_embedding_backward(R, cache))})
 
 
+def test_simple_attention():
+    rng = np.random.default_rng(6)
+    x = rand(rng, 6, 5, scale=0.7)                  # scores x_t . x_s of order 1: no saturated softmax rows
+    out, cache = attention.simple_attention_forward(x)
+    assert np.array_equal(out, attention.simple_attention(x))
+    R = rand(rng, *out.shape)
+    dx = attention.simple_attention_backward(R, cache)
+    L = projection_loss(lambda: attention.simple_attention(x), R)
+    check_all(L, {"x": (x, dx)})
+    # x feeds queries, keys and values: a backward that forgets the key path (dscores^T x) is caught
+    _, (weights, _) = cache
+    dscores = softmax.softmax_backward(R @ x.T, (weights, -1))
+    without_keys = weights.T @ R + dscores @ x
+    with pytest.raises(AssertionError, match="relative error"):
+        check_gradient(L, x, without_keys, tol=TOL, name="x")
+    x32 = x.astype(np.float32)
+    out32, cache32 = attention.simple_attention_forward(x32)
+    assert out32.dtype == attention.simple_attention_backward(R.astype(np.float32), cache32).dtype == np.float32
+
+
 def attention_params(rng, C, D, qkv_bias, out_proj=True):
     p = {}
     for name in ("W_query", "W_key", "W_value"):
