@@ -142,13 +142,15 @@ def _accumulate(total, grads):
 
 
 def train(params, config, train_dataset, val_dataset, settings: TrainSettings, *, progress=True, on_log=None,
-          run_log: RunLog | None = None, resume_state: dict | None = None, on_step=None, metadata=None):
+          run_log: RunLog | None = None, resume_state: dict | None = None, on_step=None, metadata=None,
+          sample_fn=None):
     """Trains `params` in place; returns the history, a list of dicts per logged step:
     {step, epoch, train_loss (the step's mean micro-batch loss), train_perplexity, lr, grad_norm, tokens_seen,
     tokens_per_sec, elapsed_s} plus, at eval steps, {eval_train_loss, eval_train_perplexity, val_loss,
     val_perplexity}.
 
     on_log(entry) is called for every entry; on_step(step) after each completed step (tests use it to stop).
+    sample_fn(params) -> str: a generation logged (`sample`) at each evaluation.
     run_log: the run folder for metrics, loss.png and checkpoints (training state included).
     resume_state: the training state of a checkpoint (load params from it first): continues exactly.
     A NaN/inf loss raises NonFiniteLossError before the update; Ctrl-C saves a checkpoint, then raises
@@ -239,6 +241,8 @@ def train(params, config, train_dataset, val_dataset, settings: TrainSettings, *
                 since_report[1] += seconds
                 if step % settings.eval_interval == 0 or step == settings.max_steps:
                     entry.update(evaluate(params, config, train_dataset, val_dataset, settings))
+                    if sample_fn is not None:
+                        entry["sample"] = sample_fn(params)
                     if progress:
                         tokens_per_sec = since_report[0] / max(since_report[1], 1e-9)
                         tqdm.write(evaluation_line(entry, settings.max_steps, tokens_per_sec))

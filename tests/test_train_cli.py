@@ -122,20 +122,25 @@ def test_a_torch_run_continues_in_the_numpy_backend(tmp_path):
     assert state["data"]["position"] == 3 * 2                                  # and the data position
 
 
-def test_init_from_released_weights_and_a_sample(tmp_path):
+@pytest.mark.parametrize("backend", ["torch", "numpy"])
+def test_init_from_released_weights_and_a_sample(tmp_path, backend):
     hparams = openai_hparams(n_vocab=50257, n_ctx=16, n_embd=8, n_head=2, n_layer=1)
     tensors = random_openai_tensors(hparams, seed=0)
     weights = write_hf_checkpoint(tmp_path / "hf", hparams, openai_to_hf_tensors(tensors, hparams))
     run = tmp_path / "run"
     assert main(["train", "--init-from", str(weights), "--out", str(run), "--max-steps", "1", "--lr", "1e-12",
                  "--batch-size", "2", "--context-length", "8", "--device", "cpu", "--quiet", "--token-cache",
-                 str(tmp_path / "tokens"), "--sample-prompt", "Every effort moves", "--sample-tokens", "3"]) == 0
-    _, released = load_weights(weights)
+                 str(tmp_path / "tokens"), "--sample-prompt", "Every effort moves", "--sample-tokens", "3",
+                 "--backend", backend]) == 0
+    config, released = load_weights(weights)
     _, trained, _ = load_checkpoint(latest_checkpoint(run))
     for name, value in released.items():                       # started from the weights (lr ~ 0)
         np.testing.assert_allclose(trained[name], value, atol=1e-6)
     record = read_jsonl(run / "metrics.jsonl")[0]
-    assert isinstance(record["sample"], str)
+    from npgpt.generate import generate
+    from npgpt.tokenizer import get_tokenizer
+    tokenizer = get_tokenizer()                                 # the greedy continuation, in either backend
+    assert record["sample"] == tokenizer.decode(generate(released, config, tokenizer.encode("Every effort moves"), 3))
     assert json.loads((run / "config.json").read_text())["model"]["context_length"] == 16
 
 
@@ -144,6 +149,8 @@ def test_init_from_released_weights_and_a_sample(tmp_path):
     (["--data", "no-such-data"], "neither a file, a folder nor a data set name"),
     (["--backend", "numpy", "--nproc", "2"], "--nproc needs the torch backend"),
     (["--backend", "numpy", "--compile"], "torch backend only"),
+    (["--backend", "numpy", "--dtype", "bfloat16"], "--dtype bfloat16 applies to the torch backend only"),
+    (["--backend", "numpy", "--peak-tflops", "100"], "--peak-tflops applies to the torch backend only"),
     (["--max-steps", "0"], "max_steps must be positive"),
     (["--context-length", "4096", "--init-from", "WEIGHTS"], "exceeds the model's context length 16"),
 ])

@@ -76,7 +76,7 @@ def register(subparsers):
     a("--compile", action="store_true", default=None, help="torch.compile the model")
     a("--sdpa", action="store_true", default=None, help="fused scaled_dot_product_attention (default on CUDA)")
     a("--no-sdpa", dest="sdpa", action="store_false", help="explicit attention (the reference twin)")
-    a("--sample-prompt", metavar="TEXT", help="log a greedy continuation of TEXT at each evaluation (torch)")
+    a("--sample-prompt", metavar="TEXT", help="log a greedy continuation of TEXT at each evaluation")
     a("--sample-tokens", type=int, help="tokens generated for --sample-prompt (default 20)")
     a("--peak-tflops", type=float, help="the GPU's peak TFLOP/s for the MFU figure (default: known GPUs' bf16)")
     a("--nproc", type=int, default=1, help="data-parallel processes: launches torchrun (torch backend)")
@@ -305,11 +305,7 @@ def train_command(args) -> int:
     options, saved, checkpoint, same_folder = resolve_options(args)
     given = {name for name in RUN_OPTIONS if getattr(args, name, None) is not None}
     if options["backend"] == "numpy":
-        for name in ("compile", "sdpa", "sample_prompt"):
-            if name in given and getattr(args, name):
-                raise ValueError(f"--{name.replace('_', '-')} applies to the torch backend only")
-        if "device" in given and args.device not in ("cpu", "auto"):
-            raise ValueError("the NumPy backend runs on the CPU; leave --device out or use --backend torch")
+        refuse_torch_only_options(args, given)
     context, device = _start_processes(options)
     try:
         keep_global_batch(options, saved, given, context)
@@ -351,12 +347,42 @@ def train_command(args) -> int:
         # checkpoint_run_source).
         metadata = {"run": str(run_log.run_dir), "options": options, "data_key": data_info["key"]}
         if options["backend"] == "numpy":
-            return _train_numpy(config, params, checkpoint, train_set, val_set, settings, run_log, progress, metadata)
+            return _train_numpy(config, params, checkpoint, train_set, val_set, settings, run_log, progress, metadata,
+                                options)
         return _train_torch(config, params, checkpoint, train_set, val_set, settings, run_log, options, context,
                             device, progress, metadata)
     finally:
         from torchgpt.distributed import shutdown_distributed
         shutdown_distributed()
+
+
+def refuse_torch_only_options(args, given: set) -> None:
+    """The NumPy backend has no use for these; refused when given (not when a resumed torch run saved them),
+    rather than silently ignored."""
+    for name in ("compile", "sdpa", "peak_tflops"):
+        if name in given and getattr(args, name):
+            raise ValueError(f"--{name.replace('_', '-')} applies to the torch backend only; leave it out with "
+                             f"--backend numpy")
+    if "dtype" in given and args.dtype not in ("auto", "float32"):
+        raise ValueError(f"--dtype {args.dtype} applies to the torch backend only (the NumPy loop computes in "
+                         f"float32); leave it out or use --backend torch")
+    if "device" in given and args.device not in ("cpu", "auto"):
+        raise ValueError("the NumPy backend runs on the CPU; leave --device out or use --backend torch")
+
+
+def sample_function(options: dict, backend: str, config=None):
+    """None without --sample-prompt, else fn(model) (torch) or fn(params) (NumPy, for `config`) -> the greedy
+    continuation of the prompt in --sample-tokens tokens, as text."""
+    if not options["sample_prompt"]:
+        return None
+    from npgpt.tokenizer import get_tokenizer
+    tokenizer = get_tokenizer(options["tokenizer"])
+    prompt, length = tokenizer.encode(options["sample_prompt"]), options["sample_tokens"]
+    if backend == "numpy":
+        from npgpt.generate import generate as numpy_generate
+        return lambda params: tokenizer.decode(numpy_generate(params, config, prompt, length))
+    from torchgpt.generate import generate as torch_generate
+    return lambda model: tokenizer.decode(torch_generate(model, prompt, length))
 
 
 def _absolute_paths(options: dict) -> None:
@@ -408,7 +434,8 @@ def _settings_json(settings) -> dict:
     return settings_dict(settings)
 
 
-def _train_numpy(config, params, checkpoint, train_set, val_set, settings, run_log, progress, metadata) -> int:
+def _train_numpy(config, params, checkpoint, train_set, val_set, settings, run_log, progress, metadata,
+                 options) -> int:
     import npgpt.model
     from npgpt.checkpoint import load_checkpoint
     from npgpt.train import train
@@ -420,7 +447,8 @@ def _train_numpy(config, params, checkpoint, train_set, val_set, settings, run_l
     elif params is None:
         params = npgpt.model.init_params(config, seed=settings.seed)
     history = train(params, config, train_set, val_set, settings, progress=progress, run_log=run_log,
-                    resume_state=resume_state, metadata=metadata)
+                    resume_state=resume_state, metadata=metadata,
+                    sample_fn=sample_function(options, "numpy", config))
     if len(history) >= 2:       # step time only (no evaluation), the first step left out as in torch's summary
         first, last = history[0], history[-1]
         tokens_per_sec = (last["tokens_seen"] - first["tokens_seen"]) / max(last["elapsed_s"] - first["elapsed_s"], 1e-9)
@@ -445,15 +473,7 @@ def _train_torch(config, params, checkpoint, train_set, val_set, settings, run_l
     eval_sets = {"eval_train": ordered_batches(train_set, settings.batch_size)}
     if val_set is not None:
         eval_sets["val"] = ordered_batches(val_set, settings.batch_size)
-    sample_fn = None
-    if options["sample_prompt"]:
-        from npgpt.tokenizer import get_tokenizer
-        tokenizer = get_tokenizer(options["tokenizer"])
-        prompt = tokenizer.encode(options["sample_prompt"])
-
-        def sample_fn(trained_model):
-            from torchgpt.generate import generate
-            return tokenizer.decode(generate(trained_model, prompt, options["sample_tokens"]))
+    sample_fn = sample_function(options, "torch")
     trainer = Trainer(model, TokenBatches(train_set, settings, context), settings, eval_sets=eval_sets,
                       runtime=runtime, device=device, context=context, run_log=run_log,
                       metadata=metadata, sample_fn=sample_fn, progress=progress,
