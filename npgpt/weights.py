@@ -192,6 +192,9 @@ def _shape_error(file, tensor, got, expected, config_file, config):
 # ---------------------------------------------------------------------------------------------------
 
 def _import_tensorflow():
+    # TensorFlow's C++ side logs a screenful of info lines at import unless told not to before it loads;
+    # a level the user set keeps winning
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
         import tensorflow as tf
     except ImportError as error:

@@ -7,6 +7,7 @@ TensorFlow is slow to import, so one module-scoped fixture writes the OpenAI fol
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import sys
@@ -223,6 +224,62 @@ def test_safetensors_are_read_through_a_memory_map(tmp_path):
 # ---------------------------------------------------------------------------------------------------
 # errors: each names the file, the tensor where there is one, and the fix
 # ---------------------------------------------------------------------------------------------------
+
+# ---------------------------------------------------------------------------------------------------
+# `gpt2 generate --weights` on the released formats, both backends
+# ---------------------------------------------------------------------------------------------------
+
+PROMPT = "Every effort moves"
+
+
+def generate_text(capsys, weights, backend):
+    """stdout of a greedy `gpt2 generate --weights WEIGHTS --backend BACKEND` (its exit code must be 0)."""
+    from gpt2cli.main import main as cli_main
+    code = cli_main(["generate", "--weights", str(weights), "--backend", backend, "--prompt", PROMPT,
+                     "--max-new-tokens", "4", "--temperature", "0", "--no-stop"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return captured.out
+
+
+def test_cli_generates_from_openai_and_hugging_face_folders(tmp_path_factory, capsys):
+    """GPT-2's vocabulary (so the tokenizer's ids fit), a tiny width: the OpenAI folder and the Hugging Face
+    folder holding the same tensors give the same text, in both backends."""
+    hparams = openai_hparams(n_vocab=50257, n_ctx=16, n_embd=16, n_head=2, n_layer=2)
+    tensors = random_openai_tensors(hparams, seed=5)
+    root = tmp_path_factory.mktemp("generate")
+    sources = {"openai": write_openai_checkpoint(root / "openai", hparams, tensors),
+               "huggingface": write_hf_checkpoint(root / "hf", hparams, openai_to_hf_tensors(tensors, hparams))}
+    texts = {(source, backend): generate_text(capsys, folder, backend)
+             for source, folder in sources.items() for backend in ("numpy", "torch")}
+    assert len(set(texts.values())) == 1, texts
+    text = texts["openai", "numpy"]
+    assert text.startswith(PROMPT) and len(text.rstrip("\n")) > len(PROMPT)
+
+
+def test_cli_generates_from_a_bare_safetensors_file(tmp_path, capsys):
+    """A .safetensors file alone (no config.json): the width must be a released one (768 -> 12 heads).
+    Stored in float16 to keep the 50257 x 768 embedding small on disk; it loads as float32."""
+    from safetensors.numpy import save_file
+    hparams = openai_hparams(n_vocab=50257, n_ctx=8, n_embd=768, n_head=12, n_layer=1)
+    tensors = {key: value.astype(np.float16)
+               for key, value in openai_to_hf_tensors(random_openai_tensors(hparams, seed=6), hparams).items()}
+    file = tmp_path / "gpt2-like.safetensors"
+    save_file(tensors, str(file))
+    numpy_text, torch_text = (generate_text(capsys, file, backend) for backend in ("numpy", "torch"))
+    assert numpy_text == torch_text and numpy_text.startswith(PROMPT) and len(numpy_text.rstrip("\n")) > len(PROMPT)
+
+
+def test_tensorflow_logs_are_silenced_unless_asked_for(openai_folder, monkeypatch):
+    """TensorFlow prints C++ log lines on import unless TF_CPP_MIN_LOG_LEVEL is set first; a user's own
+    setting wins (setdefault)."""
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    load_weights(openai_folder)
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "3"
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "1")
+    load_weights(openai_folder)
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "1"
+
 
 def test_missing_tensorflow_says_how_to_install_it(openai_folder, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorflow", None)      # `import tensorflow` now raises ImportError
