@@ -13,6 +13,13 @@ also builds its caches); "backward" is the gradient of every input and parameter
 gradient (NumPy: *_backward from a saved cache; torch: torch.autograd.grad with retain_graph).
 Components run without dropout: the comparison is of the computation.
 
+Step components, the rest of a train step, timed at the model's full vocabulary (cases at the end of this
+file): embedding (token + position lookup; backward: the scatter-add of the token rows), head_ce (the tied
+output head's matmul and the mean cross-entropy; backward: dx and the head's dW) and adamw (one update of
+every parameter; direction "update"). With L blocks, a train step is about
+    embedding + L * block + layernorm (the final norm) + head_ce  (forward and backward each) + adamw
+(report.step_accounting_table puts the sum beside the measured train step).
+
 Model tasks: "forward" is inference (torch under no_grad, eval mode); "train_step" is forward,
 cross-entropy, backward and AdamW (dropout as the config says).
 """
@@ -25,6 +32,9 @@ import numpy as np
 
 COMPONENTS = ("layernorm", "gelu", "softmax", "attention", "feedforward", "block")
 ATTENTION_COMPONENTS = ("attention", "block")      # the ones torch_sdpa changes
+# The rest of a train step, so the component table adds up to it: timed at the model section's B and T
+# only (their cost is linear in B T, or independent of it for AdamW), at the model's full vocabulary.
+STEP_COMPONENTS = ("embedding", "head_ce", "adamw")
 
 
 def size_config(name: str, drop_rate: float | None):
@@ -136,7 +146,10 @@ def torch_component(component: str, config, x: np.ndarray, dout: np.ndarray, p: 
 
 
 def component_cases(component: str, config, batch_size: int, seq_len: int, *, seed: int = 0) -> dict:
-    """{"forward": {backend: fn}, "backward": {backend: fn}} for one component at one shape."""
+    """{"forward": {backend: fn}, "backward": {backend: fn}} for one component at one shape
+    ({"update": {backend: fn}} for adamw)."""
+    if component in STEP_COMPONENTS:
+        return step_component_cases(component, config, batch_size, seq_len, seed=seed)
     config = component_config(config, seq_len)
     rng = np.random.default_rng(seed)
     x, dout = _inputs(component, config, batch_size, seq_len, rng)
@@ -153,6 +166,144 @@ def component_cases(component: str, config, batch_size: int, seq_len: int, *, se
         cases["forward"][backend] = forward
         cases["backward"][backend] = backward
     return cases
+
+
+# --- the rest of a train step: embeddings, output head + loss, optimizer ------------------------------
+
+def step_component_cases(component: str, config, batch_size: int, seq_len: int, *, seed: int = 0) -> dict:
+    """Cases of embedding, head_ce or adamw at the full `config` (its vocabulary; its context stretched to
+    seq_len), without dropout; the same directions and backends as component_cases."""
+    config = config.replace(context_length=max(seq_len, config.context_length), drop_rate=0.0)
+    if component == "adamw":
+        return {"update": adamw_cases(config, seed=seed)[0]}
+    makers = {"embedding": (numpy_embedding, torch_embedding), "head_ce": (numpy_head_ce, torch_head_ce)}
+    if component not in makers:
+        raise ValueError(f"unknown step component {component!r}; choose from {', '.join(STEP_COMPONENTS)}")
+    rng = np.random.default_rng(seed)
+    B, T, C, V = batch_size, seq_len, config.emb_dim, config.vocab_size
+    idx = rng.integers(0, V, (B, T))                                   # token ids, or the targets of head_ce
+    weights = {"tok": (rng.standard_normal((V, C), dtype=np.float32) * 0.02),
+               "pos": (rng.standard_normal((config.context_length, C), dtype=np.float32) * 0.02)}
+    x = rng.standard_normal((B, T, C), dtype=np.float32)              # head_ce's input; embedding's dout
+    cases: dict[str, dict[str, Callable]] = {"forward": {}, "backward": {}}
+    for backend, make in zip(("numpy", "torch"), makers[component]):
+        cases["forward"][backend], cases["backward"][backend] = make(idx, x, weights)
+    return cases
+
+
+def numpy_embedding(idx, dout, weights):
+    """(forward, backward) of tok_emb[idx] + pos_emb[:T] as npgpt's trunk runs it. The backward adds the token
+    part into a (V, C) array standing for the tied head's gradient, as npgpt.model.trunk_backward does."""
+    from npgpt.embedding import embedding_backward, embedding_forward, pos_embedding_backward, pos_embedding_forward
+
+    head_grad = np.zeros_like(weights["tok"])                          # (V, C); grows with every call, harmless
+
+    def forward():
+        tok, tok_cache = embedding_forward(weights["tok"], idx)         # (B, T, C)
+        pos, pos_cache = pos_embedding_forward(weights["pos"], idx.shape[1])   # (T, C)
+        tok += pos
+        return tok, (tok_cache, pos_cache)
+
+    _, (tok_cache, pos_cache) = forward()
+
+    def backward():
+        return (embedding_backward(dout, tok_cache, dweight=head_grad),
+                pos_embedding_backward(dout, pos_cache))
+
+    return forward, backward
+
+
+def torch_embedding(idx, dout, weights):
+    """(forward, backward) of torchgpt's tok_emb(idx) + pos_emb(arange(T)); the backward is autograd's dense
+    (V, C) gradient (the train step then sums it with the tied head's)."""
+    import torch
+    import torch.nn.functional as F
+
+    tok = torch.from_numpy(weights["tok"].copy()).requires_grad_(True)
+    pos = torch.from_numpy(weights["pos"].copy()).requires_grad_(True)
+    tidx, positions = torch.from_numpy(idx), torch.arange(idx.shape[1])
+    tdout = torch.from_numpy(dout.copy())
+
+    def forward():
+        return F.embedding(tidx, tok) + F.embedding(positions, pos)     # (B, T, C)
+
+    out = forward()
+    return forward, (lambda: torch.autograd.grad(out, [tok, pos], tdout, retain_graph=True))
+
+
+def numpy_head_ce(targets, x, weights):
+    """(forward, backward) of logits = x W^T and the mean cross-entropy, as npgpt's train step runs them.
+
+    The forward is the head's matmul plus npgpt's fused loss, which already turns the logits buffer into
+    dlogits (one pass over (B T, V) fewer); the backward is the head's two matmuls: dx = dlogits W and the
+    tied head's dW = dlogits^T x. torch does the softmax gradient in its backward instead, so compare
+    forward + backward of this component, not each direction alone.
+    """
+    from npgpt.linear import linear_backward, linear_forward
+    from npgpt.loss import cross_entropy_loss_and_grad
+
+    weight = weights["tok"]                                             # (V, C), tied: out_head is tok_emb
+
+    def forward():
+        logits, head_cache = linear_forward(x, weight)                  # (B, T, V)
+        loss, dlogits = cross_entropy_loss_and_grad(logits, targets, overwrite_logits=True)
+        return loss, dlogits, head_cache
+
+    _, dlogits, head_cache = forward()
+
+    def backward():
+        dx, dweight, _ = linear_backward(dlogits, head_cache)           # (B, T, C), (V, C)
+        return dx, dweight
+
+    return forward, backward
+
+
+def torch_head_ce(targets, x, weights):
+    """(forward, backward) of torchgpt's out_head (F.linear, no bias) and F.cross_entropy, as its train step
+    runs them; the backward is autograd's dx and dW (the softmax gradient included)."""
+    import torch
+    import torch.nn.functional as F
+
+    weight = torch.from_numpy(weights["tok"].copy()).requires_grad_(True)
+    tx = torch.from_numpy(x.copy()).requires_grad_(True)
+    ttargets = torch.from_numpy(targets).reshape(-1)
+
+    def forward():
+        logits = F.linear(tx, weight)                                   # (B, T, V)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ttargets)
+
+    loss = forward()
+    return forward, (lambda: torch.autograd.grad(loss, [tx, weight], retain_graph=True))
+
+
+def adamw_cases(config, *, seed: int = 0):
+    """({"numpy": fn, "torch": fn}, numpy params, torch params): one AdamW update over every parameter of a
+    model of `config` (124M at gpt2-small), as each train step runs it: npgpt.optim.AdamW, and
+    torch.optim.AdamW with torch's default implementation (on CPU torch picks neither foreach nor fused)
+    and the same param groups (weight decay on matrices only; the tied head counted once).
+
+    Both read the same fixed gradients (no copy: they are only read); each updates its own parameters.
+    """
+    import torch
+
+    from npgpt.model import init_params
+    from npgpt.optim import AdamW
+    from npgpt.params import unique_arrays
+
+    params = init_params(config, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    unique = dict(unique_arrays(params))                                # the tied head once, as both optimizers see it
+    grads = {name: rng.standard_normal(p.shape, dtype=np.float32) * np.float32(1e-3) for name, p in unique.items()}
+    numpy_optimizer = AdamW()
+    torch_params = {name: torch.nn.Parameter(torch.from_numpy(p.copy())) for name, p in unique.items()}
+    for name, p in torch_params.items():
+        p.grad = torch.from_numpy(grads[name])
+    groups = [{"params": [p for p in torch_params.values() if p.ndim >= 2], "weight_decay": 0.1},
+              {"params": [p for p in torch_params.values() if p.ndim < 2], "weight_decay": 0.0}]
+    torch_optimizer = torch.optim.AdamW(groups, lr=numpy_optimizer.lr, betas=numpy_optimizer.betas,
+                                        eps=numpy_optimizer.eps)
+    fns = {"numpy": lambda: numpy_optimizer.step(unique, grads), "torch": torch_optimizer.step}
+    return fns, unique, torch_params
 
 
 # --- whole models ---------------------------------------------------------------------------------

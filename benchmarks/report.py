@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 BACKEND_LABELS = {"numpy": "numpy", "torch": "torch eager", "torch_sdpa": "torch sdpa", "hf": "hf transformers"}
+DIRECTION_LABELS = {"forward": "fwd", "backward": "bwd"}
 
 
 def fmt_seconds(seconds: float) -> str:
@@ -48,6 +49,12 @@ def header(result: dict) -> list[str]:
     lines = ["# gpt2 bench", ""]
     if settings.get("quick"):
         lines += ["**Quick run (--quick): tiny sizes and few repeats; these numbers are not claims.**", ""]
+    if not result.get("complete", True):
+        failed = result.get("failed_section")
+        stopped = (f"stopped in {failed['section']} ({failed['error']})" if failed
+                   else "the run is still going (this file is rewritten after every section)")
+        lines += [f"**Partial results: sections done: {', '.join(result.get('sections_done', [])) or 'none'}; "
+                  f"{stopped}.**", ""]
     if result.get("command"):
         lines += [f"Command: `{result['command']}`", ""]
     load_start, load_end = machine.get("load_average_start"), machine.get("load_average_end")
@@ -71,14 +78,22 @@ def header(result: dict) -> list[str]:
     return lines
 
 
+def _measured_cell(target: dict) -> str:
+    value = target["measured"]
+    if value is None:
+        return f"not measured: {target.get('note', '')}"
+    return f"{value:.1f}" if "tokens/s" in target["target"] else f"{value:.2f}"
+
+
 def targets_table(result: dict) -> list[str]:
     if not result.get("targets"):
         return []
-    lines = ["## Targets", "", "| target | limit | measured | met | on the stated shape (124M, B=4, T=256) |",
-             "| --- | --- | ---: | --- | --- |"]
+    lines = ["## Targets", "", "| target | issue | limit | measured | met | stated on | on the stated shape |",
+             "| --- | --- | --- | ---: | --- | --- | --- |"]
     for t in result["targets"]:
-        lines.append(f"| {t['target']} | {t['limit']} | {t['measured']:.2f} | {'yes' if t['met'] else 'NO'} | "
-                     f"{'yes' if t['headline_shape'] else 'no'} |")
+        met = "-" if t["met"] is None else ("yes" if t["met"] else "NO")
+        lines.append(f"| {t['target']} | {t['issue']} | {t['limit']} | {_measured_cell(t)} | {met} | "
+                     f"{t['stated_shape']} | {'yes' if t['headline_shape'] else 'no'} |")
     return lines + [""]
 
 
@@ -136,12 +151,69 @@ def component_sweep_table(rows: list[dict]) -> list[str]:
              "| component | direction | " + " | ".join(f"T={t}" for t in t_values) + " |",
              "| --- | --- | " + " | ".join("---:" for _ in t_values) + " |"]
     by_key = {(r["component"], r["direction"], r["seq_len"]): r for r in rows}
-    for component, direction in dict.fromkeys((r["component"], r["direction"]) for r in rows):
+    swept = [(c, d) for c, d in dict.fromkeys((r["component"], r["direction"]) for r in rows)
+             if sum((c, d, t) in by_key for t in t_values) >= 2]     # the step components run at one T only
+    for component, direction in swept:
         cells = []
         for t in t_values:
             row = by_key.get((component, direction, t))
             cells.append("-" if row is None else f"{fmt_seconds(row['stats']['numpy']['median'])} ({ratio(row)})")
         lines.append(f"| {component} | {direction} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+# (part, component, multiplier of its forward + backward time): a train step of L blocks, read off the components
+def _step_parts(n_layers: int):
+    return [("embedding", "embedding", 1), (f"block x {n_layers}", "block", n_layers),
+            ("final layernorm", "layernorm", 1), ("head + cross-entropy", "head_ce", 1), ("AdamW update", "adamw", 1)]
+
+
+def _component_seconds(rows: list[dict], backend: str) -> float | None:
+    """Sum over directions of the backend's median; torch_sdpa falls back to torch where SDPA changes nothing."""
+    total = 0.0
+    for row in rows:
+        stats = row["stats"].get(backend) or (row["stats"].get("torch") if backend == "torch_sdpa" else None)
+        if stats is None:
+            return None
+        total += stats["median"]
+    return total
+
+
+def step_accounting_table(result: dict) -> list[str]:
+    """The train step of --model rebuilt from the components at --seq-len, beside the measured one: how much
+    of the step each part is, and what the components do not explain (the rest: dropout, reshapes, Python)."""
+    settings, model_config = result["settings"], result.get("model_config")
+    B, T = settings["batch_size"], settings["seq_len"]
+    step = next((r for r in result.get("models", []) if r["task"] == "train_step" and r["size"] == settings["model"]
+                 and (r["batch_size"], r["seq_len"]) == (B, T)), None)
+    components = [r for r in result.get("components", []) if r["seq_len"] == T and r["batch_size"] == B]
+    if model_config is None or step is None:
+        return []
+    parts = _step_parts(model_config["n_layers"])
+    by_component = {name: [r for r in components if r["component"] == name] for _, name, _ in parts}
+    if not all(by_component.values()):
+        return []
+    backends = [b for b in ("numpy", "torch", "torch_sdpa") if b in step["stats"]]
+    lines = [f"## Train step by component ({settings['model']}, B={B}, T={T})", "",
+             f"Components' forward + backward medians (AdamW: one update) times their count, beside the measured "
+             f"train step. Components run without dropout, the train step with drop_rate {model_config['drop_rate']}"
+             f" (as --drop-rate or the preset says). NumPy's head_ce forward already holds the softmax gradient "
+             f"(its fused loss); torch computes it in the backward, so the part is compared whole.", "",
+             "| part | " + " | ".join(BACKEND_LABELS[b] for b in backends) + " | numpy/torch |",
+             "| --- | " + " | ".join("---:" for _ in backends) + " | ---: |"]
+    sums = dict.fromkeys(backends, 0.0)
+    for label, name, count in parts:
+        seconds = {b: _component_seconds(by_component[name], b) for b in backends}
+        for b in backends:
+            sums[b] += count * (seconds[b] or 0.0)
+        cells = ["-" if seconds[b] is None else fmt_seconds(count * seconds[b]) for b in backends]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {seconds['numpy'] / seconds['torch']:.2f} |")
+    measured = {b: step["stats"][b]["median"] for b in backends}
+    lines.append("| **sum of the parts** | " + " | ".join(fmt_seconds(sums[b]) for b in backends)
+                 + f" | {sums['numpy'] / sums['torch']:.2f} |")
+    lines.append("| **train step (measured)** | " + " | ".join(fmt_seconds(measured[b]) for b in backends)
+                 + f" | {ratio(step)} |")
+    lines.append("| parts / measured | " + " | ".join(f"{sums[b] / measured[b]:.0%}" for b in backends) + " | |")
     return lines + [""]
 
 
@@ -153,6 +225,7 @@ def markdown(result: dict) -> str:
     lines += model_table(result.get("models", []),
                          f"Model forward and train step (B={settings['batch_size']}, T={settings['seq_len']})")
     lines += component_table(result.get("components", []), settings["seq_len"])
+    lines += step_accounting_table(result)
     lines += model_table(result.get("sweep_t", []),
                          f"{settings['model']} over T (B={settings['sweep_t_batch_size']})")
     lines += component_sweep_table(result.get("components", []))
@@ -197,7 +270,7 @@ def plots(result: dict, out: Path) -> list[Path]:
     headline = [r for r in components if r["seq_len"] == seq_len]
     categories, numpy_vs_torch, numpy_vs_sdpa = [], [], []
     for row in headline:
-        categories.append(f"{row['component']} {'fwd' if row['direction'] == 'forward' else 'bwd'}")
+        categories.append(f"{row['component']} {DIRECTION_LABELS.get(row['direction'], row['direction'])}")
         numpy_vs_torch.append(row["ratio_vs_torch"].get("numpy"))
         numpy_vs_sdpa.append(_ratio_to(row, "torch_sdpa") if "torch_sdpa" in row["times_s"] else None)
     size = result["settings"]["model"]

@@ -2,21 +2,25 @@
 transformers, per component and end to end, with sweeps over T and model size.
 
     gpt2 bench                      # the full run (~10-20 minutes on 2 quiet cores), results in bench_results/
-    gpt2 bench --quick              # a smoke run in under a minute (tiny sizes; its numbers are not claims)
+    gpt2 bench --quick              # a smoke run in under a minute (tiny sizes, no transformers; not claims)
+    gpt2 bench --quick --hf         # the same with the Hugging Face columns
     gpt2 bench --sections models decode --repeats 7 --threads 2 --out bench_results/run2
     python -m benchmarks.suite ...  # the same without the CLI
 
 Sections (all by default):
     components   forward and backward of layernorm, gelu, softmax, attention, feedforward, block at
-                 the width of --model, batch --batch-size, for every T of --t-values (the table shows T = --seq-len)
+                 the width of --model, batch --batch-size, for every T of --t-values (the table shows T = --seq-len);
+                 then at T = --seq-len the rest of a train step: embedding, head_ce (output head + cross-entropy
+                 at the full vocabulary) and adamw (one update of every parameter of --model)
     models       model forward and train step (forward + backward + AdamW) at --batch-size x --seq-len for
                  every size of the size ladder up to --model, with achieved model FLOP/s (benchmarks.cases.model_flops)
     sweep_t      --model's forward and train step at batch 1 for every T of --t-values
     decode       batch-1 greedy decoding with KV caches, tokens/s (benchmarks.bench_decode)
 
 Outputs in --out: bench.json (everything, including every repeat's time), bench.md (the tables printed on
-stdout), time_vs_T.png, ratio_per_component.png, time_vs_size.png. Method: benchmarks/harness.py and
-docs/benchmarks.md.
+stdout), both rewritten after every section (a crash or Ctrl-C keeps what was measured), and at the end
+time_vs_T.png, ratio_per_component.png, time_vs_size.png. Every setting is checked before any work starts.
+Method: benchmarks/harness.py and docs/benchmarks.md.
 """
 from __future__ import annotations
 
@@ -32,14 +36,21 @@ from benchmarks.cases import size_config
 
 DEFAULT_OUT = Path("bench_results")
 
-# Targets of the benchmarks issue, checked on the headline shape (GPT-2 124M, B=4, T=256) when it is run.
-TARGETS = {
-    "train_step numpy/torch time": 1.0,          # <=
-    "forward numpy/torch time": 0.9,             # <=
-    "decode numpy speed-up over hf": 1.4,        # >=
-    "train_step model FLOP/s / numpy GEMM FLOP/s": 0.65,   # >=
-}
-HEADLINE = {"model": "gpt2-small", "batch_size": 4, "seq_len": 256}
+# The targets of issue 7 (benchmarks) and issue 6 (generation speed) on a 2-core machine, each stated for
+# one shape; check_targets() measures them on whatever shape was run and says whether it is that one.
+HEADLINE_MODELS = ("gpt2-small", "124M")
+HEADLINE = {"batch_size": 4, "seq_len": 256}                      # the model targets' B and T
+HEADLINE_DECODE = {"decode_prompt_tokens": 32, "decode_new_tokens": 100}
+TRAIN_SHAPE = "GPT-2 124M, B=4, T=256"
+DECODE_SHAPE = "GPT-2 124M, batch 1, 100 new tokens after 32"
+TARGETS = (  # name, operator, limit, issue, the shape it is stated on
+    ("train_step numpy/torch time", "<=", 1.0, "7", TRAIN_SHAPE),
+    ("forward numpy/torch time", "<=", 0.9, "7", TRAIN_SHAPE),
+    ("train_step model FLOP/s / numpy GEMM FLOP/s", ">=", 0.65, "7", TRAIN_SHAPE),
+    ("decode numpy tokens/s", ">=", 40.0, "6", DECODE_SHAPE),
+    ("decode numpy speed-up over hf", ">=", 1.4, "6, 7", DECODE_SHAPE),
+    ("decode torchgpt speed-up over hf", ">=", 1.0, "6", DECODE_SHAPE),
+)
 
 
 @dataclass
@@ -64,32 +75,65 @@ class BenchSettings:
 
     @classmethod
     def quick_settings(cls, **overrides) -> "BenchSettings":
-        """Tiny sizes and few repeats: the whole thing in well under a minute (numbers are not claims)."""
-        values = dict(repeats=3, model="tiny", batch_size=2, seq_len=32, t_values=(16, 32, 64),
-                      sizes=("tiny", "C128-L2"), decode_prompt_tokens=8, decode_new_tokens=8, gemm_n=512, min_time=0.005,
-                      quick=True)
+        """Tiny sizes, two T values, few repeats and no Hugging Face (importing transformers alone takes
+        5-12 s on 2 cores; `--quick --hf` brings it back): well under a minute (numbers are not claims)."""
+        values = dict(repeats=3, model="tiny", batch_size=2, seq_len=32, t_values=(16, 32),
+                      sizes=("tiny", "C32-L1"), use_hf=False, decode_prompt_tokens=8, decode_new_tokens=8,
+                      gemm_n=512, min_time=0.005, quick=True)
         values.update(overrides)
         return cls(**values)
+
+
+SECTIONS = ("components", "models", "sweep_t", "decode")
+
+
+def validate(settings: BenchSettings) -> None:
+    """ValueError (one line naming the setting) for anything that would otherwise fail minutes into a run."""
+    unknown = set(settings.sections) - set(SECTIONS)
+    if unknown:
+        raise ValueError(f"unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
+    if settings.threads < 1 or settings.repeats < 1:
+        raise ValueError("--threads and --repeats must be at least 1")
+    positive = {"--batch-size": settings.batch_size, "--seq-len": settings.seq_len,
+                "--t-values": min(settings.t_values, default=0), "decode prompt tokens": settings.decode_prompt_tokens,
+                "decode new tokens": settings.decode_new_tokens, "GEMM size": settings.gemm_n}
+    for name, value in positive.items():
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    if settings.warmup < 0:
+        raise ValueError(f"warm-up runs must be 0 or more, got {settings.warmup}")
+    for name in list(settings.sizes) + [settings.model]:
+        size_config(name, settings.drop_rate)        # bad names and drop rates fail now, not after minutes of work
 
 
 def _free_memory():
     gc.collect()
 
 
+def _component_rows(component, config, batch_size, seq_len, settings, log) -> list[dict]:
+    """Every direction of one component at one shape, measured with the interleaved repeats."""
+    fns = cases.component_cases(component, config, batch_size, seq_len)
+    rows = []
+    for direction, backends in fns.items():
+        result = harness.measure(backends, repeats=settings.repeats, warmup=settings.warmup, min_time=settings.min_time)
+        rows.append({"component": component, "direction": direction, "batch_size": batch_size, "seq_len": seq_len,
+                     "emb_dim": config.emb_dim, "n_heads": config.n_heads} | result)
+        log(f"component {component:11s} {direction:8s} T={seq_len:<5d} " + report.brief(result))
+    del fns
+    _free_memory()
+    return rows
+
+
 def run_components(settings: BenchSettings, log) -> list[dict]:
+    """The block's components at every T of --t-values, then the rest of a train step (embedding, head +
+    cross-entropy, AdamW) at --seq-len only, so the table at --seq-len adds up to the train step."""
     config = size_config(settings.model, 0.0)
     rows = []
     for seq_len in settings.t_values:
         for component in cases.COMPONENTS:
-            fns = cases.component_cases(component, config, settings.batch_size, seq_len)
-            for direction in ("forward", "backward"):
-                result = harness.measure(fns[direction], repeats=settings.repeats, warmup=settings.warmup,
-                                         min_time=settings.min_time)
-                rows.append({"component": component, "direction": direction, "batch_size": settings.batch_size,
-                             "seq_len": seq_len, "emb_dim": config.emb_dim, "n_heads": config.n_heads} | result)
-                log(f"component {component:11s} {direction:8s} T={seq_len:<5d} " + report.brief(result))
-            del fns
-            _free_memory()
+            rows += _component_rows(component, config, settings.batch_size, seq_len, settings, log)
+    for component in cases.STEP_COMPONENTS:
+        rows += _component_rows(component, config, settings.batch_size, settings.seq_len, settings, log)
     return rows
 
 
@@ -141,32 +185,55 @@ def run_decode(settings: BenchSettings, log) -> dict:
     return result
 
 
-def check_targets(result: dict, settings: BenchSettings) -> list[dict]:
-    """The issue's targets on the headline shape, with the measured value and whether it is met."""
-    headline = (settings.model, settings.batch_size, settings.seq_len) == tuple(HEADLINE.values())
-    checks = []
+def _model_target_values(result: dict, settings: BenchSettings) -> dict:
+    """The model targets' measured values: --model at --batch-size x --seq-len in the models section."""
+    values = {}
     for row in result.get("models", []):
-        if row["size"] != settings.model or row["batch_size"] != settings.batch_size or row["seq_len"] != settings.seq_len:
+        if (row["size"], row["batch_size"], row["seq_len"]) != (settings.model, settings.batch_size, settings.seq_len):
             continue
-        ratio = row["ratio_vs_torch"]["numpy"]
         if row["task"] == "train_step":
-            checks.append({"target": "train_step numpy/torch time", "limit": "<= 1.0", "measured": ratio,
-                           "met": ratio <= TARGETS["train_step numpy/torch time"]})
-            if "numpy_fraction_of_numpy_gemm" in row:
-                fraction = row["numpy_fraction_of_numpy_gemm"]
-                checks.append({"target": "train_step model FLOP/s / numpy GEMM FLOP/s", "limit": ">= 0.65",
-                               "measured": fraction,
-                               "met": fraction >= TARGETS["train_step model FLOP/s / numpy GEMM FLOP/s"]})
+            values["train_step numpy/torch time"] = row["ratio_vs_torch"]["numpy"]
+            values["train_step model FLOP/s / numpy GEMM FLOP/s"] = row.get("numpy_fraction_of_numpy_gemm")
         else:
-            checks.append({"target": "forward numpy/torch time", "limit": "<= 0.9", "measured": ratio,
-                           "met": ratio <= TARGETS["forward numpy/torch time"]})
-    decode = result.get("decode")
-    if decode and "median_speedup_vs_hf" in decode:
-        speedup = decode["median_speedup_vs_hf"]["numpy"]
-        checks.append({"target": "decode numpy speed-up over hf", "limit": ">= 1.4", "measured": speedup,
-                       "met": speedup >= TARGETS["decode numpy speed-up over hf"]})
-    for check in checks:
-        check["headline_shape"] = headline      # the targets are stated for GPT-2 124M, B=4, T=256
+            values["forward numpy/torch time"] = row["ratio_vs_torch"]["numpy"]
+    return values
+
+
+def _decode_target_values(result: dict) -> dict:
+    decode = result.get("decode") or {}
+    values = {"decode numpy tokens/s": decode.get("median_tokens_per_s", {}).get("numpy")}
+    speedups = decode.get("median_speedup_vs_hf", {})
+    values["decode numpy speed-up over hf"] = speedups.get("numpy")
+    values["decode torchgpt speed-up over hf"] = speedups.get("torchgpt")
+    return values
+
+
+def _not_measured_reason(name: str, result: dict) -> str:
+    section = "decode" if name.startswith("decode") else "models"
+    if section not in result:
+        return f"{section} section not run"
+    if "hf" in name:
+        return "hf not run (--hf; needs pip install -e .[bench])"
+    return "not measured"
+
+
+def check_targets(result: dict, settings: BenchSettings) -> list[dict]:
+    """Every target of issues 6 and 7: limit, measured value (None when its section or hf did not run),
+    met (None when not measured), the shape it is stated on and whether this run used that shape."""
+    values = _model_target_values(result, settings) | _decode_target_values(result)
+    on_model = settings.model in HEADLINE_MODELS
+    on_shape = {TRAIN_SHAPE: on_model and (settings.batch_size, settings.seq_len) == tuple(HEADLINE.values()),
+                DECODE_SHAPE: on_model and (settings.decode_prompt_tokens, settings.decode_new_tokens)
+                == tuple(HEADLINE_DECODE.values())}
+    checks = []
+    for name, op, limit, issue, shape in TARGETS:
+        measured = values.get(name)
+        met = None if measured is None else (measured <= limit if op == "<=" else measured >= limit)
+        check = {"target": name, "issue": issue, "limit": f"{op} {limit:g}", "measured": measured, "met": met,
+                 "stated_shape": shape, "headline_shape": on_shape[shape]}
+        if measured is None:
+            check["note"] = _not_measured_reason(name, result)
+        checks.append(check)
     return checks
 
 
@@ -179,55 +246,70 @@ def command_line(settings: BenchSettings, out: Path) -> str:
         "--sections " + " ".join(settings.sections)]
     if settings.drop_rate is not None:
         parts.append(f"--drop-rate {settings.drop_rate}")
-    if not settings.use_hf:
-        parts.append("--no-hf")
+    if settings.use_hf != (not settings.quick):      # only where it differs from the mode's default
+        parts.append("--hf" if settings.use_hf else "--no-hf")
     return " ".join(parts + [f"--out {out}"])
+
+
+def write_results(result: dict, settings: BenchSettings, out: Path) -> str:
+    """bench.json and bench.md from what is measured so far (targets included); returns the markdown."""
+    from npgpt.fileio import atomic_write_json, atomic_write_text
+
+    result["targets"] = check_targets(result, settings)
+    result["seconds"] = round(time.time() - result["started"], 1)
+    markdown = report.markdown(result)
+    atomic_write_json(out / "bench.json", result)
+    atomic_write_text(out / "bench.md", markdown + "\n")
+    return markdown
+
+
+def run_sections(settings: BenchSettings, result: dict, out: Path, log) -> None:
+    """Runs the selected sections in order, writing the results after each one: a crash or Ctrl-C in a
+    late section (decode comes last) keeps everything measured before it, and says where it stopped."""
+    numpy_gemm = result["gemm_gflops"]["numpy"]["median"]
+    sections = {"components": lambda: run_components(settings, log),
+                "models": lambda: run_models(settings, log, numpy_gemm),
+                "sweep_t": lambda: run_sweep_t(settings, log, numpy_gemm),
+                "decode": lambda: run_decode(settings, log)}
+    for name in (name for name in SECTIONS if name in settings.sections):
+        section_start = time.time()
+        try:
+            result[name] = sections[name]()
+        except BaseException as error:                # KeyboardInterrupt too: save, then stop as asked
+            result["failed_section"] = {"section": name, "error": f"{type(error).__name__}: {error}"}
+            write_results(result, settings, out)
+            log(f"section {name} failed; the sections before it are in {out / 'bench.json'}")
+            raise
+        result["section_seconds"][name] = round(time.time() - section_start, 1)
+        result["sections_done"].append(name)
+        write_results(result, settings, out)
 
 
 def run(settings: BenchSettings, out: Path, *, log=print) -> dict:
     """Runs the selected sections, writes bench.json, bench.md and the plots into `out`, returns the result."""
-    from npgpt.fileio import atomic_write_json, atomic_write_text
     from npgpt.memory import keep_freed_memory
 
-    unknown = set(settings.sections) - {"components", "models", "sweep_t", "decode"}
-    if unknown:
-        raise ValueError(f"unknown sections {sorted(unknown)}; choose from components, models, sweep_t, decode")
-    if settings.threads < 1 or settings.repeats < 1:
-        raise ValueError("--threads and --repeats must be at least 1")
-    for name in list(settings.sizes) + [settings.model]:
-        size_config(name, settings.drop_rate)        # bad names fail now, not after minutes of work
+    validate(settings)
     if settings.use_hf and not cases.hf_available():
         log("transformers is not installed (pip install -e .[bench]): running without the hf column")
         settings.use_hf = False
-    started = time.time()
+    out = Path(out)
     # Process-wide and for every library alike: freed arrays are reused instead of mapped anew (npgpt.memory).
     malloc_reuse = keep_freed_memory()
     result: dict = {"command": command_line(settings, out), "settings": asdict(settings),
-                    "machine": harness.machine_info(settings.threads), "malloc_keeps_freed_memory": malloc_reuse}
+                    "machine": harness.machine_info(settings.threads), "malloc_keeps_freed_memory": malloc_reuse,
+                    "model_config": size_config(settings.model, settings.drop_rate).to_dict(),
+                    "started": time.time(), "complete": False, "sections_done": [], "section_seconds": {}}
     with harness.limited_threads(settings.threads):
         # torch's thread counts as the measurements see them (inside the limits), with its parallel backend
         result["machine"]["torch_parallel"] = harness.torch_parallel_info()
         result["gemm_gflops"] = harness.gemm_gflops(settings.gemm_n, max(3, settings.repeats))
-        numpy_gemm = result["gemm_gflops"]["numpy"]["median"]
-        log(f"GEMM {settings.gemm_n}^3: numpy {numpy_gemm:.1f} GFLOP/s, "
+        log(f"GEMM {settings.gemm_n}^3: numpy {result['gemm_gflops']['numpy']['median']:.1f} GFLOP/s, "
             f"torch {result['gemm_gflops']['torch']['median']:.1f} GFLOP/s ({settings.threads} threads)")
-        sections = {"components": lambda: run_components(settings, log),
-                    "models": lambda: run_models(settings, log, numpy_gemm),
-                    "sweep_t": lambda: run_sweep_t(settings, log, numpy_gemm),
-                    "decode": lambda: run_decode(settings, log)}
-        result["section_seconds"] = {}
-        for name, run_section in sections.items():
-            if name in settings.sections:
-                section_start = time.time()
-                result[name] = run_section()
-                result["section_seconds"][name] = round(time.time() - section_start, 1)
-    result["targets"] = check_targets(result, settings)
+        run_sections(settings, result, out, log)
     result["machine"]["load_average_end"] = harness.load_average()
-    result["seconds"] = round(time.time() - started, 1)
-    out = Path(out)
-    markdown = report.markdown(result)
-    atomic_write_json(out / "bench.json", result)
-    atomic_write_text(out / "bench.md", markdown + "\n")
+    result["complete"] = True
+    markdown = write_results(result, settings, out)
     result["plots"] = [str(path) for path in report.plots(result, out)]
     print(markdown)
     log(f"\nwrote {out / 'bench.json'}, {out / 'bench.md'} and {len(result['plots'])} plots")
@@ -236,21 +318,25 @@ def run(settings: BenchSettings, out: Path, *, log=print) -> dict:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = BenchSettings()
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, 3 repeats: a smoke run in under a minute "
-                                                             "(its numbers are not claims)")
-    parser.add_argument("--sections", nargs="+", choices=("components", "models", "sweep_t", "decode"),
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, T 16 and 32, 3 repeats, no Hugging Face: "
+                                                             "a smoke run in under a minute (its numbers are not claims)")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS,
                         help="what to run (default: all)")
     parser.add_argument("--threads", type=int, help=f"threads for every library (default: all usable CPUs, "
                                                      f"{defaults.threads} here)")
     parser.add_argument("--repeats", type=int, help="timed repeats per case (default 5; quick 3)")
-    parser.add_argument("--model", help="the largest size and the components' width (default gpt2-small)")
+    parser.add_argument("--model", help="the headline size: the components' width, the T sweep's and decode's "
+                                        "model, added to the size ladder (default gpt2-small; quick tiny)")
     parser.add_argument("--batch-size", type=int, help="B of the component and model sections (default 4)")
     parser.add_argument("--seq-len", type=int, help="T of the model section and the headline tables (default 256)")
     parser.add_argument("--t-values", type=int, nargs="+", help="the T sweep (default 64 128 256 512 1024)")
     parser.add_argument("--sizes", nargs="+", help="the size ladder: presets or C<width>-L<layers> "
                                                    "(default tiny C256-L4 C512-L8 gpt2-small)")
     parser.add_argument("--drop-rate", type=float, help="dropout of the train step (default: the preset's)")
-    parser.add_argument("--no-hf", action="store_true", help="leave out Hugging Face transformers")
+    hf = parser.add_mutually_exclusive_group()
+    hf.add_argument("--hf", action="store_true", help="include Hugging Face transformers (the default of a full "
+                                                     "run; --quick leaves it out unless given)")
+    hf.add_argument("--no-hf", action="store_true", help="leave out Hugging Face transformers")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT}/)")
 
 
@@ -262,8 +348,8 @@ def settings_from_args(args) -> BenchSettings:
         "sizes": tuple(args.sizes) if args.sizes else None,
         "sections": tuple(args.sections) if args.sections else None,
     }.items() if value is not None}
-    if args.no_hf:
-        overrides["use_hf"] = False
+    if args.hf or args.no_hf:
+        overrides["use_hf"] = bool(args.hf)
     settings = BenchSettings.quick_settings(**overrides) if args.quick else BenchSettings(**overrides)
     if settings.seq_len not in settings.t_values and "components" in settings.sections:
         settings.t_values = tuple(sorted(set(settings.t_values) | {settings.seq_len}))

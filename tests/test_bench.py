@@ -1,68 +1,136 @@
-"""`gpt2 bench`: a smoke run of --quick (a reduced one: one thread, two T values, no Hugging Face) checks
-the outputs; the FLOP formula and the statistics are checked against independent counts. No timing is
-asserted. The Hugging Face columns (optional `bench` extra; importing transformers alone takes ~5-12 s
-here) are checked by a test marked slow."""
+"""`gpt2 bench`: the real `gpt2 bench --quick` (as CI runs it) must finish in under a minute and write its
+JSON, markdown and plots; the FLOP formula, the statistics, the targets and the train-step accounting are
+checked against independent counts. No speed is asserted beyond quick's minute. The Hugging Face columns
+(optional `bench` extra; importing transformers alone takes ~5-12 s here, so --quick leaves them out unless
+--hf) are checked by a test marked slow."""
 import json
+import sys
+import time
 
 import numpy as np
 import pytest
 
-from benchmarks import cases, harness
+from benchmarks import cases, harness, report, suite
 from gpt2cli.main import main
 from npgpt.config import GPTConfig, get_config
 from npgpt.model import init_params
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+QUICK_LIMIT_S = 60          # issue 7: "--quick runs in under a minute for CI smoke-testing"
 
 
-def test_quick_bench_writes_json_markdown_and_plots(tmp_path, capsys):
+def test_quick_bench_runs_in_under_a_minute_and_writes_json_markdown_and_plots(tmp_path, capsys):
     out = tmp_path / "bench"
-    code = main(["bench", "--quick", "--threads", "1", "--repeats", "2", "--t-values", "16", "32",
-                 "--sizes", "tiny", "C64-L1", "--no-hf", "--out", str(out)])
+    transformers_loaded_before = "transformers" in sys.modules
+    busy = _machine_is_oversubscribed()
+    start = time.perf_counter()
+    code = main(["bench", "--quick", "--out", str(out)])
+    seconds = time.perf_counter() - start
     assert code == 0
+    # ~15-20 s on 2 idle cores. With other jobs holding the cores every 2-thread op waits for its second
+    # thread to be scheduled (runs of 35-65 s were seen at load 3-5 on 2 cores): time it only when idle enough.
+    if not busy:
+        assert seconds < QUICK_LIMIT_S, f"gpt2 bench --quick took {seconds:.0f} s (limit {QUICK_LIMIT_S} s)"
+    if not transformers_loaded_before:
+        assert "transformers" not in sys.modules, "--quick without --hf imported transformers"
     result = json.loads((out / "bench.json").read_text())
     for key in ("command", "settings", "machine", "gemm_gflops", "components", "models", "sweep_t", "decode",
-                "targets", "seconds"):
+                "targets", "seconds", "model_config"):
         assert key in result, key
-    assert result["settings"]["quick"] is True and result["settings"]["threads"] == 1
+    assert result["complete"] is True and result["sections_done"] == list(suite.SECTIONS)
+    assert result["settings"]["quick"] is True and result["settings"]["use_hf"] is False
     assert result["machine"]["thread_pools"] and result["machine"]["cpu"]
-    assert {"numpy", "torch"} <= set(result["gemm_gflops"])
-    assert result["gemm_gflops"]["numpy"]["median"] > 0
+    assert result["machine"]["torch_blas"] != "unknown"
+    assert {"numpy", "torch"} <= set(result["gemm_gflops"]) and result["gemm_gflops"]["numpy"]["median"] > 0
 
-    components = result["components"]
-    seen = {(row["component"], row["direction"], row["seq_len"]) for row in components}
-    assert seen == {(c, d, t) for c in cases.COMPONENTS for d in ("forward", "backward") for t in (16, 32)}
-    for row in components:
+    t_values, seq_len = result["settings"]["t_values"], result["settings"]["seq_len"]
+    assert len(t_values) >= 2 and seq_len in t_values
+    seen = {(row["component"], row["direction"], row["seq_len"]) for row in result["components"]}
+    assert seen == ({(c, d, t) for c in cases.COMPONENTS for d in ("forward", "backward") for t in t_values}
+                    | {(c, d, seq_len) for c in ("embedding", "head_ce") for d in ("forward", "backward")}
+                    | {("adamw", "update", seq_len)})
+    for row in result["components"]:
         expected = {"numpy", "torch"} | ({"torch_sdpa"} if row["component"] in cases.ATTENTION_COMPONENTS else set())
         assert set(row["times_s"]) == expected
-        assert all(len(times) == 2 and min(times) > 0 for times in row["times_s"].values())
-        assert set(row["ratio_vs_torch"]) == expected - {"torch"}
+        assert all(len(times) == 3 and min(times) > 0 for times in row["times_s"].values())
 
-    models = result["models"]
-    assert {(row["size"], row["task"]) for row in models} == {(s, t) for s in ("tiny", "C64-L1")
-                                                              for t in ("forward", "train_step")}
-    for row in models:
+    sizes = result["settings"]["sizes"]
+    assert {(row["size"], row["task"]) for row in result["models"]} == {(s, t) for s in sizes
+                                                                        for t in ("forward", "train_step")}
+    for row in result["models"]:
         assert row["model_gflop"] > 0 and row["achieved_gflops"]["numpy"] > 0
-        assert {"numpy", "torch", "torch_sdpa"} <= set(row["stats"])
+        assert set(row["stats"]) == {"numpy", "torch", "torch_sdpa"}        # no hf without --hf
         assert row["numpy_fraction_of_numpy_gemm"] > 0
-    assert {row["seq_len"] for row in result["sweep_t"]} == {16, 32}
-    assert result["decode"]["new_tokens"] == 8 and result["decode"]["same_tokens_as_numpy"]["torchgpt"]
-    assert all("hf" not in row["stats"] for row in models)
-    assert {t["target"] for t in result["targets"]} >= {"train_step numpy/torch time", "forward numpy/torch time"}
-    assert not any(t["headline_shape"] for t in result["targets"])     # tiny is not the stated shape
+    assert {row["seq_len"] for row in result["sweep_t"]} == set(t_values)
+    decode = result["decode"]
+    assert set(decode["median_tokens_per_s"]) == {"numpy", "torchgpt", "torchgpt_eager"}
+    assert all(decode["same_tokens_as_numpy"].values())
+    targets = {t["target"]: t for t in result["targets"]}
+    assert set(targets) == {name for name, *_ in suite.TARGETS}
+    assert targets["decode numpy tokens/s"]["measured"] > 0
+    assert targets["decode numpy speed-up over hf"]["measured"] is None      # hf not run
+    assert not any(t["headline_shape"] for t in targets.values())           # tiny is not the stated shape
 
     markdown = (out / "bench.md").read_text()
     printed = capsys.readouterr().out
-    assert "| component | direction |" in markdown and "## Targets" in markdown and "not claims" in markdown
+    for heading in ("## Targets", "## Components", "## Train step by component", "## Decode (KV cache)"):
+        assert heading in markdown, heading
+    assert "not claims" in markdown and "Partial" not in markdown and "(BLAS: unknown)" not in markdown
     assert markdown.strip() in printed
     for name in ("time_vs_T.png", "ratio_per_component.png", "time_vs_size.png"):
         assert (out / name).read_bytes()[:8] == PNG_SIGNATURE, name
 
 
+def _machine_is_oversubscribed() -> bool:
+    """Other processes already want every core (1-minute load average at or above the usable CPUs)."""
+    load = harness.load_average()
+    return load is not None and load[0] >= harness.usable_cpus()
+
+
+def test_quick_leaves_hugging_face_out_unless_asked():
+    parser = _bench_parser()
+    assert suite.settings_from_args(parser.parse_args(["--quick"])).use_hf is False
+    quick_hf = suite.settings_from_args(parser.parse_args(["--quick", "--hf"]))
+    assert quick_hf.use_hf is True and "--hf" in suite.command_line(quick_hf, "out")
+    assert suite.settings_from_args(parser.parse_args([])).use_hf is True
+    full_no_hf = suite.settings_from_args(parser.parse_args(["--no-hf"]))
+    assert full_no_hf.use_hf is False and "--no-hf" in suite.command_line(full_no_hf, "out")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--hf", "--no-hf"])
+
+
+def _bench_parser():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    suite.add_arguments(parser)
+    return parser
+
+
+def test_a_failing_section_leaves_the_earlier_sections_on_disk(tmp_path, monkeypatch):
+    """Results are written after every section: a crash in decode (the last) keeps the models measured."""
+    def broken_decode(settings, log):
+        raise RuntimeError("decode broke")
+
+    monkeypatch.setattr(suite, "run_decode", broken_decode)
+    settings = suite.BenchSettings.quick_settings(threads=1, repeats=1, sizes=("tiny",), sections=("models", "decode"))
+    with pytest.raises(RuntimeError, match="decode broke"):
+        suite.run(settings, tmp_path, log=lambda message: None)
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert result["sections_done"] == ["models"] and result["complete"] is False
+    assert {row["task"] for row in result["models"]} == {"forward", "train_step"}
+    assert result["failed_section"] == {"section": "decode", "error": "RuntimeError: decode broke"}
+    assert "Partial results: sections done: models; stopped in decode" in (tmp_path / "bench.md").read_text()
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--sizes", "C12x"], "C256-L4"),
     (["--sizes", "gpt5"], "unknown model preset"),
+    (["--model", "C12x"], "C256-L4"),
     (["--threads", "0"], "at least 1"),
+    (["--t-values", "16", "0"], "--t-values must be at least 1"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--drop-rate", "1.5"], "drop_rate"),
 ])
 def test_bench_rejects_bad_settings_in_one_line(tmp_path, capsys, argv, message):
     code = main(["bench", "--quick", "--sections", "components", "--out", str(tmp_path)] + argv)
@@ -175,14 +243,96 @@ def test_decode_stretches_a_small_context_to_hold_prompt_and_new_tokens():
         decode_config("C12x", 4, 4)
 
 
+def test_step_components_compute_the_same_thing_in_both_backends():
+    """embedding and head_ce: the same outputs and gradients; adamw: the same parameters after one update."""
+    config = get_config("tiny")
+    for component in ("embedding", "head_ce"):
+        fns = cases.component_cases(component, config, 2, 8, seed=3)
+        numpy_out, torch_out = fns["forward"]["numpy"]()[0], fns["forward"]["torch"]()
+        np.testing.assert_allclose(numpy_out, torch_out.detach().numpy(), rtol=1e-5, atol=1e-6, err_msg=component)
+        numpy_grads, torch_grads = fns["backward"]["numpy"](), fns["backward"]["torch"]()   # numpy's first call
+        for numpy_grad, torch_grad in zip(numpy_grads, torch_grads, strict=True):
+            np.testing.assert_allclose(numpy_grad, torch_grad.numpy(), rtol=1e-4, atol=1e-6, err_msg=component)
+    fns, numpy_params, torch_params = cases.adamw_cases(config)
+    assert set(fns) == {"numpy", "torch"} and "out_head.weight" not in numpy_params     # the tied head once
+    before = {name: p.copy() for name, p in numpy_params.items()}
+    fns["numpy"]()
+    fns["torch"]()
+    for name, p in numpy_params.items():
+        assert not np.array_equal(p, before[name]), name
+        np.testing.assert_allclose(p, torch_params[name].detach().numpy(), rtol=1e-6, atol=1e-7, err_msg=name)
+
+
+def _model_row(task, ratio, fraction=None, size="gpt2-small", batch_size=4, seq_len=256):
+    row = {"size": size, "task": task, "batch_size": batch_size, "seq_len": seq_len, "ratio_vs_torch": {"numpy": ratio}}
+    return row | ({"numpy_fraction_of_numpy_gemm": fraction} if fraction is not None else {})
+
+
+def test_targets_cover_both_issues_with_their_stated_shapes():
+    settings = suite.BenchSettings()                           # the stated shapes: 124M, B=4, T=256; 32 + 100
+    result = {"models": [_model_row("forward", 0.95), _model_row("train_step", 0.8, 0.7)],
+              "decode": {"median_tokens_per_s": {"numpy": 35.0, "torchgpt": 30.0, "hf": 25.0},
+                         "median_speedup_vs_hf": {"numpy": 1.4, "torchgpt": 0.9, "hf": 1.0}}}
+    targets = {t["target"]: t for t in suite.check_targets(result, settings)}
+    expected = {"train_step numpy/torch time": (0.8, True), "forward numpy/torch time": (0.95, False),
+                "train_step model FLOP/s / numpy GEMM FLOP/s": (0.7, True), "decode numpy tokens/s": (35.0, False),
+                "decode numpy speed-up over hf": (1.4, True), "decode torchgpt speed-up over hf": (0.9, False)}
+    assert {name: (t["measured"], t["met"]) for name, t in targets.items()} == expected
+    assert all(t["headline_shape"] for t in targets.values())
+    assert targets["decode numpy tokens/s"]["limit"] == ">= 40" and targets["decode numpy tokens/s"]["issue"] == "6"
+
+    # another shape: measured but not on the stated shape; hf and the models section not run: not measured
+    settings = suite.BenchSettings(seq_len=128, decode_new_tokens=20)
+    result = {"decode": {"median_tokens_per_s": {"numpy": 50.0, "torchgpt": 45.0}}}
+    targets = {t["target"]: t for t in suite.check_targets(result, settings)}
+    assert not any(t["headline_shape"] for t in targets.values())
+    assert targets["decode numpy tokens/s"]["met"] is True
+    assert targets["decode torchgpt speed-up over hf"]["met"] is None
+    assert "hf not run" in targets["decode torchgpt speed-up over hf"]["note"]
+    assert targets["forward numpy/torch time"]["note"] == "models section not run"
+    table = "\n".join(report.targets_table({"targets": list(targets.values())}))
+    assert "| decode numpy tokens/s | 6 | >= 40 | 50.0 | yes |" in table and "not measured: models section" in table
+
+
+def _component_row(component, direction, numpy_s, torch_s, sdpa_s=None):
+    stats = {"numpy": {"median": numpy_s}, "torch": {"median": torch_s}}
+    stats |= {"torch_sdpa": {"median": sdpa_s}} if sdpa_s is not None else {}
+    return {"component": component, "direction": direction, "batch_size": 4, "seq_len": 256, "stats": stats}
+
+
+def test_train_step_accounting_adds_the_components_up():
+    """L blocks count L times, the others once; torch_sdpa reuses torch's time where SDPA changes nothing."""
+    components = [_component_row("embedding", "forward", 0.01, 0.02), _component_row("embedding", "backward", 0.01, 0.02),
+                  _component_row("block", "forward", 0.1, 0.2, 0.15), _component_row("block", "backward", 0.2, 0.4, 0.3),
+                  _component_row("layernorm", "forward", 0.001, 0.001),
+                  _component_row("layernorm", "backward", 0.001, 0.001),
+                  _component_row("head_ce", "forward", 0.3, 0.2), _component_row("head_ce", "backward", 0.5, 0.6),
+                  _component_row("adamw", "update", 0.2, 0.3)]
+    step = _model_row("train_step", 0.5) | {"stats": {"numpy": {"median": 2.5}, "torch": {"median": 5.0},
+                                                       "torch_sdpa": {"median": 4.0}}}
+    result = {"settings": {"model": "gpt2-small", "batch_size": 4, "seq_len": 256},
+              "model_config": {"n_layers": 3, "drop_rate": 0.1}, "components": components, "models": [step]}
+    table = "\n".join(report.step_accounting_table(result))
+    numpy_sum = 0.02 + 3 * 0.3 + 0.002 + 0.8 + 0.2                   # 1.922 s
+    torch_sum = 0.04 + 3 * 0.6 + 0.002 + 0.8 + 0.3                   # 2.942 s
+    sdpa_sum = 0.04 + 3 * 0.45 + 0.002 + 0.8 + 0.3                   # 2.492 s
+    assert "| block x 3 | 900 ms | 1.80 s | 1.35 s | 0.50 |" in table
+    assert (f"| **sum of the parts** | {report.fmt_seconds(numpy_sum)} | {report.fmt_seconds(torch_sum)} | "
+            f"{report.fmt_seconds(sdpa_sum)} |") in table
+    assert f"| parts / measured | {numpy_sum / 2.5:.0%} | {torch_sum / 5.0:.0%} | {sdpa_sum / 4.0:.0%} |" in table
+    result["components"] = components[:-1]                           # no adamw: no table rather than a wrong sum
+    assert report.step_accounting_table(result) == []
+
+
 @pytest.mark.slow
 def test_quick_bench_with_hugging_face(tmp_path):
     pytest.importorskip("transformers")
     out = tmp_path / "bench"
-    assert main(["bench", "--quick", "--threads", "1", "--repeats", "2", "--sections", "models", "decode",
+    assert main(["bench", "--quick", "--hf", "--threads", "1", "--repeats", "2", "--sections", "models", "decode",
                  "--sizes", "tiny", "--out", str(out)]) == 0
     result = json.loads((out / "bench.json").read_text())
     for row in result["models"]:
         assert row["stats"]["hf"]["median"] > 0 and "hf" in row["ratio_vs_torch"]
     assert result["decode"]["same_tokens_as_numpy"]["hf"]
-    assert any(t["target"] == "decode numpy speed-up over hf" for t in result["targets"])
+    measured = {t["target"]: t["measured"] for t in result["targets"]}
+    assert measured["decode numpy speed-up over hf"] > 0 and measured["decode torchgpt speed-up over hf"] > 0
