@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -99,6 +100,31 @@ def test_each_evaluation_writes_one_console_line(tmp_path, capsys, backend):
         assert f"{record['tokens_seen']:,} tokens seen" in line and " tokens/s, lr " in line
         assert line.endswith(f"lr {record['lr']:.2e}")
     assert "val=" not in captured.err                            # no val=nan in the bar between evaluations
+
+
+def test_config_keeps_the_history_of_invocations(tmp_path, monkeypatch):
+    from datetime import datetime
+    from npgpt.runs import checkpoint_path
+    run = tmp_path / "run"
+
+    def invoke(*argv):
+        monkeypatch.setattr(sys, "argv", ["gpt2", *argv])
+        assert main(list(argv)) == 0
+        return list(argv)
+    first = invoke("train", *SMALL, "--token-cache", str(tmp_path / "tokens"), "--out", str(run), "--max-steps", "2",
+                   "--eval-interval", "10")
+    second = invoke("train", "--resume", str(run), "--max-steps", "3", "--quiet")
+    config = json.loads((run / "config.json").read_text())
+    assert config["command"] == second and config["options"]["max_steps"] == 3   # the top level: the latest
+    assert [h["command"] for h in config["history"]] == [first, second]
+    assert [h["resumed_from"] for h in config["history"]] == [None, str(checkpoint_path(run, 2))]
+    assert all(datetime.fromisoformat(h["time"]).tzinfo is not None for h in config["history"])
+
+    del config["history"]                                      # a run folder written before history existed
+    (run / "config.json").write_text(json.dumps(config))
+    third = invoke("train", "--resume", str(run), "--max-steps", "4", "--quiet")
+    history = json.loads((run / "config.json").read_text())["history"]
+    assert [(h["command"], h["time"] is None) for h in history] == [(second, True), (third, False)]
 
 
 def test_resume_drops_metrics_logged_after_the_last_checkpoint(tmp_path):

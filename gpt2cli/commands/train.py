@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 # Defaults of every option that --resume may take from the run's config.json instead.
@@ -342,7 +343,8 @@ def train_command(args) -> int:
                               "data": data_info, "settings": _settings_json(settings),
                               "world_size": context.world_size, "device": str(device),
                               "resumed_from": str(checkpoint) if checkpoint else None,
-                              "command": sys.argv[1:]})
+                              "command": sys.argv[1:],
+                              "history": run_history(saved, checkpoint, context.world_size)})
         # Saved in every checkpoint, so one copied out of its run folder still resumes exactly (see
         # checkpoint_run_source).
         metadata = {"run": str(run_log.run_dir), "options": options, "data_key": data_info["key"]}
@@ -354,6 +356,22 @@ def train_command(args) -> int:
     finally:
         from torchgpt.distributed import shutdown_distributed
         shutdown_distributed()
+
+
+def run_history(saved: dict | None, checkpoint: Path | None, world_size: int) -> list[dict]:
+    """config.json's `history`: every invocation that wrote this run, oldest first, so a resume (which rewrites
+    the top-level keys with its own options and command) keeps the original command. The earlier ones come
+    from the run config being resumed (a config from before `history` existed gives its one recorded
+    command, time unknown); a checkpoint outside any run folder starts the list afresh."""
+    earlier = []
+    if saved is not None and "history" in saved:
+        earlier = list(saved["history"])
+    elif saved is not None and "command" in saved:
+        earlier = [{"command": saved["command"], "time": None, "resumed_from": saved.get("resumed_from"),
+                    "world_size": saved.get("world_size", 1)}]
+    now = datetime.now().astimezone().isoformat(timespec="seconds")
+    return earlier + [{"command": sys.argv[1:], "time": now, "resumed_from": str(checkpoint) if checkpoint else None,
+                       "world_size": world_size}]
 
 
 def refuse_torch_only_options(args, given: set) -> None:
