@@ -363,6 +363,7 @@ def load_checkpoint(path: str | os.PathLike, *, load_training_state: bool = True
         raise CheckpointError(f"{model_file}: tensors {missing[:5]} are missing; the file is incomplete")
     params = {name: tensors[name] for name in order}
     params.update({name: value for name, value in tensors.items() if name not in params})
+    check_checkpoint_tensors(params, config, header.get("metadata", {}), model_file)
 
     training_state = None
     state_json = model_file.parent / STATE_JSON_FILE
@@ -375,6 +376,35 @@ def load_checkpoint(path: str | os.PathLike, *, load_training_state: bool = True
         arrays, _ = _read_safetensors(model_file.parent / STATE_TENSORS_FILE)
         training_state = join_arrays(tree, arrays)
     return config, params, training_state
+
+
+def check_checkpoint_tensors(params: dict[str, np.ndarray], config: GPTConfig, metadata: dict, model_file: Path) -> None:
+    """CheckpointError naming `model_file` and the tensor unless `params` are exactly what the saved config
+    describes: a language model's canonical names and shapes, or a classifier's (cls_head instead of
+    out_head; metadata num_classes), plus LoRA adapters of those layers when a run saved them along.
+
+    Checked at load so that a model file mixed up with another model's, or saved from params that never
+    matched their config, fails here rather than deep inside a forward pass.
+    """
+    from npgpt.classifier import HEAD_NAMES, classifier_param_shapes
+    from npgpt.lora import check_adapters, is_adapter_name
+    from npgpt.model import param_shapes
+    from npgpt.params import check_param_shapes
+
+    adapters = {name: value for name, value in params.items() if is_adapter_name(name)}
+    base = {name: value for name, value in params.items() if name not in adapters}
+    try:
+        if HEAD_NAMES[0] in base:
+            expected = classifier_param_shapes(config, metadata.get("num_classes", len(base[HEAD_NAMES[0]])))
+        else:
+            expected = param_shapes(config)
+        check_param_shapes(base, expected, what="its tensors")
+        check_adapters(base, adapters)
+    except ValueError as error:
+        raise CheckpointError(f"{model_file}: {error} (config: {config.n_layers} layers, emb_dim {config.emb_dim}, "
+                              f"vocab_size {config.vocab_size}, context_length {config.context_length}); the "
+                              f"model file does not belong to its config: save the checkpoint again or use an "
+                              f"earlier one") from error
 
 
 def read_checkpoint_metadata(path: str | os.PathLike) -> dict:

@@ -230,6 +230,38 @@ def test_corrupt_checkpoints_give_clear_errors(tmp_path):
     assert state is None
 
 
+def test_tensors_that_do_not_fit_the_saved_config_name_file_and_tensor(tmp_path):
+    """save_checkpoint stores whatever it is given; load_checkpoint checks names and shapes against the
+    saved config (a classifier's head and LoRA adapters included) and names the file and the tensor."""
+    from npgpt.classifier import classifier_from_lm_params
+    from npgpt.lora import LoRAConfig, add_lora
+
+    params = npmodel.init_params(CONFIG, seed=2)
+    save_checkpoint(tmp_path / "layers", params, CONFIG.replace(n_layers=1))
+    with pytest.raises(CheckpointError, match=r"layers/model\.safetensors: its tensors do not match the config: "
+                                              r"missing \[\], unexpected \['blocks\.1\."):
+        load_checkpoint(tmp_path / "layers")
+    save_checkpoint(tmp_path / "vocab", params, CONFIG.replace(vocab_size=38))
+    with pytest.raises(CheckpointError, match=r"vocab/model\.safetensors: parameter tok_emb\.weight has shape "
+                                              r"\(37, 16\), the config needs \(38, 16\)"):
+        load_weights(tmp_path / "vocab")
+    # what the runs really save loads: a classifier, and a model with LoRA adapters riding along
+    classifier_config, classifier = classifier_from_lm_params(params, CONFIG, num_classes=3)
+    save_checkpoint(tmp_path / "classifier", classifier, classifier_config, metadata={"num_classes": 3})
+    assert_same_params(classifier, load_checkpoint(tmp_path / "classifier")[1])
+    adapted = add_lora(params, LoRAConfig(rank=2, alpha=4.0))
+    save_checkpoint(tmp_path / "lora", adapted, CONFIG)
+    assert_same_params(adapted, load_checkpoint(tmp_path / "lora")[1])
+    # ... but not a classifier whose head disagrees with its metadata, nor an adapter of another width
+    save_checkpoint(tmp_path / "classes", classifier, classifier_config, metadata={"num_classes": 2})
+    with pytest.raises(CheckpointError, match=r"classes/model\.safetensors: parameter cls_head\.weight"):
+        load_checkpoint(tmp_path / "classes")
+    name = next(name for name in adapted if name.endswith(".lora_A"))
+    save_checkpoint(tmp_path / "bad-lora", {**adapted, name: np.zeros((2, 5), np.float32)}, CONFIG)
+    with pytest.raises(CheckpointError, match=r"bad-lora/model\.safetensors: adapter for .* has lora_A \(2, 5\)"):
+        load_checkpoint(tmp_path / "bad-lora")
+
+
 def test_nothing_is_ever_unpickled(tmp_path, monkeypatch):
     params = npmodel.init_params(CONFIG)
     save_checkpoint(tmp_path / "ckpt", params, CONFIG, training_state={"step": 1, "m": np.ones(2)})
