@@ -9,7 +9,10 @@ search, the inverse-CDF draw); each backend computes its own logits and probabil
 torchgpt.generate.TorchDecoder there). So for one seed NumPy and torch choose the same tokens.
 
 How a token is chosen from the last position's logits z (V,), one row at a time:
-    temperature == 0   greedy: argmax z; equal maxima -> the lowest token id.
+    temperature == 0   greedy: argmax z; equal maxima -> the lowest token id. So is any temperature below
+                       GREEDY_BELOW (1e-6): z / temperature can overflow (1e-320 is 0 in float32), and that
+                       cold a softmax gives a token 1e-4 below the maximum e^-100: it was greedy already,
+                       except between logits within ~1e-5 of each other.
     otherwise          1. s = z / temperature
                        2. top_k: keep the k largest s; equal values at the k-th place -> lowest ids first
                        3. p = softmax(s) over the kept tokens (0 elsewhere)
@@ -37,6 +40,7 @@ from npgpt.lora import split_lora
 from npgpt.model import block_params, check_params, trunk_forward
 
 EOT_ID = 50256   # <|endoftext|>
+GREEDY_BELOW = 1e-6   # temperatures under this are greedy (see the module docstring); the twin reads it from here
 
 
 class PromptCroppedWarning(UserWarning):
@@ -72,6 +76,8 @@ def check_settings(max_new_tokens, *, temperature=0.0, top_k=None, top_p=None, n
         raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
     if not isinstance(temperature, numbers.Real) or not math.isfinite(temperature) or temperature < 0:
         raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+    if temperature < GREEDY_BELOW:
+        temperature = 0.0
     if top_k is not None and (not _is_int(top_k) or top_k < 1):
         raise ValueError(f"top_k must be an integer >= 1 (or None for no top-k), got {top_k!r}")
     if top_p is not None and (not isinstance(top_p, numbers.Real) or not 0.0 < top_p <= 1.0):
@@ -143,9 +149,17 @@ def top_p_mask(scores, probs, top_p):
     return keep
 
 
+def check_sampling_temperature(temperature) -> None:
+    """ValueError for a temperature too small to divide by (below GREEDY_BELOW); check_settings makes those greedy."""
+    if not temperature >= GREEDY_BELOW:
+        raise ValueError(f"sampling needs a temperature >= {GREEDY_BELOW} (smaller ones overflow logits / "
+                         f"temperature), got {temperature!r}; use greedy decoding (temperature 0) instead")
+
+
 def sampling_probs(logits, temperature, top_k=None, top_p=None):
     """Steps 1-4 of the rule in the module docstring: (B, V) logits -> (B, V) float64 probabilities, 0 at the
     tokens top-k/top-p removed (not renormalized: inverse_cdf scales u by the kept mass)."""
+    check_sampling_temperature(temperature)
     scaled = logits / temperature                                            # a Python float keeps float32
     keep = top_k_mask(scaled, top_k) if top_k is not None else None
     if keep is not None:

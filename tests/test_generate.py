@@ -118,6 +118,27 @@ def test_temperature_zero_and_top_k_one_are_greedy(params, model):
             assert generate([7, 8, 9], 8, temperature=temperature, top_k=1, seed=seed, stop_ids=()) == greedy
 
 
+def test_temperatures_below_the_floor_are_greedy_in_both_backends(params, model):
+    """1e-320 is 0 in float32 and logits / 1e-320 overflows float64 too: the draw would read inf and nan.
+    Both backends decode greedily below GREEDY_BELOW (beam search accepts it as 0), still sample at it, and
+    refuse to turn such a temperature into probabilities."""
+    for name, generate, _, generate_batch in both_backends(params, model):
+        greedy = generate([7, 8, 9], 8, stop_ids=())
+        for temperature in (1e-320, 1e-30, 0.99 * npgen.GREEDY_BELOW):
+            assert generate([7, 8, 9], 8, temperature=temperature, top_k=5, seed=1, stop_ids=()) == greedy, name
+            assert generate_batch([[7, 8, 9]], 8, temperature=temperature, seed=1, stop_ids=()) == [greedy], name
+        assert generate([7, 8, 9], 8, num_beams=2, temperature=1e-320, stop_ids=()) == \
+            generate([7, 8, 9], 8, num_beams=2, stop_ids=())
+    assert not npgen.check_settings(8, temperature=npgen.GREEDY_BELOW).greedy
+    logits = np.array([[1.0, 1.0 + 1e-6, -3.0]], dtype=np.float32)
+    for probs in (npgen.sampling_probs(logits, npgen.GREEDY_BELOW),
+                  tgen.sampling_probs(torch.from_numpy(logits), npgen.GREEDY_BELOW).numpy()):
+        assert np.all(np.isfinite(probs)) and probs.sum() == pytest.approx(1.0) and probs[0, 2] == 0
+    for sampling_probs, values in ((npgen.sampling_probs, logits), (tgen.sampling_probs, torch.from_numpy(logits))):
+        with pytest.raises(ValueError, match=r"sampling needs a temperature >= 1e-06.*use greedy"):
+            sampling_probs(values, 1e-320)
+
+
 def test_same_seed_same_tokens_other_seed_other_tokens(params):
     run = lambda seed: npgen.generate(params, CONFIG, [1, 2], 10, temperature=1.5, seed=seed, stop_ids=())
     assert run(11) == run(11)

@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from npgpt.generate import (EOT_ID, Decoder, generate_batch_tokens, generate_tokens, reads_faster_transposed,
-                            stream_tokens)
+from npgpt.generate import (EOT_ID, Decoder, check_sampling_temperature, generate_batch_tokens, generate_tokens,
+                            reads_faster_transposed, stream_tokens)
 from torchgpt.kvcache import KVCache
 
 
@@ -47,6 +47,7 @@ def top_p_mask(scores: torch.Tensor, probs: torch.Tensor, top_p: float) -> torch
 
 def sampling_probs(logits: torch.Tensor, temperature: float, top_k=None, top_p=None) -> torch.Tensor:
     """(B, V) logits -> (B, V) float64 probabilities, 0 at the tokens top-k/top-p removed (not renormalized)."""
+    check_sampling_temperature(temperature)     # the same floor as NumPy's (npgpt.generate.GREEDY_BELOW)
     scaled = logits / temperature
     if top_k is not None:
         scaled = scaled.masked_fill(~top_k_mask(scaled, top_k), float("-inf"))
