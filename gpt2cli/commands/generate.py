@@ -27,7 +27,8 @@ def register(subparsers):
     parser.add_argument("--backend", choices=("numpy", "torch"), default="numpy")
     parser.add_argument("--prompt", required=True, help="the text to continue (<|endoftext|> allowed)")
     parser.add_argument("--max-new-tokens", type=int, default=50)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="0 = greedy (default; so is anything below 1e-6); > 0 samples")
     parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
     parser.add_argument("--top-p", type=float, default=None, help="sample from the smallest set with mass >= p")
     parser.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams (greedy only)")
