@@ -21,7 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from npgpt.download import DownloadError, download_file, safe_extract_zip, sha256_of
+from npgpt.download import CorruptArchiveError, DownloadError, download_file, safe_extract_zip, sha256_of
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MANIFEST_PATH = REPO_ROOT / "data" / "manifest.json"
@@ -161,14 +161,21 @@ def _fetch_from_zip(record: dict, local: Path, urls: list[str], hint: str, progr
     """Download the zip next to `local`, extract the one member, verify it, move it into place.
 
     The zip's own hash is not published, so the extracted member's size and SHA-256 are checked.
-    The zip and the scratch folder are removed whatever happens.
+    The zip, its `.part` and the scratch folder are removed whatever happens (Ctrl-C included):
+    without a published hash a partial zip cannot be resumed safely.
     """
     member = record["archive"]["member"]
     zip_path = local.parent / (urlsplit(urls[0]).path.rsplit("/", 1)[-1] or "download.zip")
     scratch = Path(tempfile.mkdtemp(dir=local.parent, prefix=".extract-"))
     try:
         download_file(urls, zip_path, timeout=timeout, progress=progress, hint=hint, resume=False)
-        (extracted,) = safe_extract_zip(zip_path, scratch, members=[member])
+        try:
+            (extracted,) = safe_extract_zip(zip_path, scratch, members=[member])
+        except CorruptArchiveError as error:
+            raise DownloadError(f"{zip_path.name} from {urls[0]} is not a readable zip archive "
+                                f"({error.__cause__ or error}); it was cut short or damaged, or the "
+                                f"server sent something else. Fix: fetch it again; if it fails the same "
+                                f"way, check the URL; or {hint}") from error
         problem = _file_problem(extracted, record)
         if problem is not None:
             raise DownloadError(f"{member} inside {urls[0]} is not the published file ({problem}); "
@@ -177,4 +184,5 @@ def _fetch_from_zip(record: dict, local: Path, urls: list[str], hint: str, progr
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         zip_path.unlink(missing_ok=True)
+        zip_path.with_name(zip_path.name + ".part").unlink(missing_ok=True)
     return local

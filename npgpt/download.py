@@ -13,9 +13,11 @@ What it guarantees:
 - Resume: with `resume=True` an existing `.part` is continued with `Range: bytes=N-`; a 206
   reply is appended, a 200 reply (server ignores ranges) restarts the file from byte 0.
 - What remains after a failure: the `.part` is kept only when `resume=True` and the last failure
-  was a broken transfer (connection dropped, timeout, truncated body) with bytes already saved,
-  so the next call continues where this one stopped. Every other failure (HTTP error, wrong
-  size, wrong hash, resume=False) deletes it.
+  was a broken transfer (connection dropped, timeout, truncated body, Ctrl-C) with bytes already
+  saved, so the next call continues where this one stopped. Every other failure (HTTP error,
+  wrong size, wrong hash, an unexpected error, resume=False) deletes it.
+- A zip that cannot be read (not a zip at all, cut short, damaged data) is a DownloadError that
+  names the file and the fix, not a zipfile/zlib traceback.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import shutil
 import sys
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import requests
@@ -38,6 +41,10 @@ class DownloadError(Exception):
 
 class UnsafeArchiveError(ValueError):
     """A zip member would be written outside the target folder (zip-slip)."""
+
+
+class CorruptArchiveError(DownloadError):
+    """A downloaded zip cannot be read: not a zip, cut short, or damaged."""
 
 
 def sha256_of(path: str | Path, chunk_size: int = 1 << 20) -> str:
@@ -173,7 +180,27 @@ def download_file(urls: str | list[str], dest: str | Path, *, sha256: str | None
     if not resume:
         part.unlink(missing_ok=True)
     hint = hint or f"check your network connection, or download the file yourself and put it at {dest}"
+    try:
+        return _download_first_working(url_list, dest, part, sha256=sha256, expected_size=expected_size,
+                                       timeout=timeout, resume=resume, progress=progress,
+                                       chunk_size=chunk_size, hint=hint)
+    except DownloadError:
+        raise                                    # it has already applied the rule for the .part
+    except KeyboardInterrupt:
+        # Ctrl-C mid-transfer is a broken transfer the user caused: `dest` was never touched, and
+        # the .part stays only where the next call resumes it.
+        if not (resume and part.is_file() and part.stat().st_size > 0):
+            part.unlink(missing_ok=True)
+        raise
+    except BaseException:
+        part.unlink(missing_ok=True)             # e.g. a full disk: what was written is no use
+        raise
 
+
+def _download_first_working(url_list: list[str], dest: Path, part: Path, *, sha256: str | None,
+                            expected_size: int | None, timeout: float, resume: bool, progress: bool,
+                            chunk_size: int, hint: str) -> Path:
+    """download_file's work: each URL in turn into `part`, the first verified one moved to `dest`."""
     failures: list[str] = []  # "<url>: <reason>", one per URL tried
     keep_part = False
     for attempt, url in enumerate(url_list):
@@ -228,9 +255,21 @@ def safe_extract_zip(zip_path: str | Path, target_dir: str | Path,
 
     Every member is checked before anything is written: an absolute name or one whose resolved
     path leaves `target_dir` ('../evil') raises UnsafeArchiveError. Each file is written to a
-    temporary name next to its destination and moved into place with os.replace.
+    temporary name next to its destination and moved into place with os.replace. An archive that
+    cannot be read (not a zip, truncated, bad compressed data or CRC) raises CorruptArchiveError.
     """
-    zip_path, target_dir = Path(zip_path), Path(target_dir)
+    zip_path = Path(zip_path)
+    try:
+        return _extract_checked(zip_path, Path(target_dir), members)
+    except (zipfile.BadZipFile, EOFError, zlib.error) as error:
+        raise CorruptArchiveError(
+            f"{zip_path} is not a readable zip archive ({type(error).__name__}: {error}): the download "
+            f"was cut short or damaged, or the server sent something else (an error page). Fix: delete "
+            f"it and fetch it again; if that fails the same way, check the URL") from error
+
+
+def _extract_checked(zip_path: Path, target_dir: Path, members: list[str] | None) -> list[Path]:
+    """safe_extract_zip's work; zipfile and zlib errors of a damaged archive pass through."""
     root = target_dir.resolve()
     with zipfile.ZipFile(zip_path) as archive:
         names = [info.filename for info in archive.infolist() if not info.is_dir()]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gpt2cli.main import main
-from npgpt import datasets
+from npgpt import datasets, download
 from npgpt.datasets import DataError, data_dir, fetch, load_manifest
 from npgpt.download import DownloadError, sha256_of
 from tests.http_server import free_port
@@ -138,6 +138,32 @@ def test_fetch_sms_zip_refuses_zip_slip(http_server, tmp_path):
     with pytest.raises(DownloadError, match="no member 'SMSSpamCollection'"):
         fetch("sms-spam", tmp_path, base_url=http_server.base_url, progress=False)
     assert not (tmp_path / "SMSSpamCollection").exists()
+
+
+@pytest.mark.parametrize("served", ["not a zip", "cut short"])
+def test_fetch_sms_unreadable_zip_names_file_url_and_fix(http_server, tmp_path, served):
+    whole = sms_zip_bytes(b"ham\tsee you at six\n" * 200)
+    body = b"<html>Service Unavailable</html>" if served == "not a zip" else whole[: len(whole) // 2]
+    url = http_server.add(SMS_ZIP_PATH, body)
+    with pytest.raises(DownloadError) as caught:
+        fetch("sms-spam", tmp_path, base_url=http_server.base_url, progress=False)
+    message = str(caught.value)
+    assert "sms+spam+collection.zip" in message and url in message and "not a readable zip archive" in message
+    assert "Fix: fetch it again" in message and "check the URL" in message
+    assert list((tmp_path / "sms_spam_collection").iterdir()) == []        # no zip, no .part, no scratch
+
+
+def test_interrupted_sms_zip_fetch_leaves_nothing(http_server, tmp_path, monkeypatch):
+    http_server.add(SMS_ZIP_PATH, sms_zip_bytes(b"ham\tsee you at six\n" * 5000))
+
+    def one_chunk_then_ctrl_c(response, chunk_size):
+        yield response.raw.read(1000, decode_content=False)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(download, "_body_chunks", one_chunk_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        fetch("sms-spam", tmp_path, base_url=http_server.base_url, progress=False)
+    assert list((tmp_path / "sms_spam_collection").iterdir()) == []
 
 
 # ---- the CLI -------------------------------------------------------------------------------

@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import zipfile
+import zlib
 
 import pytest
 
-from npgpt.download import DownloadError, UnsafeArchiveError, download_file, safe_extract_zip, sha256_of
+from npgpt import download
+from npgpt.download import (CorruptArchiveError, DownloadError, UnsafeArchiveError, download_file, safe_extract_zip,
+                            sha256_of)
 from tests.http_server import free_port
 
 PAYLOAD = os.urandom(200_000)
@@ -136,6 +140,55 @@ def test_no_resume_discards_part(http_server, tmp_path):
     assert (tmp_path / "big.bin").read_bytes() == PAYLOAD
 
 
+def interrupt_after_first_chunk(monkeypatch):
+    """The body iterator hands over one chunk, then Ctrl-C arrives (KeyboardInterrupt mid-stream)."""
+    real = download._body_chunks
+
+    def interrupted(response, chunk_size):
+        chunks = real(response, chunk_size)
+        yield next(chunks)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(download, "_body_chunks", interrupted)
+
+
+def test_interrupted_download_without_resume_leaves_nothing(http_server, tmp_path, monkeypatch):
+    url = http_server.add("/big.bin", PAYLOAD)
+    interrupt_after_first_chunk(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        fetch(url, tmp_path / "big.bin", resume=False, chunk_size=50_000)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupted_download_keeps_only_a_resumable_part(http_server, tmp_path, monkeypatch):
+    url = http_server.add("/big.bin", PAYLOAD)
+    dest = tmp_path / "big.bin"
+    interrupt_after_first_chunk(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        fetch(url, dest, chunk_size=50_000)
+    assert not dest.exists()                                 # never under the real name
+    part = tmp_path / "big.bin.part"
+    saved = part.stat().st_size
+    assert 0 < saved < len(PAYLOAD) and PAYLOAD.startswith(part.read_bytes())
+    monkeypatch.undo()                                       # the next run is not interrupted
+    fetch(url, dest)
+    assert dest.read_bytes() == PAYLOAD and not part.exists()
+    assert http_server.requests[-1] == ("/big.bin", f"bytes={saved}-")   # continued, not restarted
+
+
+def test_unexpected_error_mid_stream_deletes_the_part(http_server, tmp_path, monkeypatch):
+    url = http_server.add("/big.bin", PAYLOAD)
+
+    def disk_full(response, chunk_size):
+        yield PAYLOAD[:1000]
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(download, "_body_chunks", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        fetch(url, tmp_path / "big.bin")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_falls_back_to_mirror_when_first_url_404s(http_server, tmp_path, capsys):
     first = http_server.add("/canonical.bin", status=404)
     mirror = http_server.add("/mirror.bin", PAYLOAD)
@@ -194,3 +247,42 @@ def test_safe_extract_zip_missing_member_lists_contents(tmp_path):
     archive = make_zip(tmp_path / "ok.zip", {"readme": b"r"})
     with pytest.raises(DownloadError, match="no member 'SMSSpamCollection'.*readme"):
         safe_extract_zip(archive, tmp_path / "out", members=["SMSSpamCollection"])
+
+
+def deflated_zip(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def with_garbage_data(archive: bytes) -> bytes:
+    """The first member's compressed bytes all 0xFF: a deflate block of the reserved type 3, which zlib
+    refuses whatever its version (flipping arbitrary bits could also land on a CRC error instead)."""
+    info = zipfile.ZipFile(io.BytesIO(archive)).infolist()[0]
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)   # 30: local header size
+    return archive[:start] + b"\xff" * info.compress_size + archive[start + info.compress_size:]
+
+
+SMS_LIKE = deflated_zip({"SMSSpamCollection": b"ham\tsee you at the station at six\n" * 500, "readme": b"r"})
+DAMAGED_ZIPS = {
+    "not a zip": (b"<html><body>404 Not Found</body></html>", zipfile.BadZipFile),
+    "cut short": (SMS_LIKE[: len(SMS_LIKE) // 2], zipfile.BadZipFile),
+    "bad compressed data": (with_garbage_data(SMS_LIKE), zlib.error),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGED_ZIPS))
+def test_unreadable_zip_is_a_download_error_naming_file_and_fix(tmp_path, damage):
+    content, cause = DAMAGED_ZIPS[damage]
+    archive = tmp_path / "sms.zip"
+    archive.write_bytes(content)
+    target = tmp_path / "out"
+    with pytest.raises(CorruptArchiveError) as caught:
+        safe_extract_zip(archive, target, members=["SMSSpamCollection"])
+    message = str(caught.value)
+    assert str(archive) in message and "not a readable zip archive" in message
+    assert "Fix: delete it and fetch it again" in message and "check the URL" in message
+    assert isinstance(caught.value, DownloadError) and isinstance(caught.value.__cause__, cause)
+    assert not target.exists() or list(target.iterdir()) == []      # no half-extracted member left
