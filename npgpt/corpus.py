@@ -8,11 +8,19 @@ Layout of one prepared corpus, a folder named after the key of its inputs:
 
     <cache_dir>/<key>/train.bin    uint16 token ids, the first (1 - val_fraction) of every file
     <cache_dir>/<key>/val.bin      uint16 token ids, the rest of every file
-    <cache_dir>/<key>/meta.json    what went in (files with size and SHA-256, tokenizer, split) and the counts
+    <cache_dir>/<key>/meta.json    what went in (files with path, size, mtime and SHA-256, tokenizer, split)
+                                   and the counts
 
 The key is a SHA-256 over the files' contents (in order), the tokenizer and the split, so the same
 inputs reuse the folder and any change makes a new one. meta.json is written last: a folder without it
 is an interrupted preparation and is redone. Files are joined with <|endoftext|> between them.
+
+Reuse without reading the text: when a prepared corpus's meta.json records the same files with the same
+size and mtime_ns (and the same tokenizer and split), it is taken without hashing them. Hashing happens
+only when those differ (an edited, touched or replaced file), and a touched file with the same content
+still finds its folder by the hash, whose meta.json then records the new mtimes. A file whose mtime was
+within STATS_SETTLE_NS of the moment its stats were recorded is always hashed: a coarse filesystem clock
+could give a second edit in that moment the same mtime.
 
 Each file is split like the book splits its one story (by position in the text, before tokenizing),
 moved forward to the next line start. Text is read and tokenized in chunks cut just before a newline
@@ -25,6 +33,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +48,7 @@ TOKEN_CACHE_ENV = "GPT2_TOKEN_CACHE"
 DEFAULT_DATASET = "the-verdict"
 CHUNK_BYTES = 1 << 20
 ENDOFTEXT = "<|endoftext|>"
+STATS_SETTLE_NS = 3 * 10**9     # more than the coarsest common mtime granularity (FAT: 2 s)
 
 
 def default_cache_dir() -> Path:
@@ -203,21 +213,65 @@ def prepare_corpus(files: list[Path], *, cache_dir: str | os.PathLike | None = N
     tokenizer = get_tokenizer(tokenizer_name)
     if tokenizer.n_vocab > np.iinfo(TOKEN_DTYPE).max + 1:
         raise ValueError(f"tokenizer {tokenizer_name} has {tokenizer.n_vocab} ids, more than {TOKEN_DTYPE.__name__} holds")
-    records = [{"path": str(Path(f).resolve()), "size": Path(f).stat().st_size, "sha256": _sha256_file(Path(f))}
-               for f in files]
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    recorded_ns = time.time_ns()         # before the stats: a change after them shows as a later mtime
+    stats = file_stats(files)
+    kind = {"format": CORPUS_FORMAT, "tokenizer": tokenizer_name, "n_vocab": tokenizer.n_vocab,
+            "val_fraction": val_fraction}
+    unchanged = _find_by_stats(cache, stats, kind)
+    if unchanged is not None:
+        return unchanged
+    records = [{**stat, "sha256": _sha256_file(Path(stat["path"]))} for stat in stats]
     key = corpus_key(records, tokenizer_name, tokenizer.n_vocab, val_fraction)
-    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    folder = folder / key
+    folder = cache / key
     existing = load_corpus(folder)
     if existing is not None:
-        return existing
+        return _record_stats(existing, records, recorded_ns)
     folder.mkdir(parents=True, exist_ok=True)
     counts = _tokenize_into(folder, [Path(f) for f in files], tokenizer, val_fraction, progress)
-    meta = {"format": CORPUS_FORMAT, "key": key, "tokenizer": tokenizer_name, "n_vocab": tokenizer.n_vocab,
-            "dtype": np.dtype(TOKEN_DTYPE).name, "val_fraction": val_fraction, "files": records,
-            "train_tokens": counts["train"], "val_tokens": counts["val"]}
+    meta = {**kind, "key": key, "dtype": np.dtype(TOKEN_DTYPE).name, "files": records,
+            "stats_recorded_ns": recorded_ns, "train_tokens": counts["train"], "val_tokens": counts["val"]}
     atomic_write_json(folder / "meta.json", meta)
     return TokenCorpus(folder, meta)
+
+
+def file_stats(files: list[Path]) -> list[dict]:
+    """{path (absolute), size, mtime_ns} of each file: what the reuse without hashing compares."""
+    stats = []
+    for f in files:
+        info = Path(f).stat()
+        stats.append({"path": str(Path(f).resolve()), "size": info.st_size, "mtime_ns": info.st_mtime_ns})
+    return stats
+
+
+def _stats_vouch(meta: dict, stats: list[dict]) -> bool:
+    """Whether meta.json's recorded stats equal `stats` and were recorded well after every file's last change."""
+    recorded = [(r.get("path"), r.get("size"), r.get("mtime_ns")) for r in meta.get("files", [])]
+    settled_before = meta.get("stats_recorded_ns", 0) - STATS_SETTLE_NS
+    return (recorded == [(s["path"], s["size"], s["mtime_ns"]) for s in stats]
+            and all(s["mtime_ns"] < settled_before for s in stats))
+
+
+def _find_by_stats(cache: Path, stats: list[dict], kind: dict) -> TokenCorpus | None:
+    """A complete corpus in `cache` of the same kind whose meta.json vouches for these files unchanged."""
+    if not cache.is_dir():
+        return None
+    for meta_file in sorted(cache.glob("*/meta.json")):
+        corpus = load_corpus(meta_file.parent)
+        if (corpus is not None and all(corpus.meta.get(name) == value for name, value in kind.items())
+                and _stats_vouch(corpus.meta, stats)):
+            return corpus
+    return None
+
+
+def _record_stats(corpus: TokenCorpus, records: list[dict], recorded_ns: int) -> TokenCorpus:
+    """The corpus found by hashing, its meta.json updated to these files' stats (e.g. touched, or the same text
+    at another path) when they are settled, so the next start reuses it without hashing."""
+    meta = {**corpus.meta, "files": records, "stats_recorded_ns": recorded_ns}
+    if _stats_vouch(corpus.meta, records) or not _stats_vouch(meta, records):
+        return corpus                   # nothing new to vouch for (or the files changed just now)
+    atomic_write_json(corpus.folder / "meta.json", meta)
+    return TokenCorpus(corpus.folder, meta)
 
 
 def _tokenize_into(folder: Path, files: list[Path], tokenizer, val_fraction: float, progress: bool) -> dict:

@@ -1,6 +1,9 @@
 """Training data: the resumable window order (WindowStream) and the tokenized corpus cache (npgpt.corpus)."""
 from __future__ import annotations
 
+import os
+import time
+
 import numpy as np
 import pytest
 
@@ -101,7 +104,7 @@ def test_corpus_is_reused_and_rebuilt_when_an_input_changes(tmp_path, text_folde
     with monkeypatch.context() as patch:
         patch.setattr(corpus_module, "_tokenize_into", must_not_tokenize)
         again = prepare_corpus(files, cache_dir=tmp_path / "cache", progress=False)
-        assert again.folder == first.folder and again.meta == first.meta
+        assert again.folder == first.folder and again.meta["key"] == first.meta["key"]
     (text_folder / "a.txt").write_text("changed text\n" * 50, encoding="utf-8")
     changed = prepare_corpus(files, cache_dir=tmp_path / "cache", progress=False)
     assert changed.folder != first.folder
@@ -110,6 +113,53 @@ def test_corpus_is_reused_and_rebuilt_when_an_input_changes(tmp_path, text_folde
     (changed.folder / "meta.json").unlink()                      # an interrupted preparation is redone
     assert load_corpus(changed.folder) is None
     assert prepare_corpus(files, cache_dir=tmp_path / "cache", progress=False).folder == changed.folder
+
+
+def test_corpus_reuse_hashes_only_files_whose_size_or_mtime_changed(tmp_path, text_folder, monkeypatch):
+    path = text_folder / "a.txt"
+    an_hour_ago = time.time_ns() - 3600 * 10**9
+
+    def edit(text, mtime_ns):                                   # explicit mtimes: clocks may be coarse
+        path.write_text(text, encoding="utf-8")
+        os.utime(path, ns=(mtime_ns, mtime_ns))
+    text = path.read_text(encoding="utf-8")
+    edit(text, an_hour_ago)
+    cache = tmp_path / "cache"
+    first = prepare_corpus([path], cache_dir=cache, progress=False)
+    hashed = []
+
+    def prepare(may_tokenize):
+        def forbidden(*args, **kwargs):
+            raise AssertionError("the corpus was tokenized again")
+        with monkeypatch.context() as patch:
+            patch.setattr(corpus_module, "_sha256_file", lambda f: hashed.append(f) or real_hash(f))
+            if not may_tokenize:
+                patch.setattr(corpus_module, "_tokenize_into", forbidden)
+            return prepare_corpus([path], cache_dir=cache, progress=False)
+    real_hash = corpus_module._sha256_file
+
+    assert prepare(may_tokenize=False).folder == first.folder and hashed == []      # same size and mtime
+    edit(text, an_hour_ago + 10**9)                             # touched: hashed once, same folder ...
+    assert prepare(may_tokenize=False).folder == first.folder and len(hashed) == 1
+    assert prepare(may_tokenize=False).folder == first.folder and len(hashed) == 1  # ... which now vouches
+    same_size = text.replace("a", "o", 1)
+    edit(same_size, an_hour_ago + 2 * 10**9)                    # edited, same size: tokenized again
+    changed = prepare(may_tokenize=True)
+    assert changed.folder != first.folder and len(hashed) == 2
+    cut = split_point(path, 0.1)
+    assert changed.train_tokens().tolist() == get_tokenizer().encode(same_size.encode()[:cut].decode())
+
+
+def test_corpus_reuse_hashes_files_changed_when_their_stats_were_recorded(tmp_path, text_folder):
+    """A second edit as quick as a coarse mtime clock's tick keeps size and mtime: a file changed within
+    STATS_SETTLE_NS of the recorded stats is hashed, never trusted."""
+    path = text_folder / "a.txt"
+    text = path.read_text(encoding="utf-8")
+    first = prepare_corpus([path], cache_dir=tmp_path / "cache", progress=False)     # a.txt was just written
+    mtime = path.stat().st_mtime_ns
+    path.write_text(text.replace("a", "o", 1), encoding="utf-8")
+    os.utime(path, ns=(mtime, mtime))
+    assert prepare_corpus([path], cache_dir=tmp_path / "cache", progress=False).folder != first.folder
 
 
 def test_corpus_errors_name_the_problem(tmp_path, shared_data_dir, monkeypatch):
