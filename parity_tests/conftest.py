@@ -451,9 +451,10 @@ def random_gpt_params(config, seed: int, dtype, std: float = 0.3) -> dict:
     return params
 
 
-def torch_twin(params: dict, config):
-    """A torchgpt.GPTModel in eval mode holding `params`, in their dtype (float64 stays float64)."""
+def torch_twin(params: dict, config, use_sdpa: bool = False):
+    """A torchgpt.GPTModel in eval mode holding `params`, in their dtype (float64 stays float64); its attention
+    the explicit reference, or F.scaled_dot_product_attention with use_sdpa (the CLI's and benchmark's path)."""
     from torchgpt import GPTModel, load_numpy_params
 
-    model = GPTModel(config).to(torch_dtype(params["tok_emb.weight"].dtype))
+    model = GPTModel(config, use_sdpa=use_sdpa).to(torch_dtype(params["tok_emb.weight"].dtype))
     return load_numpy_params(model, params).eval()

@@ -1,7 +1,11 @@
 """Generation: NumPy and torch choose the same tokens, with and without the KV cache, for every strategy.
 
+torch runs twice wherever a model decodes: with the explicit reference attention, and with
+F.scaled_dot_product_attention (use_sdpa=True), the path `gpt2 generate` and the benchmarks use.
+
 - every strategy (greedy, temperature, top-k, top-p, both, beam search), drawn models/prompts/settings/seeds,
-  prompts longer than the context and sequences that outgrow it: 4 runs agree (NumPy/torch x cache/no cache)
+  prompts longer than the context and sequences that outgrow it: 6 runs agree (NumPy / torch / torch SDPA x
+  cache / no cache)
 - the cached forward's logits equal the full forward's, prompt fed in drawn chunks, with left padding too
 - one sampling step on logits with exact ties: same kept sets, probabilities and tokens
 - batches with left padding: same tokens in both backends
@@ -11,6 +15,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -45,14 +50,29 @@ def generation_cases(draw, strategy):
     return config, draw(st.integers(0, 2**32 - 1)), prompt, draw(st.integers(0, 10)), options
 
 
-def all_four(params, config, prompt, max_new_tokens, options):
-    """Tokens from NumPy and torch, each with and without the KV cache."""
-    model = torch_twin(params, config)
+TORCH_ATTENTION = {"torch": False, "torch sdpa": True}     # name -> use_sdpa
+
+
+def torch_twins(params, config):
+    """name -> the torch model holding `params`, one per attention path (TORCH_ATTENTION)."""
+    return {name: torch_twin(params, config, use_sdpa=use_sdpa) for name, use_sdpa in TORCH_ATTENTION.items()}
+
+
+def backends(params, config, numpy_run, torch_run):
+    """name -> run(*args, **kwargs): NumPy's `numpy_run(params, config, ...)`, torch's `torch_run(model, ...)`
+    for each attention path."""
+    runs = {"numpy": lambda *a, **k: numpy_run(params, config, *a, **k)}
+    for name, model in torch_twins(params, config).items():
+        runs[name] = lambda *a, model=model, **k: torch_run(model, *a, **k)
+    return runs
+
+
+def all_runs(params, config, prompt, max_new_tokens, options):
+    """Tokens from NumPy and both torch attention paths, each with and without the KV cache."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", npgen.PromptCroppedWarning)
         return {f"{backend} {'cache' if cache else 'no cache'}": run(prompt, max_new_tokens, use_cache=cache, **options)
-                for backend, run in (("numpy", lambda *a, **k: npgen.generate(params, config, *a, **k)),
-                                     ("torch", lambda *a, **k: tgen.generate(model, *a, **k)))
+                for backend, run in backends(params, config, npgen.generate, tgen.generate).items()
                 for cache in (True, False)}
 
 
@@ -69,7 +89,7 @@ def test_strategies_same_tokens_float64(strategy, data):
     record_example()
     config, weight_seed, prompt, max_new_tokens, options = data.draw(generation_cases(strategy))
     params = random_gpt_params(config, weight_seed, np.float64)
-    tokens = assert_all_equal(all_four(params, config, prompt, max_new_tokens, options))
+    tokens = assert_all_equal(all_runs(params, config, prompt, max_new_tokens, options))
     assert len(tokens) <= max_new_tokens and not set(tokens) & set(options["stop_ids"])
 
 
@@ -82,7 +102,7 @@ def test_strategies_same_tokens_float32(strategy, data):
     record_example()
     config, weight_seed, prompt, max_new_tokens, options = data.draw(generation_cases(strategy))
     params = random_gpt_params(config, weight_seed, np.float32)
-    assert_all_equal(all_four(params, config, prompt, max_new_tokens, options))
+    assert_all_equal(all_runs(params, config, prompt, max_new_tokens, options))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -128,11 +148,12 @@ def check_cached_logits(config, seed, idx, chunks, dtype):
     cached = cached_logits_numpy(params, config, idx, chunks)
     assert cached.dtype == dtype
     assert_close(cached, expected, name="numpy cached logits vs full forward")
-    model = torch_twin(params, config)
-    with torch.no_grad():
-        expected_torch = model(to_torch(idx))
-    assert_close(cached_logits_torch(model, idx, chunks), expected_torch, name="torch cached logits vs full forward")
-    assert_close(cached, expected_torch, rtol=1e-4 if dtype == np.float32 else None, name="numpy cached vs torch")
+    for name, model in torch_twins(params, config).items():
+        with torch.no_grad():
+            expected_torch = model(to_torch(idx))
+        assert_close(cached_logits_torch(model, idx, chunks), expected_torch,
+                     name=f"{name} cached logits vs full forward")
+        assert_close(cached, expected_torch, rtol=1e-4 if dtype == np.float32 else None, name=f"numpy cached vs {name}")
 
 
 @budget(15)
@@ -157,6 +178,20 @@ def test_cached_logits_check_bites(monkeypatch):
         check_cached_logits(config, 0, idx, [3, 1, 2], np.float64)
 
 
+def test_cached_logits_check_bites_on_the_sdpa_path(monkeypatch):
+    """... and when the SDPA path drops the cache's mask (a chunk of new tokens then sees its own future)."""
+    config = GPTConfig(vocab_size=20, context_length=8, emb_dim=8, n_heads=2, n_layers=2, drop_rate=0.0)
+    idx = np.random.default_rng(1).integers(0, config.vocab_size, (2, 6))
+    real_sdpa = F.scaled_dot_product_attention
+
+    def unmasked(q, k, v, attn_mask=None, **options):
+        return real_sdpa(q, k, v, **options)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", unmasked)
+    with planted_bug("SDPA ignores the KV cache's mask", match="torch sdpa cached logits"):
+        check_cached_logits(config, 0, idx, [3, 1, 2], np.float64)
+
+
 @budget(10)
 @given(config=small_gpt_configs(max_context=10), seed=st.integers(0, 2**32 - 1), data=st.data())
 def test_left_padding_gives_each_row_its_own_logits(config, seed, data):
@@ -173,13 +208,13 @@ def test_left_padding_gives_each_row_its_own_logits(config, seed, data):
     split = data.draw(st.integers(1, T))
     chunks = [split, T - split] if split < T else [T]
     params = random_gpt_params(config, seed, np.float64)
-    model = torch_twin(params, config)
-    padded_np = cached_logits_numpy(params, config, idx, chunks, attention_mask=valid)
-    padded_torch = cached_logits_torch(model, idx, chunks, attention_mask=valid)
+    padded = {"numpy": cached_logits_numpy(params, config, idx, chunks, attention_mask=valid)}
+    for name, model in torch_twins(params, config).items():
+        padded[name] = cached_logits_torch(model, idx, chunks, attention_mask=valid)
     for b, row in enumerate(rows):
         alone, _ = forward(params, row[None], config)
-        assert_close(padded_np[b, T - row.size:], alone[0], name="numpy padded row vs alone")
-        assert_close(padded_torch[b, T - row.size:], alone[0], name="torch padded row vs alone")
+        for name, logits in padded.items():
+            assert_close(logits[b, T - row.size:], alone[0], name=f"{name} padded row vs alone")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -220,9 +255,7 @@ def test_batch_same_tokens_in_both_backends(config, seed, data):
     options = data.draw(st.sampled_from([{}, {"temperature": 1.0}, {"temperature": 0.8, "top_k": 5, "top_p": 0.9}]))
     max_new_tokens = data.draw(st.integers(0, 8))
     params = random_gpt_params(config, seed, np.float64)
-    model = torch_twin(params, config)
     outputs = {f"{name} {cache}": run(prompts, max_new_tokens, seed=seed, stop_ids=(0,), use_cache=cache, **options)
-               for name, run in (("numpy", lambda *a, **k: npgen.generate_batch(params, config, *a, **k)),
-                                 ("torch", lambda *a, **k: tgen.generate_batch(model, *a, **k)))
+               for name, run in backends(params, config, npgen.generate_batch, tgen.generate_batch).items()
                for cache in (True, False)}
     assert_all_equal(outputs)
