@@ -309,7 +309,10 @@ def pytest_sessionfinish(session, exitstatus):
     """Writes the registry to $PARITY_REPORT (JSON) when set; `gpt2 parity` prints it as a table."""
     path = os.environ.get("PARITY_REPORT")
     if path:
-        atomic_write_json(path, {"profile": PROFILE, "components": dict(sorted(_REGISTRY.items()))})
+        tolerances = {"float64": RTOL[np.float64], "float32": RTOL[np.float32],
+                      "torch_error_factor": TORCH_ERROR_FACTOR}
+        atomic_write_json(path, {"profile": PROFILE, "tolerances": tolerances,
+                                 "components": dict(sorted(_REGISTRY.items()))})
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -52,6 +52,8 @@ def test_runs_the_real_suite_and_prints_the_table(tmp_path, capfd):
     assert "profile ci (deterministic" in out
     saved = json.loads(report.read_text())
     assert saved["passed"] is True and saved["pytest_exit_code"] == 0 and saved["profile"] == "ci"
+    assert saved["tolerances"] == {"float64": 1e-10, "float32": 1e-5, "torch_error_factor": 5.0}
+    assert "float32 checks also allow 5 x torch's own float32 error" in out
     entry = saved["components"]["softmax"]
     assert entry["examples"] == 40 and entry["checks"] == 3 * 40                  # budget(40), 3 checks each
     assert 0 < entry["max_rel"]["float64"] < 1e-10 and 0 < entry["max_rel"]["float32"] < 1e-5
@@ -97,3 +99,14 @@ def test_table_marks_failures_and_skips_untested_modules():
     assert "helpers" not in table
     row = table_row(table, "model")
     assert "FAILED 1/2" in row and "d x (float32) 350%" in row and "1.0e-04" in row and " - " in row
+
+
+def test_summary_states_the_whole_budget():
+    """Not just rtol: the torch-error allowance and the magnitude floors of docs/parity.md, from the report."""
+    report = {"profile": "ci", "components": {}, "tolerances": {"float64": 1e-10, "float32": 1e-5,
+                                                                "torch_error_factor": 3.0}}
+    text = "\n".join(parity.summary_lines(report))
+    assert "rtol 1e-10 in float64, 1e-05 in float32" in text and "allow 3 x torch's own float32 error" in text
+    assert "at least 1e-3 of the largest tensor's" in text and "measured against their terms" in text
+    del report["tolerances"]                          # a report written before tolerances were recorded
+    assert "allow 5 x torch's own" in "\n".join(parity.summary_lines(report))

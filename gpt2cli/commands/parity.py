@@ -129,9 +129,23 @@ def summary_lines(report: dict) -> list[str]:
     if caught:
         lines.append(f"planted bugs caught: {caught} (the same checks reject deliberately broken backwards: "
                      f"test_bites.py and each module's own)")
-    lines.append("tolerances: float64 1e-10, float32 1e-5 of each tensor's magnitude (docs/parity.md); "
-                 "'worst' is the check that used most of its tolerance")
+    lines.extend(tolerance_lines(report.get("tolerances", DEFAULT_TOLERANCES)))
     return lines
+
+
+# What parity_tests/conftest.py uses (RTOL, TORCH_ERROR_FACTOR); a report states its own, these are for older ones.
+DEFAULT_TOLERANCES = {"float64": 1e-10, "float32": 1e-5, "torch_error_factor": 5.0}
+
+
+def tolerance_lines(tolerances: dict) -> list[str]:
+    """The budget each check had, as docs/parity.md "Tolerances and why" states it: rtol alone is not all of it."""
+    return [f"tolerances (docs/parity.md, \"Tolerances and why\"): |numpy - torch| <= rtol x magnitude, rtol "
+            f"{tolerances['float64']:g} in float64, {tolerances['float32']:g} in float32, where float32 checks also "
+            f"allow {tolerances['torch_error_factor']:g} x torch's own float32 error (its distance from torch run "
+            f"in float64)",
+            "  magnitude: the tensor's largest entry, at least 1e-3 of the largest tensor's; results that cancel "
+            "are measured against their terms (float32 attention: 3% of them)",
+            "  'worst' is the check that used most of its tolerance"]
 
 
 def run(args) -> int:
