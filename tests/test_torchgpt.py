@@ -156,6 +156,11 @@ def test_numpy_round_trip(tie):
     logits_np, _ = npmodel.forward(params, idx, config)
     logits_torch = model.eval()(torch.from_numpy(idx)).detach().numpy()
     assert np.abs(logits_np - logits_torch).max() < 1e-5
+    # the design's promise in plain torch, no helper: a NumPy param dict IS a state dict
+    plain = GPTModel(config, seed=1)
+    plain.load_state_dict({k: torch.from_numpy(v) for k, v in params.items()})
+    logits_plain = plain.eval()(torch.from_numpy(idx)).detach().numpy()
+    assert np.abs(logits_np - logits_plain).max() < 1e-5
 
 
 def test_load_numpy_params_errors():
