@@ -14,7 +14,6 @@ import torch
 import npgpt.model as npmodel
 from npgpt.config import GPTConfig
 from npgpt.data import SlidingWindowDataset
-from npgpt.datasets import fetch
 from npgpt.dropout import dropout_mask
 from npgpt.tokenizer import get_tokenizer
 from npgpt.train import TrainSettings, train
@@ -32,8 +31,8 @@ TRAJECTORY_RTOL = {np.float64: 1e-9, np.float32: 1e-4}
 
 
 @pytest.fixture(scope="module")
-def verdict_ids():
-    text = fetch("the-verdict", download=False, progress=False).read_text(encoding="utf-8")
+def verdict_ids(shared_data_dir):
+    text = (shared_data_dir / "the-verdict.txt").read_text(encoding="utf-8")
     return np.asarray(get_tokenizer("tiktoken").encode(text), dtype=np.int64)
 
 

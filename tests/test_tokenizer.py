@@ -1,9 +1,9 @@
 """Tokenizers: the book's simple ones, tiktoken's GPT-2, and our from-scratch GPT-2 BPE.
 
 Our BPE must give tiktoken's ids token for token: on a known answer, on generated text (hypothesis)
-and on two whole real corpora. Data comes from env GPT2_DATA_DIR (and TIKTOKEN_CACHE_DIR for
-tiktoken); run locally with
-    GPT2_DATA_DIR=/work/shared/data TIKTOKEN_CACHE_DIR=/work/shared/data/tiktoken_cache pytest ...
+and on two whole real corpora. The data files come from the `shared_data_dir` fixture (GPT2_DATA_DIR,
+else ../shared/data, else downloaded: tests/data_source.py); tiktoken reads TIKTOKEN_CACHE_DIR when
+set and otherwise its own cache, downloading into it.
 """
 
 import os
@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from npgpt.tokenizer import (
     ENDOFTEXT,
+    BPEFilesUnavailableError,
     UNK_TOKEN,
     GPT2Tokenizer,
     SimpleTokenizerV1,
@@ -36,28 +37,22 @@ KNOWN_IDS = [15496, 11, 466, 345, 588, 8887, 30, 220, 50256, 554, 262, 4252, 182
 # fixtures: data and the two GPT-2 tokenizers
 # ---------------------------------------------------------------------------------------------
 
-def _required_env_dir(name: str) -> Path:
-    value = os.environ.get(name)
-    if not value:
-        pytest.fail(
-            f"env {name} is not set; these tests need the project's data files. Fix: export "
-            f"GPT2_DATA_DIR=/abs/path/to/shared/data TIKTOKEN_CACHE_DIR=$GPT2_DATA_DIR/tiktoken_cache"
-        )
-    path = Path(value)
-    if not path.is_dir():
-        pytest.fail(f"env {name}={value!r} is not a directory; point it at the data folder.")
-    return path
-
-
 @pytest.fixture(scope="module")
-def data_dir() -> Path:
-    return _required_env_dir("GPT2_DATA_DIR")
+def data_dir(shared_data_dir) -> Path:
+    return shared_data_dir
 
 
 @pytest.fixture(scope="module")
 def tiktoken_enc():
-    _required_env_dir("TIKTOKEN_CACHE_DIR")
-    return get_tokenizer("tiktoken")
+    cache = os.environ.get("TIKTOKEN_CACHE_DIR")
+    if cache and not Path(cache).is_dir():
+        pytest.fail(f"TIKTOKEN_CACHE_DIR={cache} is not a folder. Fix: point it at a folder holding tiktoken's "
+                    f"two GPT-2 files (e.g. ../shared/data/tiktoken_cache), or unset it so tiktoken downloads "
+                    f"them into its default cache", pytrace=False)
+    try:
+        return get_tokenizer("tiktoken")
+    except BPEFilesUnavailableError as error:   # no cache and no network: its message says what to set
+        pytest.fail(str(error), pytrace=False)
 
 
 @pytest.fixture(scope="module")
