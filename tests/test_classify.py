@@ -503,8 +503,10 @@ def test_finetune_init_from_openai_checkpoint(subset_file, tmp_path, capsys):
 @pytest.mark.slow
 def test_from_scratch_reaches_95_percent(tmp_path, capsys):
     """The documented evidence run (docs/classification.md): a tiny GPT trained from scratch, all layers,
-    on the balanced split reaches >= 95% test accuracy."""
-    code, _, err = finetune(capsys, tmp_path / "run", "--model", "tiny", "--trainable", "all", "--lr", "1e-3",
-                            "--epochs", "5")
+    on the balanced split reaches >= 95% test accuracy (measured: 96.33% at seed 123; seeds 1 and 2 and the
+    NumPy backend 95.67-96.33%). lr 5e-4 for 8 epochs: at 1e-3 for 5 epochs the result swung between
+    epochs (89.7-95.0%) and ended at 94.67%."""
+    code, _, err = finetune(capsys, tmp_path / "run", "--model", "tiny", "--trainable", "all", "--lr", "5e-4",
+                            "--epochs", "8")
     assert code == 0, err
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test_accuracy"] >= 0.95

@@ -1,7 +1,7 @@
 """`gpt2 finetune classify`: finetune a GPT as an SMS spam classifier (ham / spam), the book's chapter 6.
 
     gpt2 finetune classify --init-from gpt2/124M --out runs/spam            # from OpenAI/HF/our weights
-    gpt2 finetune classify --model tiny --trainable all --lr 1e-3 --out runs/spam-scratch   # from scratch
+    gpt2 finetune classify --model tiny --trainable all --lr 5e-4 --epochs 8 --out runs/spam-scratch  # from scratch
 
 The run folder (--out) receives:
     model/          the classifier checkpoint (npgpt.checkpoint format; metadata: task, labels, max_length)
