@@ -65,7 +65,9 @@ def engines(config, params, hf_model, prompt, new_tokens):
     """name -> function() returning the new token ids (greedy, no stop token).
 
     torchgpt runs with scaled_dot_product_attention (as `gpt2 generate` does), torchgpt_eager with the
-    explicit attention (the parity-tested twin): one model, switched before each call.
+    explicit attention (the parity-tested twin): one model, switched before each call. npgpt and torchgpt
+    store their weights in the layout batch-1 decoding reads fastest, as `gpt2 generate` does
+    (decoding_layout: same values; transformers keeps its own layout).
     """
     import torch
 
@@ -74,7 +76,8 @@ def engines(config, params, hf_model, prompt, new_tokens):
     from benchmarks.cases import set_sdpa
     from torchgpt import GPTModel, load_numpy_params
 
-    torch_model = load_numpy_params(GPTModel(config, use_sdpa=True), params).eval()
+    torch_model = torchgpt.generate.decoding_layout(load_numpy_params(GPTModel(config, use_sdpa=True), params).eval())
+    params = npgpt.generate.decoding_layout(params, config)
 
     def run_torchgpt(use_sdpa):
         set_sdpa(torch_model, use_sdpa)
