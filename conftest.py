@@ -24,4 +24,5 @@ def shared_data_dir():
     try:
         return resolve_data_dir()
     except TestDataUnavailable as error:
-        pytest.fail(str(error), pytrace=False)
+        problem = str(error)
+    pytest.fail(problem, pytrace=False)       # outside the except: the message alone, no exception chain

@@ -22,8 +22,9 @@ from npgpt.download import DownloadError
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 TIKTOKEN_ENV = "TIKTOKEN_CACHE_DIR"
-FIX = (f"Fix: connect to the network, or export {datasets.DATA_DIR_ENV}=/abs/path/to/a/folder/holding/the/files "
-       f"of data/manifest.json (e.g. ../shared/data) and {TIKTOKEN_ENV}=${datasets.DATA_DIR_ENV}/tiktoken_cache")
+FIX = (f"Fix: connect to the network, or export {datasets.DATA_DIR_ENV}=<a folder holding the files of "
+       f"data/manifest.json> (e.g. /abs/path/to/shared/data) and {TIKTOKEN_ENV}=<a folder holding tiktoken's "
+       f"two GPT-2 files> (e.g. ${datasets.DATA_DIR_ENV}/tiktoken_cache)")
 
 
 class TestDataUnavailable(RuntimeError):
@@ -66,7 +67,8 @@ def fetch_all_into(cache: Path, shared: Path = SHARED_DATA) -> Path:
         for name in datasets.dataset_names():
             datasets.fetch(name, cache, progress=False)
     except (DownloadError, datasets.DataError, OSError) as error:
+        reason = str(error).split(". Fix:")[0]          # our own fix below replaces the downloader's
         raise TestDataUnavailable(
             f"no test data: {datasets.DATA_DIR_ENV} is not set, {shared} does not exist, and downloading "
-            f"the data sets into {cache} failed ({error}). {FIX}") from error
+            f"the data sets into {cache} failed ({reason}). {FIX}") from error
     return cache

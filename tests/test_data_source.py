@@ -75,7 +75,7 @@ def test_no_folder_and_no_network_fails_with_one_clear_message(tmp_path, no_netw
         resolve_data_dir(shared=tmp_path / "no-shared", cache=cache)
     message = str(caught.value)
     assert message.startswith("no test data: GPT2_DATA_DIR is not set") and str(tmp_path / "no-shared") in message
-    assert "could not download the-verdict.txt" in message
+    assert "could not download the-verdict.txt" in message and message.count("Fix:") == 1
     assert "export GPT2_DATA_DIR=" in message and "TIKTOKEN_CACHE_DIR=" in message
     assert list(cache.iterdir()) == []                                  # nothing half-downloaded left
 

@@ -52,7 +52,8 @@ def tiktoken_enc():
     try:
         return get_tokenizer("tiktoken")
     except BPEFilesUnavailableError as error:   # no cache and no network: its message says what to set
-        pytest.fail(str(error), pytrace=False)
+        problem = str(error)
+    pytest.fail(problem, pytrace=False)          # outside the except: the message alone, no exception chain
 
 
 @pytest.fixture(scope="module")
