@@ -192,9 +192,12 @@ def _shape_error(file, tensor, got, expected, config_file, config):
 # ---------------------------------------------------------------------------------------------------
 
 def _import_tensorflow():
-    # TensorFlow's C++ side logs a screenful of info lines at import unless told not to before it loads;
-    # a level the user set keeps winning
+    # TensorFlow's C++ side logs info lines at import unless told not to before it loads: the level hides
+    # most; the oneDNN notice is printed before logging is set up and only turning oneDNN's ops off stops
+    # it (nothing is computed in TensorFlow here: it only reads the checkpoint's tensors). A user's own
+    # settings keep winning.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     try:
         import tensorflow as tf
     except ImportError as error:
