@@ -246,16 +246,24 @@ class Trainer:
             model.check_token_ids = False        # the data was checked once; skip a host sync per forward
         self.optimizer = make_adamw(model, lr=settings.lr, weight_decay=settings.weight_decay, betas=settings.betas,
                                     **({"fused": True} if self.device.type == "cuda" else {}))
-        self.eval_model = torch.compile(model, backend=runtime.compile_backend) if runtime.compile else model
+        compile_ = (lambda module: torch.compile(module, backend=runtime.compile_backend)) if runtime.compile \
+            else (lambda module: module)
+        # Evaluation (rank 0 alone) must not go through DDP, whose forward may talk to the other processes.
+        self.eval_model = compile_(model)
+        self.ddp_model = None                    # under DDP: for no_sync and comm hooks
         self.train_model = self.eval_model
         if context.is_distributed:
             from torch.nn.parallel import DistributedDataParallel
-            self.train_model = DistributedDataParallel(
-                self.eval_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self.ddp_model = DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            # compile(DDP(model)), as PyTorch recommends: dynamo then splits the graph at DDP's gradient
+            # buckets, so the all-reduces overlap the backward (DDP(compile(model)) gives one graph and
+            # reduces after it).
+            self.train_model = compile_(self.ddp_model)
         self._reduces: dict | None = None          # gradient all-reduce rounds of this step, when counted
-        if context.is_distributed and os.environ.get(COUNT_REDUCES_ENV):
+        if self.ddp_model is not None and os.environ.get(COUNT_REDUCES_ENV):
             self._reduces = {}
-            count_grad_reduces(self.train_model, self._reduces)
+            count_grad_reduces(self.ddp_model, self._reduces)
 
         self.step, self.tokens_seen, self.elapsed = 0, 0, 0.0
         self._phase = "idle"        # "computing" a step (undoable on Ctrl-C) or "updating" the parameters
@@ -342,7 +350,7 @@ class Trainer:
             batch = to_device(batch, self.device)
             last = k == accum - 1
             # Under DDP the gradient all-reduce runs in backward; skip it for all but the last micro-batch.
-            sync = self.train_model.no_sync() if self.context.is_distributed and not last else nullcontext()
+            sync = self.ddp_model.no_sync() if self.ddp_model is not None and not last else nullcontext()
             with sync:
                 with autocast(self.device, self.autocast_dtype):
                     loss = self.loss_fn(self.train_model, batch)
