@@ -38,7 +38,8 @@ def read_sms_spam(path, labels=SMS_LABELS):
     """The SMS Spam Collection as a DataFrame with columns `label` (str), `text` (str), `line` (1-based).
 
     Every label must be one of `labels` and every text non-empty; otherwise ClassificationDataError
-    naming the file and line. A blank line is an empty message (an error like any other).
+    naming the file and line. A blank line is an empty message (an error like any other), except at the
+    end of the file, where blank lines are ignored.
     """
     import pandas as pd
 
@@ -57,8 +58,19 @@ def read_sms_spam(path, labels=SMS_LABELS):
             f"the message (a tab inside a message is not allowed): fix the file, or for the SMS Spam "
             f"Collection fetch it again with `gpt2 data fetch sms-spam`") from error
     frame["line"] = np.arange(1, len(frame) + 1)
+    frame = _without_trailing_blank_lines(frame)
     check_messages(frame, path, labels)
     return frame
+
+
+def _without_trailing_blank_lines(frame):
+    """Drops the blank lines at the end of a file (editors leave them); a blank line between messages
+    stays, and check_messages reports it."""
+    blank = (frame["label"].str.strip() == "") & (frame["text"].str.strip() == "")
+    kept = len(frame)
+    while kept > 0 and blank.iloc[kept - 1]:
+        kept -= 1
+    return frame.iloc[:kept]
 
 
 def check_messages(frame, source, labels=SMS_LABELS) -> None:

@@ -106,6 +106,13 @@ def test_line_numbers_count_blank_lines(tmp_path):
         read_sms_spam(blank)
 
 
+def test_blank_lines_at_the_end_of_a_file_are_ignored(tmp_path):
+    trailing = tmp_path / "trailing.tsv"
+    trailing.write_text("ham\tfine\nspam\tWIN now\n\n\n", encoding="utf-8")
+    frame = read_sms_spam(trailing)
+    assert frame["text"].tolist() == ["fine", "WIN now"] and frame["line"].tolist() == [1, 2]
+
+
 def test_extra_tab_error_fits_a_users_data_file(tmp_path):
     """A parser error (here a tab inside a message) says what a line must look like and how to fix a file
     the user wrote, not only how to re-download the SMS collection."""
