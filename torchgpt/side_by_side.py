@@ -20,6 +20,7 @@ import torch
 
 from npgpt import model as npmodel
 from npgpt.data import SlidingWindowDataset, iterate_batches
+from npgpt.memory import keep_freed_memory
 from npgpt.optim import AdamW, clip_grad_norm
 from npgpt.train import endless_batches, evaluate_loss
 from torchgpt.loss import cross_entropy
@@ -107,6 +108,7 @@ def train_side_by_side(params: dict, config, train_set: SlidingWindowDataset, va
     if config.drop_rate != 0.0:
         raise ValueError(f"side-by-side training needs drop_rate=0 (got {config.drop_rate}); "
                          f"use config.replace(drop_rate=0.0)")
+    keep_freed_memory()   # both backends reuse each step's freed activations instead of faulting them in again
     dtype = next(iter(params.values())).dtype
     torch_dtype = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}[dtype]
     torch_twin = TorchTwin(params, config, settings, dtype=torch_dtype)
