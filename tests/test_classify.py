@@ -80,30 +80,24 @@ def test_balanced_split_is_the_books_and_seeded(sms_file):
     assert list(other[0]["line"]) != list(train["line"])
 
 
-def test_bad_label_and_empty_message_name_file_and_line(tmp_path):
-    bad = tmp_path / "bad.tsv"
-    bad.write_text("ham\tfine\nspam\tWIN now\nhma\ttypo in the label\n", encoding="utf-8")
-    with pytest.raises(ClassificationDataError, match=r"bad\.tsv, line 3: label 'hma' is not one of ham, spam"):
-        read_sms_spam(bad)
-    empty = tmp_path / "empty.tsv"
-    empty.write_text("ham\tfine\nspam\t   \n", encoding="utf-8")
-    with pytest.raises(ClassificationDataError, match=r"empty\.tsv, line 2: empty message"):
-        read_sms_spam(empty)
+@pytest.mark.parametrize("content, error", [
+    ("ham\tfine\nspam\tWIN now\nhma\ttypo in the label\n", r"line 3: label 'hma' is not one of ham, spam"),
+    ("ham\tfine\nspam\t   \n", r"line 2: empty message"),
+    # pandas skips blank lines by default, which would shift every later line number: they are rows here,
+    # and a blank line between messages is itself reported as an empty message at its own line
+    ("ham\tfine\n\n\nhma\ttypo in the label\n", r"line 4: label 'hma'"),
+    ("ham\tfine\n\nspam\tWIN now\n", r"line 2: empty message"),
+], ids=["bad-label", "empty-message", "line-numbers-count-blank-lines", "blank-line-between-messages"])
+def test_bad_rows_name_file_and_line(tmp_path, content, error):
+    path = tmp_path / "messages.tsv"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(ClassificationDataError, match=r"messages\.tsv, " + error):
+        read_sms_spam(path)
+
+
+def test_missing_data_file_says_how_to_fetch_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="gpt2 data fetch sms-spam"):
         read_sms_spam(tmp_path / "missing.tsv")
-
-
-def test_line_numbers_count_blank_lines(tmp_path):
-    """pandas skips blank lines by default, which would shift every later line number: they are rows here,
-    and a blank line is itself reported as an empty message at its own line."""
-    after_blanks = tmp_path / "after_blanks.tsv"
-    after_blanks.write_text("ham\tfine\n\n\nhma\ttypo in the label\n", encoding="utf-8")
-    with pytest.raises(ClassificationDataError, match=r"after_blanks\.tsv, line 4: label 'hma'"):
-        read_sms_spam(after_blanks)
-    blank = tmp_path / "blank.tsv"
-    blank.write_text("ham\tfine\n\nspam\tWIN now\n", encoding="utf-8")
-    with pytest.raises(ClassificationDataError, match=r"blank\.tsv, line 2: empty message"):
-        read_sms_spam(blank)
 
 
 def test_blank_lines_at_the_end_of_a_file_are_ignored(tmp_path):
