@@ -452,10 +452,7 @@ def decoding_layout(params, config: GPTConfig):
     relaid = {}                                      # id(old array) -> new array, so tied names stay one array
     out = {}
     for name, array in params.items():
-        if name == "tok_emb.weight" and config.tie_weights:
-            name_for_rule = "out_head.weight"
-        else:
-            name_for_rule = name
+        name_for_rule = "out_head.weight" if (config.tie_weights and name == "tok_emb.weight") else name
         if not reads_faster_transposed(name_for_rule, array.shape):
             out[name] = array
             continue

@@ -160,7 +160,7 @@ def run_weights(path: str | os.PathLike) -> Path | None:
     checkpoint = latest_checkpoint(path)
     if checkpoint is None:
         raise FileNotFoundError(f"{path} is a run folder without a checkpoint yet (none in {path / CHECKPOINTS_DIR}); "
-                                f"let the run save one (--save-interval) or give a checkpoint folder")
+                                f"let the run save one (--checkpoint-interval) or give a checkpoint folder")
     return checkpoint
 
 

@@ -10,7 +10,7 @@ model.safetensors file.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
+
 
 def register(subparsers):
     from gpt2cli.commands.finetune_classify import add_threads_option
@@ -30,19 +30,13 @@ def register(subparsers):
     parser.set_defaults(func=run)
 
 
-def resolve_checkpoint_path(path) -> Path:
-    """A run folder (holding model/, or checkpoints/step-*) -> its checkpoint folder; anything else as is."""
-    from npgpt.weights import resolve_weights_path
-
-    return resolve_weights_path(path)
-
-
 def load_classifier(path):
     """(config, params, metadata) of a classifier checkpoint, or a one-line error saying what PATH is instead."""
     from npgpt.checkpoint import load_checkpoint, read_checkpoint_metadata
     from npgpt.classifier import check_classifier_params
+    from npgpt.weights import resolve_weights_path
 
-    path = resolve_checkpoint_path(path)
+    path = resolve_weights_path(path)          # a run folder -> its model/ checkpoint
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}; pass the --out folder of `gpt2 finetune classify`")
     metadata = read_checkpoint_metadata(path)

@@ -133,13 +133,12 @@ def load_initial_model(args):
     from npgpt.config import get_config
     from npgpt.model import init_params
     from npgpt.weights import load_weights
-    from gpt2cli.commands.classify import resolve_checkpoint_path
 
     if args.init_from is None:
         preset = args.model or DEFAULT_PRESET
         config = get_config(preset)
         return config, init_params(config, seed=args.seed, dtype=np.float32), f"from scratch ({preset})"
-    config, params = load_weights(resolve_checkpoint_path(args.init_from))
+    config, params = load_weights(args.init_from)   # run folders resolve to their checkpoint
     if args.model is not None:
         wanted = get_config(args.model)
         shape = ("emb_dim", "n_heads", "n_layers")
