@@ -49,7 +49,7 @@ def make_weights(config, folder: Path, use_hf: bool):
     import numpy as np
 
     from npgpt.model import init_params
-    from npgpt.weights import load_weights
+    from gptcore.formats.weights import load_weights
 
     if not use_hf:
         return config, init_params(config, seed=0, dtype=np.float32), None
@@ -191,7 +191,7 @@ def main(argv=None) -> int:
         args.new_tokens = 20 if args.quick else 100
     if args.repeats is None:
         args.repeats = 2 if args.quick else 3
-    from npgpt.fileio import atomic_write_json, atomic_write_text
+    from gptcore.fileio import atomic_write_json, atomic_write_text
 
     result = run_benchmark(args.model, args.prompt_tokens, args.new_tokens, args.repeats, args.threads,
                            use_hf=not args.no_hf)

@@ -38,7 +38,7 @@ def best_time(encode, text: str, repeats: int, before_each=None) -> tuple[float,
 
 
 def run_benchmark(data_dir: Path, repeats: int) -> list[dict]:
-    from npgpt.tokenizer import GPT2Tokenizer, get_tiktoken_gpt2
+    from gptcore.tokenizer import GPT2Tokenizer, get_tiktoken_gpt2
 
     ours = GPT2Tokenizer.from_data_dir(data_dir)
     theirs = get_tiktoken_gpt2()

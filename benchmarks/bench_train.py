@@ -26,8 +26,8 @@ import time
 
 
 def build_data(context_length: int):
-    from npgpt.corpus import prepare_corpus, resolve_sources
-    from npgpt.data import SlidingWindowDataset
+    from gptcore.corpus import prepare_corpus, resolve_sources
+    from gptcore.data import SlidingWindowDataset
     cache = os.environ.get("GPT2_TOKEN_CACHE") or os.path.join(tempfile.gettempdir(), "gpt2-bench-tokens")
     corpus = prepare_corpus(resolve_sources(None), cache_dir=cache, progress=False)
     return SlidingWindowDataset(corpus.train_tokens(), context_length, context_length, copy=False)
@@ -35,8 +35,9 @@ def build_data(context_length: int):
 
 def run_benchmark(args) -> list[dict]:
     import npgpt.model
-    from npgpt.config import get_config
-    from npgpt.train import TrainSettings, train as numpy_train
+    from gptcore.config import get_config
+    from gptcore.engine.training import TrainSettings
+    from npgpt.train import train as numpy_train
     from torchgpt import GPTModel, load_numpy_params, pick_device
     from torchgpt.train import RuntimeOptions, TokenBatches, Trainer
 

@@ -4,7 +4,7 @@
 
 No real weights exist here, so the script writes random weights of the real shapes (tests/fake_checkpoints.py)
 in the three layouts: OpenAI's TF folder (TF1 Saver), a Hugging Face folder (config.json + model.safetensors),
-and our checkpoint (npgpt.checkpoint). Each load runs in a fresh subprocess, so its peak resident memory
+and our checkpoint (gptcore.formats.checkpoint). Each load runs in a fresh subprocess, so its peak resident memory
 is its own: the table gives the best wall time of the load call and the peak growth of anonymous resident
 memory (RssAnon, sampled every 2 ms; a memory-mapped file's pages are page cache and not counted) over the
 process's state after imports, next to the size of the float32 parameters (one copy of the model). Linux only.
@@ -24,7 +24,7 @@ CHILD = r"""
 import json, sys, threading, time
 loader, path = sys.argv[1], sys.argv[2]
 import numpy as np
-from npgpt.weights import load_weights
+from gptcore.formats.weights import load_weights
 import tensorflow  # noqa: F401  imported before the baseline by every run, so runs compare
 if loader == "torchgpt":
     from torchgpt.checkpoint import load_model
@@ -54,9 +54,9 @@ print(json.dumps({"seconds": seconds, "peak_growth_mib": (max(peak[0], rss_anon_
 
 
 def write_layouts(folder: Path, size: str) -> dict[str, Path]:
-    from npgpt.checkpoint import save_checkpoint
-    from npgpt.config import get_config
-    from npgpt.weights import load_weights
+    from gptcore.formats.checkpoint import save_checkpoint
+    from gptcore.config import get_config
+    from gptcore.formats.weights import load_weights
     from tests.fake_checkpoints import (openai_hparams, openai_to_hf_tensors, random_openai_tensors,
                                         write_hf_checkpoint, write_openai_checkpoint)
 
@@ -95,8 +95,8 @@ def main(argv=None) -> int:
                                                      "with the same --keep and --size reuses them)")
     args = parser.parse_args(argv)
 
-    from npgpt.config import get_config
-    from npgpt.model import param_shapes
+    from gptcore.config import get_config
+    from gptcore.arch import param_shapes
 
     config = get_config(args.size)
     n_params = sum(math.prod(shape) for name, shape in param_shapes(config).items()

@@ -43,7 +43,7 @@ def size_config(name: str, drop_rate: float | None):
     Every section of `gpt2 bench` (decode included) resolves its model through here, so a name that the
     up-front check accepted cannot fail later in another section.
     """
-    from npgpt.config import ConfigError, get_config
+    from gptcore.config import ConfigError, get_config
 
     ladder = re.fullmatch(r"C(\d+)-L(\d+)", name)
     if ladder:
@@ -80,7 +80,7 @@ def component_config(config, seq_len: int):
 
 def _numpy_block_params(config, seed: int) -> dict:
     from npgpt.model import init_params
-    from npgpt.params import subdict
+    from gptcore.params import subdict
 
     return subdict(init_params(config, seed=seed), "blocks.0.")
 
@@ -95,7 +95,7 @@ def _inputs(component: str, config, batch_size: int, seq_len: int, rng) -> tuple
 def numpy_component(component: str, config, x: np.ndarray, dout: np.ndarray, p: dict):
     """(forward_fn, backward_fn) for npgpt; backward_fn reuses the cache of one forward."""
     from npgpt import attention, block, feedforward, gelu, layernorm, softmax
-    from npgpt.params import subdict
+    from gptcore.params import subdict
 
     forwards = {
         "layernorm": lambda: layernorm.layernorm_forward(x, p["norm1.scale"], p["norm1.shift"]),
@@ -288,7 +288,7 @@ def adamw_cases(config, *, seed: int = 0):
 
     from npgpt.model import init_params
     from npgpt.optim import AdamW
-    from npgpt.params import unique_arrays
+    from gptcore.params import unique_arrays
 
     params = init_params(config, seed=seed)
     rng = np.random.default_rng(seed + 1)

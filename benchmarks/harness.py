@@ -1,7 +1,7 @@
 """How `gpt2 bench` measures: thread limits, interleaved repeats, robust statistics, the machine header.
 
 The method, in short (docs/benchmarks.md has the long form):
-- Every library gets the same number of threads: threadpoolctl limits NumPy's BLAS, npgpt.parallel the
+- Every library gets the same number of threads: threadpoolctl limits NumPy's BLAS, npgpt.speed.parallel the
   threads of npgpt's elementwise blocks, torch.set_num_threads torch (its BLAS and its elementwise ops).
 - Each case (one operation at one shape) is a set of functions, one per backend, measured in the SAME
   process and interleaved: repeat 1 runs numpy, torch, ...; repeat 2 starts with the next backend; and
@@ -29,7 +29,7 @@ def limited_threads(n: int):
     import torch
     from threadpoolctl import threadpool_limits
 
-    from npgpt import parallel
+    from npgpt.speed import parallel
 
     previous_torch = torch.get_num_threads()
     previous_npgpt = parallel.set_num_threads(n)

@@ -61,8 +61,8 @@ def gpt2(args: list[str]) -> tuple[float, float]:
 
 def training_text(out: Path, seed: int) -> Path:
     """The training split's messages, one per line (the split `gpt2 finetune classify --seed SEED` makes)."""
-    from npgpt.classification_data import balance_classes, read_sms_spam, split_frame
-    from npgpt.datasets import fetch
+    from gptcore.tasks.classification_data import balance_classes, read_sms_spam, split_frame
+    from gptcore.datasets import fetch
     frame = balance_classes(read_sms_spam(fetch("sms-spam")), seed=seed)
     train, _, _ = split_frame(frame, seed=seed)
     path = out / "sms_train_text.txt"
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    from npgpt.fileio import atomic_write_json
+    from gptcore.fileio import atomic_write_json
     results_file = out / "results.json"
     results = json.loads(results_file.read_text()) if results_file.is_file() else {"runs": []}
     results.update({"machine": f"{platform.machine()}, {os.cpu_count()} cores (load average at start "

@@ -61,7 +61,7 @@ def header(result: dict) -> list[str]:
     lines += [
         f"- Machine: {machine['cpu']}, {machine['usable_cpus']} usable CPUs; {machine['platform']}; "
         f"Python {machine['python']}, NumPy {machine['numpy']}, torch {machine['torch']} (BLAS: {machine['torch_blas']}).",
-        f"- Threads: {settings['threads']} for every library (NumPy BLAS via threadpoolctl, npgpt.parallel, "
+        f"- Threads: {settings['threads']} for every library (NumPy BLAS via threadpoolctl, npgpt.speed.parallel, "
         f"torch.set_num_threads). Load average (1/5/15 min) at start {load_start}, at end {load_end}.",
         f"- torch parallel info (as measured): {'; '.join(machine.get('torch_parallel') or ['not recorded'])}.",
         f"- Native thread pools: {pools}. OPENBLAS_THREAD_TIMEOUT={machine.get('openblas_thread_timeout')} "
@@ -246,7 +246,7 @@ def _series(rows: list[dict], x_key: str, backends: list[str]):
 
 def plots(result: dict, out: Path) -> list[Path]:
     """time_vs_T.png, ratio_per_component.png and time_vs_size.png (those whose data were measured)."""
-    from npgpt.plots import plot_bars, plot_panels
+    from gptcore.plots import plot_bars, plot_panels
 
     out = Path(out)
     written = []

@@ -253,7 +253,7 @@ def command_line(settings: BenchSettings, out: Path) -> str:
 
 def write_results(result: dict, settings: BenchSettings, out: Path) -> str:
     """bench.json and bench.md from what is measured so far (targets included); returns the markdown."""
-    from npgpt.fileio import atomic_write_json, atomic_write_text
+    from gptcore.fileio import atomic_write_json, atomic_write_text
 
     result["targets"] = check_targets(result, settings)
     result["seconds"] = round(time.time() - result["started"], 1)
@@ -287,14 +287,14 @@ def run_sections(settings: BenchSettings, result: dict, out: Path, log) -> None:
 
 def run(settings: BenchSettings, out: Path, *, log=print) -> dict:
     """Runs the selected sections, writes bench.json, bench.md and the plots into `out`, returns the result."""
-    from npgpt.memory import keep_freed_memory
+    from npgpt.speed.memory import keep_freed_memory
 
     validate(settings)
     if settings.use_hf and not cases.hf_available():
         log("transformers is not installed (pip install -e .[bench]): running without the hf column")
         settings.use_hf = False
     out = Path(out)
-    # Process-wide and for every library alike: freed arrays are reused instead of mapped anew (npgpt.memory).
+    # Process-wide and for every library alike: freed arrays are reused instead of mapped anew (npgpt.speed.memory).
     malloc_reuse = keep_freed_memory()
     result: dict = {"command": command_line(settings, out), "settings": asdict(settings),
                     "machine": harness.machine_info(settings.threads), "malloc_keeps_freed_memory": malloc_reuse,

@@ -14,6 +14,9 @@ class ConfigError(ValueError):
     """A GPTConfig that cannot describe a working model."""
 
 
+ARCHITECTURES = ("gpt2",)      # the specs in gptcore.arch
+
+
 @dataclass(frozen=True)
 class GPTConfig:
     vocab_size: int = 50257      # V
@@ -24,6 +27,7 @@ class GPTConfig:
     drop_rate: float = 0.1
     qkv_bias: bool = False
     tie_weights: bool = True     # out_head.weight is tok_emb.weight
+    arch: str = "gpt2"           # which spec in gptcore.arch names and shapes the parameters
 
     def __post_init__(self):
         for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
@@ -35,6 +39,8 @@ class GPTConfig:
                 f"GPTConfig.emb_dim ({self.emb_dim}) must be divisible by n_heads ({self.n_heads}); "
                 f"pick n_heads among the divisors of {self.emb_dim}"
             )
+        if self.arch not in ARCHITECTURES:
+            raise ConfigError(f"GPTConfig.arch must be one of {list(ARCHITECTURES)}, got {self.arch!r}")
         if not 0.0 <= float(self.drop_rate) < 1.0:
             raise ConfigError(f"GPTConfig.drop_rate must be in [0, 1), got {self.drop_rate!r}")
 

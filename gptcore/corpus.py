@@ -40,7 +40,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from npgpt.fileio import atomic_write_json
+from gptcore.datasets import DEFAULT_DATA_DIR, dataset_names, fetch
+from gptcore.fileio import atomic_write_json
+from gptcore.tokenizer import get_tokenizer
 
 TOKEN_DTYPE = np.uint16          # GPT-2's 50257 ids fit; half the disk of int32
 CORPUS_FORMAT = "gpt2-twice-tokens-v1"
@@ -53,7 +55,6 @@ STATS_SETTLE_NS = 3 * 10**9     # more than the coarsest common mtime granularit
 
 def default_cache_dir() -> Path:
     """$GPT2_TOKEN_CACHE, else <repo>/data/cache/tokens (git-ignored, next to downloaded data)."""
-    from npgpt.datasets import DEFAULT_DATA_DIR
     configured = os.environ.get(TOKEN_CACHE_ENV)
     return Path(configured).expanduser() if configured else DEFAULT_DATA_DIR / "tokens"
 
@@ -70,7 +71,6 @@ def resolve_sources(data: list[str] | None, data_dir: str | os.PathLike | None =
                     download: bool = True) -> list[Path]:
     """Each entry of `data` -> text files: a file as is, a folder's files (sorted, hidden ones skipped),
     or a data set name from the manifest (fetched and verified). None or [] means the-verdict."""
-    from npgpt.datasets import dataset_names, fetch
     files: list[Path] = []
     for entry in data or [DEFAULT_DATASET]:
         path = Path(entry).expanduser()
@@ -207,7 +207,6 @@ def load_corpus(folder: str | os.PathLike) -> TokenCorpus | None:
 def prepare_corpus(files: list[Path], *, cache_dir: str | os.PathLike | None = None, tokenizer_name: str = "tiktoken",
                    val_fraction: float = 0.1, progress: bool = True) -> TokenCorpus:
     """Token files for `files` (see the module docstring): reused when present, else built with a progress bar."""
-    from npgpt.tokenizer import get_tokenizer
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"the validation fraction must be in [0, 1), got {val_fraction}")
     tokenizer = get_tokenizer(tokenizer_name)

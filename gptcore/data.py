@@ -32,7 +32,7 @@ class SlidingWindowDataset:
     def __init__(self, token_ids: Sequence[int] | np.ndarray, max_length: int, stride: int, *,
                  copy: bool = True):
         """copy=False keeps `token_ids` as given (e.g. a read-only np.memmap of uint16 tokens on disk, see
-        npgpt.corpus) instead of an int64 copy in memory; windows are then converted to int64 per access."""
+        gptcore.corpus) instead of an int64 copy in memory; windows are then converted to int64 per access."""
         if not isinstance(max_length, (int, np.integer)) or max_length <= 0:
             raise ValueError(f"max_length must be a positive integer, got {max_length!r}")
         if not isinstance(stride, (int, np.integer)) or stride <= 0:

@@ -21,7 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from npgpt.download import CorruptArchiveError, DownloadError, download_file, safe_extract_zip, sha256_of
+from gptcore.download import CorruptArchiveError, DownloadError, download_file, safe_extract_zip, sha256_of
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MANIFEST_PATH = REPO_ROOT / "data" / "manifest.json"

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from npgpt.fileio import atomic_write_bytes
+from gptcore.fileio import atomic_write_bytes
 
 
 def pyplot():

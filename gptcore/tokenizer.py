@@ -22,6 +22,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import AbstractSet, Literal, Protocol
 
+from gptcore.datasets import fetch
+
 # --------------------------------------------------------------------------------------------
 # 1. The book's simple word-level tokenizers
 # --------------------------------------------------------------------------------------------
@@ -276,7 +278,7 @@ class GPT2Tokenizer:
 
     @classmethod
     def from_data_dir(cls, data_dir: str | os.PathLike | None = None):
-        """Find (or download) gpt2_bpe/encoder.json and vocab.bpe through ``npgpt.datasets.fetch``.
+        """Find (or download) gpt2_bpe/encoder.json and vocab.bpe through ``gptcore.datasets.fetch``.
 
         data_dir: explicit folder, else env GPT2_DATA_DIR, else the default cache (see fetch).
         """
@@ -441,23 +443,8 @@ def _fix_surrogates(text: str) -> str:
 
 
 def _find_gpt2_bpe_folder(data_dir) -> Path:
-    """The folder with encoder.json and vocab.bpe: via the project downloader when present."""
-    try:
-        from npgpt.datasets import fetch
-    except ModuleNotFoundError as error:
-        if error.name != "npgpt.datasets":
-            raise
-        fetch = None
-    if fetch is not None:
-        return Path(fetch("gpt2-bpe", data_dir=data_dir))
-    # Fallback while the downloader is not there: <data dir>/gpt2_bpe.
-    root = data_dir if data_dir is not None else os.environ.get("GPT2_DATA_DIR")
-    if root is None:
-        raise FileNotFoundError(
-            "cannot locate the GPT-2 BPE files: no data_dir was given and GPT2_DATA_DIR is not "
-            "set. Fix: pass data_dir=<folder holding gpt2_bpe/> or set GPT2_DATA_DIR."
-        )
-    return Path(root) / "gpt2_bpe"
+    """The folder with encoder.json and vocab.bpe, through the project's downloader (gptcore.datasets)."""
+    return Path(fetch("gpt2-bpe", data_dir=data_dir))
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ Never imports torch. See npgpt/README.md for the layout and the speed notes.
 import os
 
 # OpenBLAS (NumPy's BLAS) keeps its worker threads busy-waiting for 2**28 cycles (~0.1 s) after every
-# matmul. Between the matmuls of a GPT-2 step npgpt runs elementwise work on all cores (npgpt.parallel),
+# matmul. Between the matmuls of a GPT-2 step npgpt runs elementwise work on all cores (npgpt.speed.parallel),
 # and those spinning threads take the cores from it (and from every other process): measured here, the
 # 124M forward on 2 threads took 2.4 s with a short timeout and 7-16 s with the default on a busy machine.
 # 2**4 cycles lets idle workers sleep at once. It only takes effect if NumPy is not loaded yet, so npgpt
@@ -13,7 +13,7 @@ import os
 # set wins.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
-from npgpt.config import PRESETS, ConfigError, GPTConfig, get_config  # noqa: E402  (after the setting above)
-from npgpt.weights import WeightsError, load_weights  # noqa: E402
+from gptcore.config import PRESETS, ConfigError, GPTConfig, get_config  # noqa: E402  (after the setting above)
+from gptcore.formats.weights import WeightsError, load_weights  # noqa: E402
 
 __all__ = ["GPTConfig", "PRESETS", "ConfigError", "get_config", "load_weights", "WeightsError"]

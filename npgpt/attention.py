@@ -10,7 +10,7 @@ import numpy as np
 
 from npgpt.dropout import dropout_backward, dropout_forward
 from npgpt.linear import linear_layer_backward, linear_layer_forward
-from npgpt.parallel import matmul_stack, parallel_for, rows_per_block
+from npgpt.speed.parallel import matmul_stack, parallel_for, rows_per_block
 from npgpt.softmax import softmax_backward, softmax_forward
 
 
@@ -61,7 +61,7 @@ def _masked_scaled_softmax(scores, causal, scale, hide=None):
 
     Speed: without `hide`, the scaling, the mask and the softmax's passes run per (T, S) matrix, so one
     matrix stays in the CPU cache through all of them, and the matrices are shared among the cores
-    (npgpt.parallel). With `hide` (small decoding steps) the passes run over the whole array.
+    (npgpt.speed.parallel). With `hide` (small decoding steps) the passes run over the whole array.
     """
     if hide is not None:
         scores *= scale

@@ -7,7 +7,7 @@ from npgpt.attention import multihead_attention_backward, multihead_attention_fo
 from npgpt.dropout import dropout_backward, dropout_forward
 from npgpt.feedforward import feedforward_backward, feedforward_forward
 from npgpt.layernorm import layernorm_backward, layernorm_forward
-from npgpt.params import prefixed, subdict
+from gptcore.params import prefixed, subdict
 
 
 def block_forward(x, p, config, *, train=False, rng=None, kv_cache=None):

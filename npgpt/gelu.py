@@ -2,13 +2,13 @@
 
 Speed: at GPT-2 124M the feed-forward hidden layer is (B*T, 4C) = 3M numbers per block, and np.tanh is
 the costliest ufunc there. The formulas below run in blocks of GELU_BLOCK elements (the several passes
-over a block stay in the CPU cache) shared among the cores (npgpt.parallel).
+over a block stay in the CPU cache) shared among the cores (npgpt.speed.parallel).
 """
 import math
 
 import numpy as np
 
-from npgpt.parallel import parallel_for
+from npgpt.speed.parallel import parallel_for
 
 # Python floats, not NumPy float64 scalars: they keep float32 arrays float32 (NumPy 2 promotion).
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)

@@ -4,7 +4,8 @@ linear_forward/backward take the arrays; linear_layer_forward/backward take a pa
 name, which is how the model calls every linear layer, so a LoRA adapter stored next to the layer
 (`name.lora_A`, see npgpt/lora.py) joins in without a second model implementation.
 """
-from npgpt.lora import A_SUFFIX, B_SUFFIX, SCALING_SUFFIX, lora_backward, lora_forward
+from gptcore.lora import A_SUFFIX, B_SUFFIX, SCALING_SUFFIX
+from npgpt.lora import lora_backward, lora_forward
 
 
 def linear_forward(x, weight, bias=None):

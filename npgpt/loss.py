@@ -2,7 +2,7 @@
 
 Speed: at GPT-2 124M with B*T = 1024 rows the logits are (1024, 50257), 196 MiB in float32, and the
 softmax over them is the largest elementwise job of a train step (np.exp alone ~0.1 s on one core).
-So the softmax runs in row blocks on every core (npgpt.parallel), writes into one buffer (the logits
+So the softmax runs in row blocks on every core (npgpt.speed.parallel), writes into one buffer (the logits
 themselves when the caller allows it), and the fused cross_entropy_loss_and_grad() turns that buffer
 into dlogits without further full passes.
 """
@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from npgpt.parallel import parallel_for
+from npgpt.speed.parallel import parallel_for
 
 IGNORE_INDEX = -100
 

@@ -9,71 +9,39 @@
 The backward is the forward read in reverse. With tie_weights, out_head.weight IS tok_emb.weight (one array
 under two names) and its gradient is the sum of the head's and the embedding's contributions.
 """
-import math
-
 import numpy as np
 
+from gptcore.arch import block_param_shapes, count_params_for, param_shapes, spec_for  # noqa: F401 (model API)
+from gptcore.config import GPTConfig
+from gptcore.params import check_param_shapes, prefixed, subdict, unique_arrays
 from npgpt.block import block_backward, block_forward
-from npgpt.config import GPTConfig
 from npgpt.dropout import dropout_backward, dropout_forward
 from npgpt.embedding import embedding_backward, embedding_forward, pos_embedding_backward, pos_embedding_forward
 from npgpt.layernorm import layernorm_backward, layernorm_forward
 from npgpt.linear import linear_layer_backward, linear_layer_forward
 from npgpt.loss import cross_entropy_loss_and_grad
-from npgpt.params import check_param_shapes, prefixed, subdict, unique_arrays
-
-
-def block_param_shapes(config: GPTConfig):
-    """Shapes of one block's parameters under their names inside the block."""
-    C, F = config.emb_dim, config.ff_dim
-    shapes = {"norm1.scale": (C,), "norm1.shift": (C,)}
-    for proj in ("W_query", "W_key", "W_value"):
-        shapes[f"att.{proj}.weight"] = (C, C)
-        if config.qkv_bias:
-            shapes[f"att.{proj}.bias"] = (C,)
-    shapes.update({
-        "att.out_proj.weight": (C, C), "att.out_proj.bias": (C,),
-        "norm2.scale": (C,), "norm2.shift": (C,),
-        "ff.fc1.weight": (F, C), "ff.fc1.bias": (F,),
-        "ff.fc2.weight": (C, F), "ff.fc2.bias": (C,),
-    })
-    return shapes
-
-
-def param_shapes(config: GPTConfig):
-    """Every canonical parameter name -> shape, in a fixed order (the order of initialization)."""
-    V, C = config.vocab_size, config.emb_dim
-    shapes = {"tok_emb.weight": (V, C), "pos_emb.weight": (config.context_length, C)}
-    for i in range(config.n_layers):
-        shapes.update(prefixed(block_param_shapes(config), f"blocks.{i}."))
-    shapes.update({"final_norm.scale": (C,), "final_norm.shift": (C,), "out_head.weight": (V, C)})
-    return shapes
-
-
-def _init_std(name, config):
-    """GPT-2 init: N(0, 0.02) for weights; projections into the residual stream scaled by 1/sqrt(2 L)."""
-    if name.endswith(("att.out_proj.weight", "ff.fc2.weight")):
-        return 0.02 / math.sqrt(2 * config.n_layers)
-    return 0.02
 
 
 def init_params(config: GPTConfig, seed=0, dtype=np.float32):
-    """A fresh GPT-2 parameter dict: weights ~ N(0, std), biases 0, LayerNorm scale 1 and shift 0.
+    """A fresh parameter dict by the architecture's init rule (gptcore.arch; GPT-2: weights ~ N(0, std),
+    biases 0, LayerNorm scale 1 and shift 0).
 
     Values are drawn in float32 whatever `dtype` is, so a float64 model starts from the same numbers.
     """
     rng = np.random.default_rng(seed)
+    head, embedding = spec_for(config).TIED_HEAD
     params = {}
     for name, shape in param_shapes(config).items():
-        if name == "out_head.weight" and config.tie_weights:
-            params[name] = params["tok_emb.weight"]
-        elif name.endswith(".scale"):
+        kind, value = spec_for(config).init_rule(name, config)
+        if name == head and config.tie_weights:
+            params[name] = params[embedding]
+        elif kind == "ones":
             params[name] = np.ones(shape, dtype=dtype)
-        elif name.endswith((".shift", ".bias")):
+        elif kind == "zeros":
             params[name] = np.zeros(shape, dtype=dtype)
         else:
             draw = rng.standard_normal(shape, dtype=np.float32)
-            draw *= np.float32(_init_std(name, config))
+            draw *= np.float32(value)
             params[name] = draw.astype(dtype, copy=False)
     return params
 
@@ -81,13 +49,6 @@ def init_params(config: GPTConfig, seed=0, dtype=np.float32):
 def count_params(params):
     """Number of trainable numbers, counting a tied array once."""
     return sum(value.size for _, value in unique_arrays(params))
-
-
-def count_params_for(config: GPTConfig):
-    """count_params of the model `config` describes, from the shapes alone (nothing allocated, so it is
-    instant for gpt2-xl's 1.6B); a tied head shares tok_emb.weight and is not counted again."""
-    return sum(math.prod(shape) for name, shape in param_shapes(config).items()
-               if not (name == "out_head.weight" and config.tie_weights))
 
 
 def check_params(params, config: GPTConfig):

@@ -1,4 +1,4 @@
-"""AdamW, global-norm gradient clipping and learning-rate schedules for flat parameter dicts.
+"""AdamW and global-norm gradient clipping for flat parameter dicts (schedules: gptcore.engine.schedule).
 
 The update is torch.optim.AdamW's, step for step (t counts from 1):
     p <- p * (1 - lr * wd)                                   (decoupled weight decay, decayed params only)
@@ -9,8 +9,8 @@ import math
 
 import numpy as np
 
-from npgpt.parallel import parallel_for
-from npgpt.params import unique_arrays
+from npgpt.speed.parallel import parallel_for
+from gptcore.params import unique_arrays
 
 # Elements per block of the AdamW update (128 KiB of float32 per array): the five arrays one block
 # touches stay in the CPU cache through the dozen passes of the update.
@@ -59,7 +59,7 @@ class AdamW:
 
         Speed: at GPT-2 124M every array here is up to 154 MiB. A dozen whole-array passes would each
         stream it through memory (and allocate a same-sized scratch); on a block of 2**15 elements the
-        passes hit the CPU cache, and blocks are spread over the cores (npgpt.parallel).
+        passes hit the CPU cache, and blocks are spread over the cores (npgpt.speed.parallel).
         """
         beta1, beta2 = self.betas
         eps = self.eps
@@ -122,21 +122,3 @@ def clip_grad_norm(grads, max_norm):
     return total_norm
 
 
-def constant_lr(step, lr):
-    return lr
-
-
-def warmup_cosine_lr(step, *, max_lr, warmup_steps, max_steps, min_lr=0.0):
-    """Learning rate for optimizer step `step` (0-based):
-
-        step < warmup_steps:            max_lr * (step + 1) / warmup_steps        (linear warmup)
-        warmup_steps <= step < max:     min_lr + (max_lr - min_lr) * (1 + cos(pi * progress)) / 2,
-                                        progress = (step - warmup_steps) / (max_steps - warmup_steps)
-        step >= max_steps:              min_lr
-    """
-    if step < warmup_steps:
-        return max_lr * (step + 1) / warmup_steps
-    if step >= max_steps:
-        return min_lr
-    progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
-    return min_lr + 0.5 * (max_lr - min_lr) * (1.0 + math.cos(math.pi * progress))

@@ -1,11 +1,11 @@
 """Softmax along one axis, numerically stable (the row maximum is subtracted first).
 
-Along the last axis the rows are computed in blocks on all cores (npgpt.parallel): the attention
+Along the last axis the rows are computed in blocks on all cores (npgpt.speed.parallel): the attention
 softmax of GPT-2 124M at B=4, T=256 is 3M numbers per layer, and np.exp runs on one core.
 """
 import numpy as np
 
-from npgpt.parallel import parallel_for, rows_per_block
+from npgpt.speed.parallel import parallel_for, rows_per_block
 
 
 def _softmax_into(x, out, axis):

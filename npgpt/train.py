@@ -7,107 +7,27 @@ checkpoints with the full training state, exact resume, metrics in a run folder.
     every checkpoint_interval steps and at the end: a checkpoint (when a run folder is given)
 
 It is deliberately the same loop as torchgpt.train's, so the two can be compared step by step: both
-take their windows from npgpt.data.WindowStream and their settings from TrainSettings.
+take their windows from gptcore.data.WindowStream and their settings from gptcore.engine.training.TrainSettings.
 """
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from gptcore.data import WindowStream, iterate_batches
+from gptcore.engine.lockstep import LockstepSettings
+from gptcore.engine.training import TrainSettings, evaluation_line, nonfinite_message, settings_dict
+from gptcore.formats.checkpoint import save_checkpoint
+from gptcore.formats.runs import (NonFiniteLossError, RunLog, StopRequest, TrainingInterrupted, checkpoint_path,
+                                  prune_checkpoints)
+from gptcore.params import unique_arrays
 from npgpt import model
-from npgpt.data import WindowStream, iterate_batches
 from npgpt.loss import cross_entropy_forward, perplexity
-from npgpt.memory import keep_freed_memory
-from npgpt.optim import AdamW, clip_grad_norm, warmup_cosine_lr
-from npgpt.params import unique_arrays
-from npgpt.runs import NonFiniteLossError, RunLog, StopRequest, TrainingInterrupted, checkpoint_path, \
-    latest_checkpoint, prune_checkpoints
-
-
-@dataclass
-class TrainSettings:
-    """Optimisation settings shared by the NumPy and the torch loop (framework-free)."""
-    max_steps: int = 100
-    batch_size: int = 8             # micro-batch of one process
-    lr: float = 4e-4
-    min_lr: float = 0.0
-    warmup_steps: int = 0
-    cosine: bool = False            # False: constant lr after warmup; True: cosine decay to min_lr at lr_decay_steps
-    lr_decay_steps: int | None = None   # the cosine's horizon; None means max_steps
-    weight_decay: float = 0.1
-    betas: tuple = (0.9, 0.999)
-    grad_clip: float | None = 1.0   # global-norm clipping, None to turn off
-    grad_accum_steps: int = 1       # micro-batches per optimizer step
-    eval_interval: int = 10
-    eval_batches: int = 5
-    checkpoint_interval: int = 0    # steps between checkpoints; 0: only at the end (and on Ctrl-C)
-    keep_checkpoints: int = 2       # newest checkpoints kept in the run folder; 0 keeps all
-    seed: int = 123                 # batch order and dropout masks
-
-    def __post_init__(self):
-        for name in ("max_steps", "batch_size", "eval_interval", "eval_batches", "grad_accum_steps"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"TrainSettings.{name} must be positive, got {getattr(self, name)}")
-        for name in ("warmup_steps", "checkpoint_interval", "keep_checkpoints"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"TrainSettings.{name} must be >= 0, got {getattr(self, name)}")
-        if self.lr_decay_steps is not None and self.lr_decay_steps <= 0:
-            raise ValueError(f"TrainSettings.lr_decay_steps must be positive, got {self.lr_decay_steps}")
-        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
-            raise ValueError(f"need 0 <= min_lr <= lr and lr > 0, got lr={self.lr} min_lr={self.min_lr}")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ValueError(f"grad_clip must be positive or None (off), got {self.grad_clip}")
-        self.betas = tuple(self.betas)
-
-    @property
-    def decay_steps(self) -> int:
-        return self.lr_decay_steps or self.max_steps
-
-    def lr_at(self, step):
-        """Learning rate of optimizer step `step` (0-based)."""
-        if self.cosine:
-            return warmup_cosine_lr(step, max_lr=self.lr, warmup_steps=self.warmup_steps,
-                                    max_steps=self.decay_steps, min_lr=self.min_lr)
-        if step < self.warmup_steps:
-            return self.lr * (step + 1) / self.warmup_steps
-        return self.lr
-
-    def schedule_state(self) -> dict:
-        """The scheduler entry of a checkpoint's training state (the lr follows from it and the step)."""
-        return {"name": "warmup_cosine" if self.cosine else "warmup_constant", "max_lr": self.lr,
-                "min_lr": self.min_lr, "warmup_steps": self.warmup_steps, "decay_steps": self.decay_steps}
-
-    def windows_per_step(self, world_size: int = 1) -> int:
-        """The global batch in windows: micro-batch x accumulation x processes."""
-        return self.batch_size * self.grad_accum_steps * world_size
-
-
-def settings_dict(settings: TrainSettings) -> dict:
-    values = asdict(settings)
-    values["betas"] = list(settings.betas)
-    return values
-
-
-def settings_from_dict(values: dict) -> TrainSettings:
-    """Inverse of settings_dict; unknown keys are an error that names them."""
-    known = set(TrainSettings.__dataclass_fields__)
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown training settings {unknown}; known: {sorted(known)}")
-    return TrainSettings(**values)
-
-
-def endless_batches(dataset, batch_size, seed, start_epoch=0):
-    """(epoch, (X, Y)) batches epoch after epoch (a fresh shuffle each epoch), so max_steps may exceed one
-    epoch: the batches of iterate_batches(dataset, batch_size, seed=seed, epoch=e) for e = start_epoch, ..."""
-    stream = WindowStream(len(dataset), batch_size, seed=seed, epoch=start_epoch)
-    while True:
-        indices = stream.next_step()
-        yield stream.epoch, dataset.batch(indices)
+from npgpt.optim import AdamW, clip_grad_norm
+from npgpt.speed.memory import keep_freed_memory
 
 
 def evaluate_loss(params, config, dataset, batch_size, max_batches):
@@ -156,7 +76,7 @@ def train(params, config, train_dataset, val_dataset, settings: TrainSettings, *
     A NaN/inf loss raises NonFiniteLossError before the update; Ctrl-C saves a checkpoint, then raises
     TrainingInterrupted.
     """
-    keep_freed_memory()   # reuse each step's activation memory instead of faulting it in again (npgpt.memory)
+    keep_freed_memory()   # reuse each step's activation memory instead of faulting it in again (npgpt.speed.memory)
     optimizer = AdamW(lr=settings.lr, betas=settings.betas, weight_decay=settings.weight_decay)
     dropout_rng = np.random.default_rng(settings.seed)
     stream = WindowStream(len(train_dataset), settings.windows_per_step(), seed=settings.seed)
@@ -181,7 +101,6 @@ def train(params, config, train_dataset, val_dataset, settings: TrainSettings, *
     def save():
         if run_log is None:
             return None
-        from npgpt.checkpoint import save_checkpoint
         path = save_checkpoint(checkpoint_path(run_log.run_dir, step), params, config,
                                training_state=training_state(), metadata={"backend": "numpy", **(metadata or {})})
         prune_checkpoints(run_log.run_dir, settings.keep_checkpoints)
@@ -274,29 +193,21 @@ def train(params, config, train_dataset, val_dataset, settings: TrainSettings, *
     return history
 
 
-def evaluation_line(entry: dict, max_steps: int, tokens_per_sec: float, mfu: float | None = None) -> str:
-    """The console line of one evaluation (both loops): step, train and val loss with perplexity, tokens seen,
-    throughput, lr, and the sample if any. The train loss is the evaluated one (same windows each time, no
-    dropout) when there is one, else the step's."""
-    parts = [f"step {entry['step']}/{max_steps}"]
-    for label, name in (("train", "eval_train"), ("val", "val")):
-        loss = entry.get(f"{name}_loss", entry["train_loss"] if label == "train" else None)
-        if loss is not None:
-            parts.append(f"{label} loss {loss:.3f} (ppl {perplexity(loss):,.1f})")
-    parts += [f"{entry['tokens_seen']:,} tokens seen", f"{tokens_per_sec:,.0f} tokens/s"]
-    if mfu is not None:
-        parts.append(f"MFU {mfu:.1%}")
-    parts.append(f"lr {entry['lr']:.2e}")
-    line = ", ".join(parts)
-    return line + (f"\n  sample: {entry['sample']!r}" if "sample" in entry else "")
+class NumpyTwin:
+    """The NumPy side of gptcore.engine.lockstep: the parameter dict itself (updated in place) and npgpt's AdamW."""
 
+    def __init__(self, params: dict, config, settings: LockstepSettings):
+        keep_freed_memory()   # reuse each step's freed activations instead of faulting them in again
+        self.params, self.config = params, config
+        self.optimizer = AdamW(lr=settings.lr, weight_decay=settings.weight_decay)
+        self.grad_clip = settings.grad_clip
 
-def nonfinite_message(loss, step, run_log: RunLog | None) -> str:
-    """The error for a NaN/inf loss: the step, the last good checkpoint, and what to try."""
-    where = ""
-    if run_log is not None:
-        last = latest_checkpoint(run_log.run_dir)
-        where = (f"; the last good checkpoint is {last} (resume with --resume {run_log.run_dir})" if last
-                 else "; no checkpoint was written yet")
-    return (f"the loss became {loss} at step {step}{where}. Lower --lr, raise --warmup-steps or keep "
-            f"--grad-clip on")
+    def step(self, X: np.ndarray, Y: np.ndarray) -> float:
+        loss, grads = model.loss_and_grads(self.params, X, Y, self.config)
+        if self.grad_clip is not None:
+            clip_grad_norm(grads, self.grad_clip)
+        self.optimizer.step(self.params, grads)
+        return loss
+
+    def evaluate(self, dataset, batch_size: int, max_batches: int) -> float:
+        return evaluate_loss(self.params, self.config, dataset, batch_size, max_batches)

@@ -31,7 +31,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 from npgpt import gradcheck
-from npgpt.fileio import atomic_write_json
+from gptcore.fileio import atomic_write_json
 from tests.hypothesis_profiles import load_profile_from_env
 
 # --------------------------------------------------------------------------------------------------------
@@ -429,7 +429,7 @@ def _one_torch_thread():
 @st.composite
 def small_gpt_configs(draw, max_vocab: int = 48, max_context: int = 12):
     """A GPTConfig with V <= max_vocab, T_max <= max_context, C = H * D <= 24, 1-2 layers, no dropout."""
-    from npgpt.config import GPTConfig
+    from gptcore.config import GPTConfig
 
     n_heads = draw(st.integers(1, 3))
     return GPTConfig(vocab_size=draw(st.integers(4, max_vocab)), context_length=draw(st.integers(3, max_context)),
@@ -442,7 +442,7 @@ def random_gpt_params(config, seed: int, dtype, std: float = 0.3) -> dict:
     scales and shifts and the biases jittered by N(0, 0.1): GPT-2's init gives nearly uniform next-token
     distributions, these give a tiny model clear preferences (and LayerNorm/bias paths nonzero work)."""
     from npgpt.model import init_params
-    from npgpt.params import unique_arrays
+    from gptcore.params import unique_arrays
 
     params = init_params(config, seed=seed, dtype=dtype)
     rng = np.random.default_rng(seed)

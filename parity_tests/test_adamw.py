@@ -9,9 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import npgpt.model as npmodel
-from npgpt.config import GPTConfig
+from gptcore.config import GPTConfig
 from npgpt.optim import AdamW, decay_matrices_only
-from npgpt.params import unique_arrays
+from gptcore.params import unique_arrays
 from torchgpt.model import GPTModel, load_numpy_params
 from torchgpt.optim import make_adamw, set_lr
 from parity_tests.conftest import (assert_close, budget, dtypes, make_array, nudged_params, record_example, to_torch,

@@ -21,10 +21,10 @@ import npgpt.loss
 import npgpt.model
 import npgpt.optim
 import parity_tests.test_clipping
-from npgpt.config import GPTConfig
+from gptcore.config import GPTConfig
 from npgpt.gelu import GELU_CUBIC, SQRT_2_OVER_PI
 from npgpt.optim import global_grad_norm
-from npgpt.params import unique_arrays
+from gptcore.params import unique_arrays
 from parity_tests.conftest import Values, planted_bug, record_example
 from parity_tests.test_adamw import check_adamw_all_decayed
 from parity_tests.test_attention import check_simple_attention, check_single_head

@@ -8,12 +8,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import npgpt.block as npblock
-import npgpt.model as npmodel
 import torchgpt.block as tblock
-from npgpt.config import GPTConfig
+from gptcore.config import GPTConfig
 from torchgpt.model import MaskFeed
 from parity_tests.conftest import (KeyBiasFloors, RecordingGenerator, assert_grads_close, budget, dtypes, make_array,
                                    model_dims, record_example, to_torch, torch_with_reference, values, weights)
+from gptcore.arch import block_param_shapes
 
 DROP_RATES = [0.0, 0.0, 0.1, 0.5]
 
@@ -21,7 +21,7 @@ DROP_RATES = [0.0, 0.0, 0.1, 0.5]
 def block_params(config, rng, dtype):
     """One block's parameters under their in-block names; LayerNorm scales near 1, everything else N(0, 0.3)."""
     params = {}
-    for name, shape in npmodel.block_param_shapes(config).items():
+    for name, shape in block_param_shapes(config).items():
         params[name] = weights(rng, shape, np.float64) + (1.0 if name.endswith(".scale") else 0.0)
     return {name: value.astype(dtype) for name, value in params.items()}
 

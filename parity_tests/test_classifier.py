@@ -10,11 +10,12 @@ from hypothesis import strategies as st
 import npgpt.classifier as npcls
 import npgpt.model as npmodel
 import torchgpt.classifier as tcls
-from npgpt.config import GPTConfig
+from gptcore.config import GPTConfig
 from parity_tests.conftest import (Values, assert_close, assert_grads_close,
                                    assert_matches_finite_differences, budget, dtypes, make_array, model_dims,
                                    nudged_params, planted_bug, record_example, to_torch, torch_with_reference, values,
                                    weights)
+from gptcore.tasks.classification import trainable_param_names
 
 
 def draw_lengths(rng, B, T):
@@ -141,7 +142,7 @@ def test_classifier_model(dims, L, K, tie, qkv_bias, trainable, weighted, seed, 
     labels = rng.integers(0, K, size=B)
     class_weights = rng.uniform(0.2, 3.0, size=K) if weighted else None
     last_k = int(rng.integers(1, L + 1))
-    names = npcls.trainable_param_names(classifier_config, trainable, last_k)
+    names = trainable_param_names(classifier_config, trainable, last_k)
 
     loss, grads = npcls.loss_and_grads(params, idx, lengths, labels, classifier_config,
                                        class_weights=class_weights, trainable_names=names)

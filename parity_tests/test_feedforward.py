@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 
 import npgpt.feedforward as npff
 import torchgpt.feedforward as tff
-from npgpt.config import GPTConfig
+from gptcore.config import GPTConfig
 from parity_tests.conftest import (assert_grads_close, budget, dtypes, make_array, record_example, to_torch,
                                    torch_with_reference, values, weights)
 

@@ -21,13 +21,14 @@ from hypothesis import strategies as st
 
 import npgpt.generate as npgen
 import npgpt.kvcache
-from npgpt.config import GPTConfig
+from gptcore.config import GPTConfig
 import torchgpt.generate as tgen
 from npgpt.kvcache import KVCache
 from npgpt.model import forward, trunk_forward
 from parity_tests.conftest import (assert_close, budget, make_array, planted_bug, random_gpt_params, record_example,
                                    small_gpt_configs, to_torch, torch_twin, values)
 from torchgpt.kvcache import KVCache as TorchKVCache
+from gptcore.engine.decoding import PromptCroppedWarning, inverse_cdf, top_k_mask
 
 STRATEGIES = {
     "greedy": st.fixed_dictionaries({}),
@@ -70,7 +71,7 @@ def backends(params, config, numpy_run, torch_run):
 def all_runs(params, config, prompt, max_new_tokens, options):
     """Tokens from NumPy and both torch attention paths, each with and without the KV cache."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", npgen.PromptCroppedWarning)
+        warnings.simplefilter("ignore", PromptCroppedWarning)
         return {f"{backend} {'cache' if cache else 'no cache'}": run(prompt, max_new_tokens, use_cache=cache, **options)
                 for backend, run in backends(params, config, npgen.generate, tgen.generate).items()
                 for cache in (True, False)}
@@ -234,12 +235,12 @@ def test_sampling_step_same_in_both_backends(recipe, B, V, temperature, top_k, t
     for b in range(B):   # the kept set follows the stated rule: rank by (logit desc, id asc), top-k then top-p
         ranked = sorted(range(V), key=lambda i: (-logits[b, i], i))
         if top_k is not None:
-            assert set(np.flatnonzero(npgen.top_k_mask(logits[b:b + 1], top_k)[0])) == set(ranked[:top_k])
+            assert set(np.flatnonzero(top_k_mask(logits[b:b + 1], top_k)[0])) == set(ranked[:top_k])
         assert set(np.flatnonzero(probs_np[b])) <= set(ranked[:top_k] if top_k else ranked)
     uniforms = np.random.default_rng(recipe.seed).random(8)
     for b in range(B):
-        assert [npgen.inverse_cdf(probs_np[b], u) for u in uniforms] == \
-               [npgen.inverse_cdf(probs_torch[b], u) for u in uniforms]
+        assert [inverse_cdf(probs_np[b], u) for u in uniforms] == \
+               [inverse_cdf(probs_torch[b], u) for u in uniforms]
     np.testing.assert_array_equal(np.argmax(logits, -1), torch.argmax(to_torch(logits), -1).numpy())
 
 

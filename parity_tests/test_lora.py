@@ -14,11 +14,12 @@ import npgpt.linear as nplin
 import npgpt.lora as nplora
 import npgpt.model as npmodel
 import torchgpt.lora as tlora
-from npgpt.config import GPTConfig
+from gptcore.config import GPTConfig
 from npgpt.loss import cross_entropy_backward, cross_entropy_forward
 from parity_tests.conftest import (assert_close, assert_grads_close, assert_matches_finite_differences,
                                    budget, dtypes, make_array, Values, model_dims, record_example, to_torch, torch_dtype,
                                    nudged_params, planted_bug, torch_with_reference, values, weights)
+from gptcore.lora import A_SUFFIX, B_SUFFIX, LoRAConfig, SCALING_SUFFIX, trainable_grads, trainable_params
 
 LAYER = "proj"
 
@@ -28,9 +29,9 @@ def lora_layer_params(rng, n_in, n_out, rank, alpha, with_bias, dtype):
     p = {f"{LAYER}.weight": weights(rng, (n_out, n_in), dtype)}
     if with_bias:
         p[f"{LAYER}.bias"] = weights(rng, (n_out,), dtype)
-    p[LAYER + nplora.A_SUFFIX] = weights(rng, (rank, n_in), dtype)
-    p[LAYER + nplora.B_SUFFIX] = weights(rng, (n_out, rank), dtype)
-    p[LAYER + nplora.SCALING_SUFFIX] = np.array(alpha / rank, dtype=dtype)
+    p[LAYER + A_SUFFIX] = weights(rng, (rank, n_in), dtype)
+    p[LAYER + B_SUFFIX] = weights(rng, (n_out, rank), dtype)
+    p[LAYER + SCALING_SUFFIX] = np.array(alpha / rank, dtype=dtype)
     return p
 
 
@@ -119,7 +120,7 @@ def random_adapters(base, lora_config, seed, dtype):
     adapters = nplora.init_lora(base, lora_config, seed=seed, dtype=dtype)
     rng = np.random.default_rng(seed + 1)
     for name in adapters:
-        if name.endswith(nplora.B_SUFFIX):
+        if name.endswith(B_SUFFIX):
             adapters[name] = weights(rng, adapters[name].shape, dtype, std=0.1)
     return adapters
 
@@ -141,7 +142,7 @@ def test_model_with_lora(dims, V, L, tie, qkv_bias, targets, rank, seed, dtype):
     assume(C > 2)
     config = GPTConfig(vocab_size=V, context_length=16, emb_dim=C, n_heads=H, n_layers=L, drop_rate=0.0,
                        qkv_bias=qkv_bias, tie_weights=tie)
-    lora_config = nplora.LoRAConfig(rank=rank, alpha=2.0 * rank, targets=targets)
+    lora_config = LoRAConfig(rank=rank, alpha=2.0 * rank, targets=targets)
     base = npmodel.init_params(config, seed=seed, dtype=dtype)
     rng = np.random.default_rng(seed)
     for name, value in base.items():            # biases and norms away from their 0/1 init
@@ -153,7 +154,7 @@ def test_model_with_lora(dims, V, L, tie, qkv_bias, targets, rank, seed, dtype):
 
     logits, cache = npmodel.forward(params, idx, config)
     loss, loss_cache = cross_entropy_forward(logits, targets_ids)
-    grads = nplora.trainable_grads(npmodel.backward(cross_entropy_backward(loss_cache), cache))
+    grads = trainable_grads(npmodel.backward(cross_entropy_backward(loss_cache), cache))
 
     def run(tdtype):
         model = GPTModel(config).to(tdtype)
@@ -170,7 +171,7 @@ def test_model_with_lora(dims, V, L, tie, qkv_bias, targets, rank, seed, dtype):
     # float32: the float64 run is the reference that measures torch's own rounding (see conftest.assert_close)
     (expected, expected_grads), reference = torch_with_reference(run, dtype)
     reference_values, reference_grads = reference or ({"loss": None, "logits": None}, None)
-    assert sorted(grads) == sorted(expected_grads) == sorted(nplora.trainable_params(params))
+    assert sorted(grads) == sorted(expected_grads) == sorted(trainable_params(params))
     assert_close(np.asarray(loss, dtype), expected["loss"], name="lora model loss", reference=reference_values["loss"])
     assert_close(logits, expected["logits"], name="lora model logits", reference=reference_values["logits"])
     assert_grads_close(grads, expected_grads, references=reference_grads, prefix="lora model ")
@@ -183,7 +184,7 @@ def test_fresh_adapters_change_nothing():
 
     config = GPTConfig(vocab_size=30, context_length=8, emb_dim=16, n_heads=2, n_layers=1, drop_rate=0.0)
     base = npmodel.init_params(config, seed=3, dtype=np.float64)
-    lora_config = nplora.LoRAConfig(rank=2, alpha=4.0, targets=("attention", "feedforward", "head"))
+    lora_config = LoRAConfig(rank=2, alpha=4.0, targets=("attention", "feedforward", "head"))
     idx = np.array([[1, 2, 3, 4, 5]])
     plain, _ = npmodel.forward(base, idx, config)
     adapted, _ = npmodel.forward(nplora.add_lora(base, lora_config), idx, config)
@@ -203,7 +204,7 @@ def test_kaiming_uniform_init_matches_torch(n_in):
     linear = torch.nn.Linear(n_in, 5)
     layer = tlora.LoRALinear(linear, rank=64, alpha=64, generator=torch.Generator().manual_seed(0))
     params = {"fc.weight": np.zeros((5, n_in), np.float32)}
-    adapters = nplora.init_lora(params, nplora.LoRAConfig(rank=64, alpha=64, targets=("fc",)), seed=0)
+    adapters = nplora.init_lora(params, LoRAConfig(rank=64, alpha=64, targets=("fc",)), seed=0)
     bound = 1 / math.sqrt(n_in)
     for A in (layer.lora_A.detach().numpy(), adapters["fc.lora_A"]):
         assert A.shape == (64, n_in)

@@ -12,11 +12,12 @@ import pytest
 import torch
 
 import npgpt.model as npmodel
-from npgpt.config import GPTConfig
-from npgpt.data import SlidingWindowDataset
+from gptcore.config import GPTConfig
+from gptcore.data import SlidingWindowDataset
 from npgpt.dropout import dropout_mask
-from npgpt.tokenizer import get_tokenizer
-from npgpt.train import TrainSettings, train
+from gptcore.tokenizer import get_tokenizer
+from gptcore.engine.training import TrainSettings
+from npgpt.train import train
 from torchgpt.data import create_dataloader
 from torchgpt.loss import cross_entropy
 from torchgpt.model import GPTModel, load_numpy_params

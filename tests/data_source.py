@@ -3,7 +3,7 @@
 1. $GPT2_DATA_DIR (CI points it at ../shared/data). Set but not a folder is an error, never a silent
    fallback: the person who set it meant that folder.
 2. ../shared/data beside the checkout (the project's own machines).
-3. A clean clone: every manifest entry fetched with npgpt.datasets.fetch into the default cache,
+3. A clean clone: every manifest entry fetched with gptcore.datasets.fetch into the default cache,
    data/cache (verified by SHA-256; later runs find the files there and use no network). tiktoken
    then uses its own default cache and downloads its two files itself.
 When none works (no folder, no network): one message that says which variables to set.
@@ -16,8 +16,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from npgpt import datasets
-from npgpt.download import DownloadError
+from gptcore import datasets
+from gptcore.download import DownloadError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"

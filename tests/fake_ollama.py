@@ -1,5 +1,5 @@
 """A fake Ollama on 127.0.0.1 for the judge's tests: a real HTTP server speaking the parts of Ollama's API
-that npgpt.judge uses (no mocks, no real Ollama).
+that gptcore.tasks.judge uses (no mocks, no real Ollama).
 
     with FakeOllama(models=["llama3:latest"]) as ollama:
         ollama.reply = lambda payload: ChatReply("85")       # how /api/chat answers each request

@@ -11,7 +11,7 @@ import pytest
 
 from benchmarks import cases, harness, report, suite
 from gpt2cli.main import main
-from npgpt.config import GPTConfig, get_config
+from gptcore.config import GPTConfig, get_config
 from npgpt.model import init_params
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -195,7 +195,7 @@ def test_decode_takes_ladder_sizes_and_limits_every_thread_pool(monkeypatch):
     from threadpoolctl import threadpool_info
 
     from benchmarks import bench_decode
-    from npgpt import parallel
+    from npgpt.speed import parallel
 
     seen = []
     original_engines = bench_decode.engines

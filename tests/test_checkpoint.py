@@ -1,4 +1,4 @@
-"""npgpt.checkpoint: our format (safetensors + JSON), atomic writes, training state, both backends."""
+"""gptcore.formats.checkpoint: our format (safetensors + JSON), atomic writes, training state, both backends."""
 from __future__ import annotations
 
 import json
@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-import npgpt.checkpoint as checkpoint
+import gptcore.formats.checkpoint as checkpoint
 import npgpt.model as npmodel
-from npgpt.checkpoint import (CheckpointError, is_checkpoint, load_checkpoint, read_checkpoint_metadata,
-                              save_checkpoint)
-from npgpt.config import GPTConfig
-from npgpt.weights import detect_format, load_weights
+from gptcore.formats.checkpoint import (CheckpointError, is_checkpoint, load_checkpoint, read_checkpoint_metadata,
+    save_checkpoint)
+from gptcore.config import GPTConfig
+from gptcore.formats.weights import detect_format, load_weights
 from torchgpt import GPTModel, to_numpy_params
 from torchgpt.checkpoint import load_model, load_training_checkpoint, save_training_checkpoint
 
@@ -234,7 +234,8 @@ def test_tensors_that_do_not_fit_the_saved_config_name_file_and_tensor(tmp_path)
     """save_checkpoint stores whatever it is given; load_checkpoint checks names and shapes against the
     saved config (a classifier's head and LoRA adapters included) and names the file and the tensor."""
     from npgpt.classifier import classifier_from_lm_params
-    from npgpt.lora import LoRAConfig, add_lora
+    from gptcore.lora import LoRAConfig
+    from npgpt.lora import add_lora
 
     params = npmodel.init_params(CONFIG, seed=2)
     save_checkpoint(tmp_path / "layers", params, CONFIG.replace(n_layers=1))

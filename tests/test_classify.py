@@ -17,16 +17,17 @@ from hypothesis import strategies as st
 import npgpt.classifier as npcls
 import npgpt.model as npmodel
 from gpt2cli.main import main
-from npgpt.checkpoint import load_checkpoint, read_checkpoint_metadata
-from npgpt.classification_data import (PAD_TOKEN_ID, ClassificationDataError, EncodedMessages, balance_classes,
-                                       classification_batches, encode_messages, pad_token_ids, read_sms_spam,
-                                       split_frame)
-from npgpt.classifier_train import ClassifierSettings, NumpyClassifierBackend, train_classifier
-from npgpt.config import GPTConfig, get_config
-from npgpt.tokenizer import get_tokenizer
+from gptcore.formats.checkpoint import load_checkpoint, read_checkpoint_metadata
+from gptcore.tasks.classification_data import (PAD_TOKEN_ID, ClassificationDataError, EncodedMessages,
+    balance_classes, classification_batches, encode_messages, pad_token_ids, read_sms_spam, split_frame)
+from gptcore.engine.classification import ClassifierSettings, train_classifier
+from npgpt.classifier_train import NumpyClassifierBackend
+from gptcore.config import GPTConfig, get_config
+from gptcore.tokenizer import get_tokenizer
 from torchgpt.classifier import GPTClassifier, set_trainable
 from torchgpt.classifier_train import TorchClassifierBackend
 from torchgpt.model import load_numpy_params
+from gptcore.tasks.classification import balanced_class_weights, classification_metrics, classifier_param_shapes, trainable_param_names
 
 METRIC_KEYS = ("train_accuracy", "val_accuracy", "test_accuracy", "precision", "recall", "f1", "confusion_matrix")
 
@@ -191,19 +192,19 @@ def test_logits_do_not_depend_on_trailing_padding(property_models, message, extr
 def test_trainable_parts_and_counts_for_gpt2_small():
     """The spam-task numbers LoRA is compared against (GPT-2 124M, 2 classes)."""
     config = get_config("gpt2-small").replace(tie_weights=False)
-    shapes = npcls.classifier_param_shapes(config, 2)
+    shapes = classifier_param_shapes(config, 2)
     count = lambda names: sum(int(np.prod(shapes[name])) for name in names)
-    head = npcls.trainable_param_names(config, "head")
-    last = npcls.trainable_param_names(config, "last-k", 1)
-    everything = npcls.trainable_param_names(config, "all")
+    head = trainable_param_names(config, "head")
+    last = trainable_param_names(config, "last-k", 1)
+    everything = trainable_param_names(config, "all")
     assert head == ["cls_head.weight", "cls_head.bias"]
     assert last[0] == "blocks.11.norm1.scale" and last[-3:] == ["final_norm.shift", "cls_head.weight", "cls_head.bias"]
     assert (count(head), count(last), count(everything)) == (1_538, 7_090_946, 124_441_346)
-    assert count(npcls.trainable_param_names(config, "last-k", 2)) == 7_090_946 + 7_087_872
+    assert count(trainable_param_names(config, "last-k", 2)) == 7_090_946 + 7_087_872
     with pytest.raises(ValueError, match="last_k must be between 1 and the number of blocks"):
-        npcls.trainable_param_names(config, "last-k", 13)
+        trainable_param_names(config, "last-k", 13)
     with pytest.raises(ValueError, match="trainable must be one of head, last-k, all"):
-        npcls.trainable_param_names(config, "everything")
+        trainable_param_names(config, "everything")
 
 
 def test_state_dict_is_the_same_in_both_backends():
@@ -211,10 +212,10 @@ def test_state_dict_is_the_same_in_both_backends():
     classifier_config, params = npcls.classifier_from_lm_params(npmodel.init_params(config, seed=0), config, 3)
     assert classifier_config.tie_weights is False and "out_head.weight" not in params
     model = GPTClassifier(config, 3, seed=0)
-    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == npcls.classifier_param_shapes(config, 3)
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == classifier_param_shapes(config, 3)
     load_numpy_params(model, params)
-    assert set_trainable(model, npcls.trainable_param_names(classifier_config, "last-k")) == sum(
-        params[name].size for name in npcls.trainable_param_names(classifier_config, "last-k"))
+    assert set_trainable(model, trainable_param_names(classifier_config, "last-k")) == sum(
+        params[name].size for name in trainable_param_names(classifier_config, "last-k"))
     with pytest.raises(ValueError, match="no parameters named"):
         set_trainable(model, ["out_head.weight"])
     with pytest.raises(ValueError, match="empty messages cannot be classified"):
@@ -224,17 +225,17 @@ def test_state_dict_is_the_same_in_both_backends():
 def test_metrics_on_a_known_example():
     true = [0, 0, 0, 1, 1, 1, 1]
     predicted = [0, 1, 0, 1, 1, 0, 1]
-    metrics = npcls.classification_metrics(true, predicted)
+    metrics = classification_metrics(true, predicted)
     assert metrics["confusion_matrix"] == [[2, 1], [1, 3]]
     assert metrics["accuracy"] == pytest.approx(5 / 7)
     assert metrics["precision"] == pytest.approx(3 / 4) and metrics["recall"] == pytest.approx(3 / 4)
     assert metrics["f1"] == pytest.approx(3 / 4)
-    nothing = npcls.classification_metrics([0, 0], [0, 0])
+    nothing = classification_metrics([0, 0], [0, 0])
     assert (nothing["precision"], nothing["recall"], nothing["f1"]) == (0.0, 0.0, 0.0)
-    weights = npcls.balanced_class_weights(np.array([0, 0, 0, 1]), 2)
+    weights = balanced_class_weights(np.array([0, 0, 0, 1]), 2)
     np.testing.assert_allclose(weights, [4 / 6, 4 / 2])
     with pytest.raises(ValueError, match="every class needs at least one training example"):
-        npcls.balanced_class_weights(np.array([0, 0]), 2)
+        balanced_class_weights(np.array([0, 0]), 2)
 
 
 @pytest.mark.filterwarnings("ignore:.*truncated to their first")
@@ -246,7 +247,7 @@ def test_backends_train_alike(subset_file):
     data = [encode_messages(part, tokenizer, max_length=32) for part in (train, val, test)]
     config = get_config("tiny", context_length=32, emb_dim=16, n_heads=2, n_layers=2)
     classifier_config, params = npcls.classifier_from_lm_params(npmodel.init_params(config, seed=0), config, 2)
-    names = npcls.trainable_param_names(classifier_config, "last-k")
+    names = trainable_param_names(classifier_config, "last-k")
     train_settings = ClassifierSettings(epochs=1, batch_size=8, lr=1e-3, eval_interval=3, eval_batches=1, seed=4)
     weights = np.array([0.8, 1.3])
     histories, trained = {}, {}
@@ -310,7 +311,7 @@ def test_finetune_writes_checkpoint_metrics_plots_and_log(scratch_run):
     assert metrics["trainable_params"] == metrics["total_params"]
     assert [e["epoch"] for e in metrics["history"]["epochs"]] == [1, 2]
     assert [e["step"] for e in metrics["history"]["steps"] if "val_loss" in e] == [3, 6, 9, 12]
-    log = [json.loads(line) for line in (scratch_run / "metrics.jsonl").read_text().splitlines()]   # npgpt.runs.RunLog
+    log = [json.loads(line) for line in (scratch_run / "metrics.jsonl").read_text().splitlines()]   # gptcore.formats.runs.RunLog
     assert [entry["step"] for entry in log] == list(range(1, 15))
     assert [entry["step"] for entry in log if "test_accuracy" in entry] == [7, 14]
     assert log[-1]["test_accuracy"] == metrics["test_accuracy"]
@@ -354,7 +355,7 @@ def test_classify_errors(scratch_run, tmp_path, capsys, monkeypatch):
     assert code == 2 and "stdin line 2 is empty" in err and len(err.strip().splitlines()) == 1
     code, _, err = classify(capsys, monkeypatch, "--checkpoint", str(tmp_path / "nothing"), "hi")
     assert code == 2 and "no checkpoint at" in err
-    from npgpt.checkpoint import save_checkpoint
+    from gptcore.formats.checkpoint import save_checkpoint
     config = get_config("tiny", vocab_size=50, context_length=8, emb_dim=8, n_heads=2, n_layers=1)
     save_checkpoint(tmp_path / "lm", npmodel.init_params(config), config)
     code, _, err = classify(capsys, monkeypatch, "--checkpoint", str(tmp_path / "lm"), "hi")
@@ -375,7 +376,7 @@ def test_finetune_numpy_backend_last_block_class_weighted(subset_file, tmp_path,
     train_frame, _, _ = split_frame(read_sms_spam(subset_file), seed=123)
     n_spam = int((train_frame["label"] == "spam").sum())
     assert metrics["class_weights"] == pytest.approx([61 / (2 * (61 - n_spam)), 61 / (2 * n_spam)])
-    block = sum(int(np.prod(s)) for name, s in npcls.classifier_param_shapes(get_config("tiny"), 2).items()
+    block = sum(int(np.prod(s)) for name, s in classifier_param_shapes(get_config("tiny"), 2).items()
                 if name.startswith("blocks.1."))
     assert metrics["trainable_params"] == block + 2 * 64 + (2 * 64 + 2)
     for key in METRIC_KEYS:
@@ -386,7 +387,7 @@ def test_finetune_init_from_hugging_face_checkpoint(subset_file, tmp_path, capsy
     """--init-from a GPT-2 in the released Hugging Face layout (config.json + model.safetensors, Conv1D
     weights, fused c_attn): the classifier starts from exactly those weights; with --trainable head the
     trunk is saved unchanged and only the head moved."""
-    from npgpt.weights import load_weights
+    from gptcore.formats.weights import load_weights
     from tests.fake_checkpoints import openai_hparams, openai_to_hf_tensors, random_openai_tensors, write_hf_checkpoint
 
     hparams = openai_hparams(n_vocab=50257, n_ctx=48, n_embd=16, n_head=2, n_layer=2)
@@ -423,7 +424,7 @@ def test_finetune_init_from_hugging_face_checkpoint(subset_file, tmp_path, capsy
 def test_finetune_init_from_a_train_run_folder(subset_file, tmp_path, capsys):
     """--init-from the --out folder of `gpt2 train`: its config.json holds the run's settings (not a Hugging
     Face config) and its weights are in checkpoints/step-*; the classifier starts from the newest one."""
-    from npgpt.runs import RUN_CONFIG_FILE, list_checkpoints
+    from gptcore.formats.runs import RUN_CONFIG_FILE, list_checkpoints
 
     pretrain = tmp_path / "pretrain"
     assert main(["train", "--model", "tiny", "--max-steps", "2", "--checkpoint-interval", "1", "--batch-size", "2",
@@ -486,7 +487,7 @@ def test_finetune_input_errors(subset_file, tmp_path, capsys, monkeypatch, http_
 def test_finetune_init_from_openai_checkpoint(subset_file, tmp_path, capsys):
     """--init-from an OpenAI TF checkpoint folder (hparams.json + model.ckpt.*), as `gpt2 weights download`
     leaves it: the trunk the classifier starts from is exactly the checkpoint's."""
-    from npgpt.weights import load_weights
+    from gptcore.formats.weights import load_weights
     from tests.fake_checkpoints import openai_hparams, random_openai_tensors, write_openai_checkpoint
 
     hparams = openai_hparams(n_vocab=50257, n_ctx=48, n_embd=16, n_head=2, n_layer=2)

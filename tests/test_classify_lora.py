@@ -12,12 +12,14 @@ import npgpt.classifier as npcls
 import npgpt.lora as nplora
 import npgpt.model as npmodel
 from gpt2cli.main import main
-from npgpt.checkpoint import load_checkpoint
-from npgpt.classification_data import balance_classes, encode_messages, read_sms_spam, split_frame
-from npgpt.classifier_train import ClassifierSettings, NumpyClassifierBackend, train_classifier
-from npgpt.config import get_config
-from npgpt.tokenizer import get_tokenizer
+from gptcore.formats.checkpoint import load_checkpoint
+from gptcore.tasks.classification_data import balance_classes, encode_messages, read_sms_spam, split_frame
+from gptcore.engine.classification import ClassifierSettings, train_classifier
+from npgpt.classifier_train import NumpyClassifierBackend
+from gptcore.config import get_config
+from gptcore.tokenizer import get_tokenizer
 from torchgpt.classifier_train import TorchClassifierBackend
+from gptcore.lora import LoRAConfig, count_trainable_params, is_adapter_name, load_lora, trainable_params
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 ALL = ("attention", "feedforward", "head")
@@ -41,9 +43,9 @@ def test_lora_backends_train_alike_and_move_only_adapters(subset_file):
     data = [encode_messages(part, tokenizer, max_length=24) for part in split_frame(frame, seed=1)]
     config = get_config("tiny", context_length=24, emb_dim=16, n_heads=2, n_layers=2)
     cls_config, base = npcls.classifier_from_lm_params(npmodel.init_params(config, seed=0), config, 2)
-    lora_config = nplora.LoRAConfig(rank=2, alpha=4.0, targets=ALL)
+    lora_config = LoRAConfig(rank=2, alpha=4.0, targets=ALL)
     params = nplora.add_lora(base, lora_config, seed=3)
-    names = list(nplora.trainable_params(params))
+    names = list(trainable_params(params))
     assert "cls_head.lora_A" in names and "blocks.1.ff.fc2.lora_B" in names
     settings = ClassifierSettings(epochs=1, batch_size=8, lr=1e-2, eval_interval=2, eval_batches=1, seed=4)
     histories, trained = {}, {}
@@ -77,10 +79,10 @@ def test_cli_lora_run_saves_merged_classifier_and_adapters(subset_file, tmp_path
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["trainable_params"] == expected
     assert metrics["lora"] == {"rank": 4, "alpha": 8.0, "targets": list(ALL)}
-    lora_config, adapters = nplora.load_lora(out / "lora_adapter")
-    assert lora_config.rank == 4 and nplora.count_trainable_params(adapters) == expected
+    lora_config, adapters = load_lora(out / "lora_adapter")
+    assert lora_config.rank == 4 and count_trainable_params(adapters) == expected
     cls_config, merged, _ = load_checkpoint(out / "model", load_training_state=False)
-    assert not any(nplora.is_adapter_name(name) for name in merged)                 # a plain classifier
+    assert not any(is_adapter_name(name) for name in merged)                 # a plain classifier
     start_config, start = npcls.classifier_from_lm_params(npmodel.init_params(config, seed=3), config, 2, seed=3)
     np.testing.assert_array_equal(merged["tok_emb.weight"], start["tok_emb.weight"])  # never adapted, frozen
     np.testing.assert_array_equal(merged["blocks.0.norm1.scale"], start["blocks.0.norm1.scale"])

@@ -1,10 +1,10 @@
-"""Sliding-window datasets and batches: npgpt.data, and torchgpt.data yielding the same batches."""
+"""Sliding-window datasets and batches: gptcore.data, and torchgpt.data yielding the same batches."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from npgpt.data import SlidingWindowDataset, epoch_order, iterate_batches, split_train_val
+from gptcore.data import SlidingWindowDataset, epoch_order, iterate_batches, split_train_val
 
 
 def naive_windows(ids, max_length, stride):

@@ -6,8 +6,8 @@ import zipfile
 
 import pytest
 
-from npgpt import datasets
-from npgpt.download import sha256_of
+from gptcore import datasets
+from gptcore.download import sha256_of
 from tests.data_source import TestDataUnavailable, default_environment, resolve_data_dir
 from tests.http_server import free_port
 

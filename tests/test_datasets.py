@@ -1,4 +1,4 @@
-"""The manifest, npgpt.datasets.fetch and `gpt2 data`, offline and against a local HTTP server."""
+"""The manifest, gptcore.datasets.fetch and `gpt2 data`, offline and against a local HTTP server."""
 from __future__ import annotations
 
 import io
@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from gpt2cli.main import main
-from npgpt import datasets, download
-from npgpt.datasets import DataError, data_dir, fetch, load_manifest
-from npgpt.download import DownloadError, sha256_of
+from gptcore import datasets, download
+from gptcore.datasets import DataError, data_dir, fetch, load_manifest
+from gptcore.download import DownloadError, sha256_of
 from tests.http_server import free_port
 
 SMS_ZIP_PATH = "/sms+spam+collection.zip"

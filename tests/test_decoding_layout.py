@@ -9,7 +9,7 @@ import torch
 
 import npgpt.generate as np_generate
 import torchgpt.generate as torch_generate
-from npgpt.config import get_config
+from gptcore.config import get_config
 from npgpt.model import forward, init_params
 from torchgpt import GPTModel, load_numpy_params
 

@@ -1,4 +1,4 @@
-"""npgpt.download against a real HTTP server on 127.0.0.1 (tests/http_server.py)."""
+"""gptcore.download against a real HTTP server on 127.0.0.1 (tests/http_server.py)."""
 from __future__ import annotations
 
 import hashlib
@@ -9,9 +9,9 @@ import zlib
 
 import pytest
 
-from npgpt import download
-from npgpt.download import (CorruptArchiveError, DownloadError, UnsafeArchiveError, download_file, safe_extract_zip,
-                            sha256_of)
+from gptcore import download
+from gptcore.download import (CorruptArchiveError, DownloadError, UnsafeArchiveError, download_file,
+    safe_extract_zip, sha256_of)
 from tests.http_server import free_port
 
 PAYLOAD = os.urandom(200_000)

@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from npgpt.fileio import append_jsonl, atomic_write_bytes, atomic_write_json, read_jsonl
-from npgpt.plots import plot_curves
+from gptcore.fileio import append_jsonl, atomic_write_bytes, atomic_write_json, read_jsonl
+from gptcore.plots import plot_curves
 
 
 def test_atomic_write_replaces_and_leaves_no_temp_files(tmp_path):

@@ -8,11 +8,11 @@ import torch
 
 import npgpt.model as npmodel
 from gpt2cli.main import main
-from npgpt.checkpoint import load_checkpoint, save_checkpoint
-from npgpt.config import get_config
-from npgpt.fileio import read_jsonl
-from npgpt.instruct import answer_from_stream, extract_response, load_instruction_data
-from npgpt.tokenizer import get_tokenizer
+from gptcore.formats.checkpoint import load_checkpoint, save_checkpoint
+from gptcore.config import get_config
+from gptcore.fileio import read_jsonl
+from gptcore.tasks.instruct import answer_from_stream, extract_response, load_instruction_data
+from gptcore.tokenizer import get_tokenizer
 
 CONFIG = get_config("tiny", context_length=96, n_layers=1)
 

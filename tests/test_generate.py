@@ -13,11 +13,13 @@ import npgpt.generate as npgen
 import torchgpt.generate as tgen
 from gpt2cli.commands.generate import TextStream
 from gpt2cli.main import main as cli_main
-from npgpt.checkpoint import save_checkpoint
-from npgpt.config import GPTConfig
-from npgpt.generate import EOT_ID, PromptCroppedWarning, inverse_cdf, sampling_probs
+from gptcore.formats.checkpoint import save_checkpoint
+from gptcore.config import GPTConfig
+from gptcore.engine.decoding import EOT_ID, PromptCroppedWarning, inverse_cdf
+from npgpt.generate import sampling_probs
 from npgpt.model import forward
 from parity_tests.conftest import random_gpt_params, torch_twin
+from gptcore.engine.decoding import GREEDY_BELOW, check_settings
 
 CONFIG = GPTConfig(vocab_size=30, context_length=10, emb_dim=12, n_heads=3, n_layers=2, drop_rate=0.0)
 
@@ -124,15 +126,15 @@ def test_temperatures_below_the_floor_are_greedy_in_both_backends(params, model)
     refuse to turn such a temperature into probabilities."""
     for name, generate, _, generate_batch in both_backends(params, model):
         greedy = generate([7, 8, 9], 8, stop_ids=())
-        for temperature in (1e-320, 1e-30, 0.99 * npgen.GREEDY_BELOW):
+        for temperature in (1e-320, 1e-30, 0.99 * GREEDY_BELOW):
             assert generate([7, 8, 9], 8, temperature=temperature, top_k=5, seed=1, stop_ids=()) == greedy, name
             assert generate_batch([[7, 8, 9]], 8, temperature=temperature, seed=1, stop_ids=()) == [greedy], name
         assert generate([7, 8, 9], 8, num_beams=2, temperature=1e-320, stop_ids=()) == \
             generate([7, 8, 9], 8, num_beams=2, stop_ids=())
-    assert not npgen.check_settings(8, temperature=npgen.GREEDY_BELOW).greedy
+    assert not check_settings(8, temperature=GREEDY_BELOW).greedy
     logits = np.array([[1.0, 1.0 + 1e-6, -3.0]], dtype=np.float32)
-    for probs in (npgen.sampling_probs(logits, npgen.GREEDY_BELOW),
-                  tgen.sampling_probs(torch.from_numpy(logits), npgen.GREEDY_BELOW).numpy()):
+    for probs in (npgen.sampling_probs(logits, GREEDY_BELOW),
+                  tgen.sampling_probs(torch.from_numpy(logits), GREEDY_BELOW).numpy()):
         assert np.all(np.isfinite(probs)) and probs.sum() == pytest.approx(1.0) and probs[0, 2] == 0
     for sampling_probs, values in ((npgen.sampling_probs, logits), (tgen.sampling_probs, torch.from_numpy(logits))):
         with pytest.raises(ValueError, match=r"sampling needs a temperature >= 1e-06.*use greedy"):
@@ -185,7 +187,8 @@ def test_batch_greedy_rows_equal_single_prompts(params, model):
 
 
 def test_lora_adapted_params_generate_like_the_merged_model(params):
-    from npgpt.lora import LoRAConfig, add_lora, merge_lora
+    from gptcore.lora import LoRAConfig
+    from npgpt.lora import add_lora, merge_lora
 
     untied = random_gpt_params(CONFIG.replace(tie_weights=False), seed=3, dtype=np.float64)
     adapted = add_lora(untied, LoRAConfig(rank=2, alpha=4.0), seed=1)
@@ -305,7 +308,7 @@ def checkpoint(tmp_path_factory):
 
 
 def test_cli_streams_the_same_text_in_both_backends(checkpoint, capsys):
-    from npgpt.tokenizer import get_tokenizer
+    from gptcore.tokenizer import get_tokenizer
 
     path, config, params = checkpoint
     tokenizer = get_tokenizer()
@@ -345,7 +348,7 @@ def test_cli_random_model_preset(capsys):
 
 
 def test_text_stream_holds_back_partial_utf8_characters():
-    from npgpt.tokenizer import get_tokenizer
+    from gptcore.tokenizer import get_tokenizer
 
     tokenizer = get_tokenizer()
     text = "naïve café 🙂 über 漢字"

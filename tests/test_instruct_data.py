@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from npgpt.instruct import (EncodedExample, collate_instructions, encode_example, format_example, format_input,
-                            format_prompt, load_instruction_data, split_records, validate_records)
-from npgpt.tokenizer import get_tokenizer
+from gptcore.tasks.instruct import (EncodedExample, collate_instructions, encode_example, format_example,
+    format_input, format_prompt, load_instruction_data, split_records, validate_records)
+from gptcore.tokenizer import get_tokenizer
 from torchgpt import instruct as tinstruct
 
 E = 50256

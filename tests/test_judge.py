@@ -6,8 +6,8 @@ import json
 import pytest
 
 from gpt2cli.main import main
-from npgpt.judge import (DEFAULT_OPTIONS, JudgeError, JudgeSettings, OllamaClient, ReplyError, judge_prompt,
-                         judge_responses, parse_score)
+from gptcore.tasks.judge import (DEFAULT_OPTIONS, JudgeError, JudgeSettings, OllamaClient, ReplyError, judge_prompt,
+    judge_responses, parse_score)
 from tests.fake_ollama import ChatReply, FakeOllama
 from tests.http_server import free_port
 

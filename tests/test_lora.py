@@ -9,9 +9,11 @@ import torch
 import npgpt.lora as nplora
 import npgpt.model as npmodel
 import torchgpt.lora as tlora
-from npgpt.config import GPTConfig
+from gptcore.config import GPTConfig
 from npgpt.optim import AdamW
 from torchgpt import GPTModel, load_numpy_params, to_numpy_params
+from gptcore.lora import LoRAConfig, adapted_layers, count_trainable_params, is_adapter_name, linear_layer_names, load_lora, save_lora, select_layers, trainable_grads, trainable_params
+from gptcore.arch import param_shapes
 
 CONFIG = GPTConfig(vocab_size=40, context_length=12, emb_dim=16, n_heads=2, n_layers=2, drop_rate=0.0,
                    qkv_bias=True, tie_weights=False)
@@ -22,7 +24,7 @@ IDX = np.array([[1, 5, 9, 3, 7, 2], [0, 4, 8, 12, 16, 20]])
 def adapted_params(dtype=np.float64, targets=ALL, rank=3, config=CONFIG, seed=0):
     """Base params + adapters whose B is random (so the adapters do change the model)."""
     base = npmodel.init_params(config, seed=seed, dtype=dtype)
-    adapters = nplora.init_lora(base, nplora.LoRAConfig(rank=rank, alpha=6.0, targets=targets), seed=seed)
+    adapters = nplora.init_lora(base, LoRAConfig(rank=rank, alpha=6.0, targets=targets), seed=seed)
     rng = np.random.default_rng(seed + 7)
     for name in adapters:
         if name.endswith(".lora_B"):
@@ -32,21 +34,21 @@ def adapted_params(dtype=np.float64, targets=ALL, rank=3, config=CONFIG, seed=0)
 
 def test_target_selection_and_naming():
     base = npmodel.init_params(CONFIG, seed=0)
-    layers = nplora.linear_layer_names(base)
-    assert nplora.select_layers(layers, ("attention",)) == [
+    layers = linear_layer_names(base)
+    assert select_layers(layers, ("attention",)) == [
         f"blocks.{i}.att.{p}" for i in range(2) for p in ("W_query", "W_key", "W_value", "out_proj")]
-    assert nplora.select_layers(layers, ("feedforward", "head")) == [
+    assert select_layers(layers, ("feedforward", "head")) == [
         "blocks.0.ff.fc1", "blocks.0.ff.fc2", "blocks.1.ff.fc1", "blocks.1.ff.fc2", "out_head"]
-    assert nplora.select_layers(layers, ("W_value", "blocks.1.ff.*")) == [
+    assert select_layers(layers, ("W_value", "blocks.1.ff.*")) == [
         "blocks.0.att.W_value", "blocks.1.att.W_value", "blocks.1.ff.fc1", "blocks.1.ff.fc2"]
-    adapters = nplora.init_lora(base, nplora.LoRAConfig(rank=4, alpha=8, targets=("W_query",)))
+    adapters = nplora.init_lora(base, LoRAConfig(rank=4, alpha=8, targets=("W_query",)))
     assert sorted(adapters) == sorted(f"blocks.{i}.att.W_query.lora_{s}" for i in range(2)
                                       for s in ("A", "B", "scaling"))
     assert adapters["blocks.0.att.W_query.lora_A"].shape == (4, 16)
     assert adapters["blocks.0.att.W_query.lora_B"].shape == (16, 4)
     assert float(adapters["blocks.0.att.W_query.lora_scaling"]) == 2.0
     # torch's add_lora picks the same layers and its state_dict uses the same names
-    model = tlora.add_lora(GPTModel(CONFIG, seed=0), nplora.LoRAConfig(rank=4, alpha=8, targets=("W_query",)))
+    model = tlora.add_lora(GPTModel(CONFIG, seed=0), LoRAConfig(rank=4, alpha=8, targets=("W_query",)))
     assert sorted(tlora.lora_state_dict(model)) == sorted(adapters)
     assert list(tlora.lora_layers(model)) == ["blocks.0.att.W_query", "blocks.1.att.W_query"]
 
@@ -56,7 +58,7 @@ def test_npgpt_merge_unmerge_round_trip(dtype, tol):
     base, adapters = adapted_params(dtype)
     params = {**base, **adapters}
     merged = nplora.merge_lora(params)
-    assert not any(nplora.is_adapter_name(name) for name in merged)
+    assert not any(is_adapter_name(name) for name in merged)
     assert merged["blocks.0.att.W_query.weight"] is not base["blocks.0.att.W_query.weight"]   # input unchanged
     adapted_logits, _ = npmodel.forward(params, IDX, CONFIG)
     merged_logits, _ = npmodel.forward(merged, IDX, CONFIG)
@@ -74,13 +76,13 @@ def test_npgpt_merge_unmerge_round_trip(dtype, tol):
 def test_torch_merge_equals_npgpt_merge_and_unmerges():
     base, adapters = adapted_params(np.float64)
     params = {**base, **adapters}
-    lora_config = nplora.LoRAConfig(rank=3, alpha=6.0, targets=ALL)
+    lora_config = LoRAConfig(rank=3, alpha=6.0, targets=ALL)
     model = load_numpy_params(tlora.add_lora(GPTModel(CONFIG).double(), lora_config), params).eval()
     adapted = model(torch.from_numpy(IDX)).detach()
     saved_adapters = tlora.lora_state_dict(model)
     tlora.merge_lora(model)
     assert not tlora.lora_layers(model) and not tlora.lora_state_dict(model)
-    assert sorted(model.state_dict()) == sorted(npmodel.param_shapes(CONFIG))      # a plain GPTModel again
+    assert sorted(model.state_dict()) == sorted(param_shapes(CONFIG))      # a plain GPTModel again
     torch.testing.assert_close(model(torch.from_numpy(IDX)), adapted, rtol=0, atol=1e-12)
     merged_np = nplora.merge_lora(params)
     for name, value in to_numpy_params(model).items():
@@ -111,7 +113,7 @@ def test_merging_a_tied_head_adapter_is_refused_in_both():
     base, adapters = adapted_params(targets=("head",), config=tied)
     with pytest.raises(ValueError, match="tied"):
         nplora.merge_lora({**base, **adapters})
-    model = tlora.add_lora(GPTModel(tied, seed=0), nplora.LoRAConfig(rank=2, alpha=2, targets=("head",)))
+    model = tlora.add_lora(GPTModel(tied, seed=0), LoRAConfig(rank=2, alpha=2, targets=("head",)))
     assert model.out_head.weight is model.tok_emb.weight               # the tie survives the wrapping
     with pytest.raises(ValueError, match="tied"):
         tlora.merge_lora(model)
@@ -123,8 +125,8 @@ def test_trainable_parameter_counts():
     C, F, V = CONFIG.emb_dim, CONFIG.ff_dim, CONFIG.vocab_size
     per_block = 4 * r * (C + C) + r * (C + F) + r * (F + C)          # q, k, v, out_proj; fc1; fc2
     expected = CONFIG.n_layers * per_block + r * (C + V)            # + head
-    assert nplora.count_trainable_params({**base, **adapters}) == expected
-    model = tlora.add_lora(GPTModel(CONFIG, seed=0), nplora.LoRAConfig(rank=r, alpha=6, targets=ALL))
+    assert count_trainable_params({**base, **adapters}) == expected
+    model = tlora.add_lora(GPTModel(CONFIG, seed=0), LoRAConfig(rank=r, alpha=6, targets=ALL))
     assert tlora.count_trainable_params(model) == expected
     summary = tlora.trainable_summary(model)
     assert summary["total"] == npmodel.count_params(base) + expected
@@ -133,16 +135,16 @@ def test_trainable_parameter_counts():
 
 def test_save_load_round_trip_across_backends(tmp_path):
     base, adapters = adapted_params(np.float32)
-    lora_config = nplora.LoRAConfig(rank=3, alpha=6.0, targets=ALL)
-    nplora.save_lora(tmp_path / "np", {**base, **adapters}, lora_config, metadata={"run": "test"})
+    lora_config = LoRAConfig(rank=3, alpha=6.0, targets=ALL)
+    save_lora(tmp_path / "np", {**base, **adapters}, lora_config, metadata={"run": "test"})
     saved = json.loads((tmp_path / "np" / "adapter_config.json").read_text())
     assert saved["rank"] == 3 and saved["alpha"] == 6.0 and saved["targets"] == list(ALL)
-    assert saved["layers"] == nplora.adapted_layers(adapters)
-    assert saved["trainable_params"] == nplora.count_trainable_params(adapters)
+    assert saved["layers"] == adapted_layers(adapters)
+    assert saved["trainable_params"] == count_trainable_params(adapters)
     from safetensors.numpy import load_file
     stored = load_file(str(tmp_path / "np" / "adapter.safetensors"))
     assert all(name.endswith((".lora_A", ".lora_B")) for name in stored)   # adapters alone, no base weights
-    loaded_config, loaded = nplora.load_lora(tmp_path / "np")
+    loaded_config, loaded = load_lora(tmp_path / "np")
     assert loaded_config == lora_config
     assert sorted(loaded) == sorted(adapters)
     for name, value in adapters.items():
@@ -153,26 +155,26 @@ def test_save_load_round_trip_across_backends(tmp_path):
     expected, _ = npmodel.forward({**base, **adapters}, IDX, CONFIG)
     np.testing.assert_allclose(model(torch.from_numpy(IDX)).detach().numpy(), expected, rtol=0, atol=1e-5)
     tlora.save_lora(tmp_path / "torch", model, lora_config)
-    _, again = nplora.load_lora(tmp_path / "torch")
+    _, again = load_lora(tmp_path / "torch")
     for name, value in adapters.items():
         np.testing.assert_array_equal(again[name], value)
 
 
 def test_load_errors_name_the_problem(tmp_path):
     with pytest.raises(FileNotFoundError, match="adapter_config.json"):
-        nplora.load_lora(tmp_path)
+        load_lora(tmp_path)
     base, adapters = adapted_params(np.float32)
-    nplora.save_lora(tmp_path / "a", adapters, nplora.LoRAConfig(rank=3, alpha=6.0, targets=ALL))
+    save_lora(tmp_path / "a", adapters, LoRAConfig(rank=3, alpha=6.0, targets=ALL))
     (tmp_path / "a" / "adapter_config.json").write_text("{not json")
     with pytest.raises(ValueError, match="not a valid adapter config"):
-        nplora.load_lora(tmp_path / "a")
-    nplora.save_lora(tmp_path / "b", adapters, nplora.LoRAConfig(rank=3, alpha=6.0, targets=ALL))
+        load_lora(tmp_path / "a")
+    save_lora(tmp_path / "b", adapters, LoRAConfig(rank=3, alpha=6.0, targets=ALL))
     (tmp_path / "b" / "adapter.safetensors").write_bytes(b"\x00garbage")
     with pytest.raises(ValueError, match="not a readable safetensors"):
-        nplora.load_lora(tmp_path / "b")
-    nplora.save_lora(tmp_path / "c", adapters, nplora.LoRAConfig(rank=3, alpha=6.0, targets=ALL))
+        load_lora(tmp_path / "b")
+    save_lora(tmp_path / "c", adapters, LoRAConfig(rank=3, alpha=6.0, targets=ALL))
     wider = npmodel.init_params(CONFIG.replace(emb_dim=24, n_heads=2), seed=0)
-    _, loaded = nplora.load_lora(tmp_path / "c")
+    _, loaded = load_lora(tmp_path / "c")
     with pytest.raises(ValueError, match="another model size"):
         nplora.attach_lora(wider, loaded)
     with pytest.raises(ValueError, match="another model size"):
@@ -187,32 +189,32 @@ def test_load_errors_name_the_problem(tmp_path):
 ])
 def test_bad_settings(settings, message):
     with pytest.raises(ValueError, match=message):
-        nplora.LoRAConfig(**settings)
+        LoRAConfig(**settings)
 
 
 def test_unknown_target_and_double_wrapping():
     base = npmodel.init_params(CONFIG, seed=0)
     with pytest.raises(ValueError, match="matches no linear layer"):
-        nplora.init_lora(base, nplora.LoRAConfig(targets=("W_nothing",)))
+        nplora.init_lora(base, LoRAConfig(targets=("W_nothing",)))
     with pytest.raises(ValueError, match="already carry"):
-        nplora.init_lora(nplora.add_lora(base, nplora.LoRAConfig()), nplora.LoRAConfig())
-    model = tlora.add_lora(GPTModel(CONFIG, seed=0), nplora.LoRAConfig())
+        nplora.init_lora(nplora.add_lora(base, LoRAConfig()), LoRAConfig())
+    model = tlora.add_lora(GPTModel(CONFIG, seed=0), LoRAConfig())
     with pytest.raises(ValueError, match="already carries"):
-        tlora.add_lora(model, nplora.LoRAConfig())
+        tlora.add_lora(model, LoRAConfig())
 
 
 def test_training_moves_only_the_adapters_in_both_backends():
     """A few AdamW steps on the adapters lower the loss; every base weight stays bit-identical."""
-    lora_config = nplora.LoRAConfig(rank=2, alpha=4.0, targets=ALL)
+    lora_config = LoRAConfig(rank=2, alpha=4.0, targets=ALL)
     base = npmodel.init_params(CONFIG, seed=1)
     frozen_copy = {name: value.copy() for name, value in base.items()}
     params = nplora.add_lora(base, lora_config, seed=1)
-    trainable = nplora.trainable_params(params)
+    trainable = trainable_params(params)
     optimizer = AdamW(lr=1e-2, weight_decay=0.0)
     losses = []
     for _ in range(8):
         loss, grads = npmodel.loss_and_grads(params, IDX, np.roll(IDX, -1, axis=1), CONFIG)
-        optimizer.step(trainable, nplora.trainable_grads(grads))
+        optimizer.step(trainable, trainable_grads(grads))
         losses.append(loss)
     assert losses[-1] < losses[0]
     for name, value in frozen_copy.items():

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 
 from npgpt import GPTConfig, get_config, model
-from npgpt.config import ConfigError
-from npgpt.optim import constant_lr, warmup_cosine_lr
-from npgpt.train import TrainSettings
+from gptcore.config import ConfigError
+from gptcore.engine.schedule import constant_lr, warmup_cosine_lr
+from gptcore.engine.training import TrainSettings
+from gptcore.arch import count_params_for
 
 
 # ---------------------------------------------------------------------------------------------
@@ -70,25 +71,25 @@ def test_presets_and_aliases():
     ("gpt2-xl", 1_557_611_200),
 ])
 def test_param_counts_of_the_gpt2_sizes(name, expected):
-    assert model.count_params_for(get_config(name)) == expected
+    assert count_params_for(get_config(name)) == expected
 
 
 def test_untied_head_adds_its_own_matrix():
     config = get_config("gpt2-small", tie_weights=False)
-    assert model.count_params_for(config) == 163_037_184 == 124_439_808 + 50257 * 768
+    assert count_params_for(config) == 163_037_184 == 124_439_808 + 50257 * 768
 
 
 @pytest.mark.parametrize("overrides", [{}, {"tie_weights": False}, {"qkv_bias": True}])
 def test_count_from_shapes_equals_count_of_allocated_params(overrides):
     config = get_config("tiny", **overrides)
-    assert model.count_params_for(config) == model.count_params(model.init_params(config))
+    assert count_params_for(config) == model.count_params(model.init_params(config))
 
 
 def test_tiny_is_small_besides_the_vocabulary():
-    # npgpt.config: ~100k in the two blocks; the (tied) GPT-2 token embedding adds 50257 x 64 = 3.2M
+    # gptcore.config: ~100k in the two blocks; the (tied) GPT-2 token embedding adds 50257 x 64 = 3.2M
     config = get_config("tiny")
     embeddings = config.vocab_size * config.emb_dim + config.context_length * config.emb_dim
-    assert model.count_params_for(config) - embeddings == 99_712
+    assert count_params_for(config) - embeddings == 99_712
 
 
 # ---------------------------------------------------------------------------------------------

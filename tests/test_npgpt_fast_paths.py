@@ -6,8 +6,9 @@ thread (the results must be bitwise equal, as each element or row is computed by
 import numpy as np
 import pytest
 
-from npgpt import attention, gelu, loss, memory, model, optim, parallel, softmax
-from npgpt.config import GPTConfig
+from npgpt import attention, gelu, loss, model, optim, softmax
+from npgpt.speed import memory, parallel
+from gptcore.config import GPTConfig
 
 
 @pytest.fixture

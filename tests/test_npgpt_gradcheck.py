@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from npgpt import attention, block, dropout, embedding, feedforward, gelu, layernorm, linear, loss, model, softmax
-from npgpt.config import GPTConfig
+from gptcore.config import GPTConfig
 from npgpt.gradcheck import check_gradient
 
 TOL = 1e-6

@@ -3,9 +3,10 @@ import numpy as np
 import pytest
 
 from npgpt import get_config, model
-from npgpt.data import SlidingWindowDataset, split_train_val
-from npgpt.tokenizer import get_tokenizer
-from npgpt.train import TrainSettings, train
+from gptcore.data import SlidingWindowDataset, split_train_val
+from gptcore.tokenizer import get_tokenizer
+from gptcore.engine.training import TrainSettings
+from npgpt.train import train
 
 
 # The book's chapter 5 run, shrunk to the `tiny` preset (2 blocks, C = 64, context 64) so it takes ~30 s on

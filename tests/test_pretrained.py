@@ -1,4 +1,4 @@
-"""`gpt2 weights download` / npgpt.pretrained against a real HTTP server on 127.0.0.1, and the CLI.
+"""`gpt2 weights download` / gptcore.formats.pretrained against a real HTTP server on 127.0.0.1, and the CLI.
 
 No test reaches OpenAI or the mirror: an autouse fixture points the default URLs at a closed local port.
 """
@@ -9,11 +9,11 @@ import os
 import numpy as np
 import pytest
 
-import npgpt.pretrained as pretrained
+import gptcore.formats.pretrained as pretrained
 from gpt2cli.main import main
-from npgpt.download import DownloadError
-from npgpt.pretrained import GPT2_FILES, download_gpt2, gpt2_file_urls, normalize_size
-from npgpt.weights import load_weights
+from gptcore.download import DownloadError
+from gptcore.formats.pretrained import GPT2_FILES, download_gpt2, gpt2_file_urls, normalize_size
+from gptcore.formats.weights import load_weights
 from tests.http_server import free_port
 
 RELEASE_FILES = ("checkpoint", "encoder.json", "hparams.json", "model.ckpt.data-00000-of-00001",

@@ -15,18 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from npgpt.tokenizer import (
-    ENDOFTEXT,
-    BPEFilesUnavailableError,
-    UNK_TOKEN,
-    GPT2Tokenizer,
-    SimpleTokenizerV1,
-    SimpleTokenizerV2,
-    bytes_to_unicode,
-    get_tokenizer,
-    merge_pair,
-    read_bpe_merges,
-)
+from gptcore.tokenizer import (ENDOFTEXT, BPEFilesUnavailableError, UNK_TOKEN, GPT2Tokenizer, SimpleTokenizerV1,
+    SimpleTokenizerV2, bytes_to_unicode, get_tokenizer, merge_pair, read_bpe_merges)
 
 KNOWN_TEXT = "Hello, do you like tea? <|endoftext|> In the sunlit terraces of someunknownPlace."
 KNOWN_IDS = [15496, 11, 466, 345, 588, 8887, 30, 220, 50256, 554, 262, 4252, 18250, 8812, 2114,
@@ -204,7 +194,7 @@ def test_tiktoken_offline_without_files_says_how_to_fix(tmp_path):
     env.update(TIKTOKEN_CACHE_DIR=str(tmp_path), HTTPS_PROXY="http://127.0.0.1:9",
                HTTP_PROXY="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9",
                http_proxy="http://127.0.0.1:9", NO_PROXY="", no_proxy="")
-    code = "from npgpt.tokenizer import get_tiktoken_gpt2\nget_tiktoken_gpt2()"
+    code = "from gptcore.tokenizer import get_tiktoken_gpt2\nget_tiktoken_gpt2()"
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode != 0

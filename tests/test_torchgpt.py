@@ -8,8 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import npgpt.model as npmodel
-import npgpt.optim
-from npgpt.config import get_config
+from gptcore.config import get_config
 from torchgpt import GPTModel, count_params, init_weights, load_numpy_params, pick_device, to_numpy_params
 from torchgpt.attention import (CausalAttention, MultiHeadAttention, SelfAttentionV1, SelfAttentionV2,
                                 simple_attention)
@@ -17,8 +16,10 @@ from torchgpt.dropout import Dropout, dropout, dropout_mask
 from torchgpt.gelu import gelu
 from torchgpt.layernorm import LayerNorm, layer_norm
 from torchgpt.loss import calc_loss_batch, calc_loss_loader, cross_entropy, perplexity
-from torchgpt.optim import make_adamw, param_groups, warmup_cosine_lr
+from torchgpt.optim import make_adamw, param_groups
 from torchgpt.softmax import softmax
+from gptcore.arch import param_shapes
+from gptcore.engine.schedule import warmup_cosine_lr
 
 SMALL = get_config("tiny", vocab_size=61, context_length=16, emb_dim=24, n_heads=3, n_layers=2, drop_rate=0.1)
 
@@ -32,7 +33,7 @@ def small(**changes):
 def test_state_dict_is_canonical(qkv_bias, tie):
     config = small(qkv_bias=qkv_bias, tie_weights=tie)
     state = GPTModel(config, seed=0).state_dict()
-    expected = npmodel.param_shapes(config)
+    expected = param_shapes(config)
     assert list(state) == list(expected)          # same names, same order
     assert {k: tuple(v.shape) for k, v in state.items()} == expected
     assert not any("mask" in name for name in state)   # causal mask buffers are not persistent
@@ -277,7 +278,6 @@ def test_warmup_cosine_schedule():
     assert lrs[:4] == [0.25, 0.5, 0.75, 1.0]
     assert lrs[4] == 1.0 and lrs[8] == pytest.approx(0.55) and lrs[12] == lrs[13] == 0.1
     assert all(a >= b for a, b in zip(lrs[3:], lrs[4:]))
-    assert warmup_cosine_lr is npgpt.optim.warmup_cosine_lr          # one formula for both backends
 
 
 def test_pick_device():

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 import npgpt.model as npmodel
-from npgpt.checkpoint import load_checkpoint, save_checkpoint
-from npgpt.config import GPTConfig
+from gptcore.formats.checkpoint import load_checkpoint, save_checkpoint
+from gptcore.config import GPTConfig
 from npgpt.optim import AdamW
-from npgpt.params import unique_arrays
+from gptcore.params import unique_arrays
 from torchgpt import GPTModel, load_numpy_params, to_numpy_params
 from torchgpt.checkpoint import (load_canonical_optimizer_state, load_model, load_training_checkpoint,
                                  optimizer_state_to_canonical, save_training_checkpoint)

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from gpt2cli.main import main
-from npgpt.checkpoint import load_checkpoint
-from npgpt.fileio import read_jsonl
-from npgpt.runs import latest_checkpoint, list_checkpoints
-from npgpt.weights import load_weights
+from gptcore.formats.checkpoint import load_checkpoint
+from gptcore.fileio import read_jsonl
+from gptcore.formats.runs import latest_checkpoint, list_checkpoints
+from gptcore.formats.weights import load_weights
 from tests.fake_checkpoints import openai_hparams, openai_to_hf_tensors, random_openai_tensors, write_hf_checkpoint
 
 # A GPT-2-vocabulary model small enough for seconds per run: 50257 x 8 embedding, one block.
@@ -104,7 +104,7 @@ def test_each_evaluation_writes_one_console_line(tmp_path, capsys, backend):
 
 def test_config_keeps_the_history_of_invocations(tmp_path, monkeypatch):
     from datetime import datetime
-    from npgpt.runs import checkpoint_path
+    from gptcore.formats.runs import checkpoint_path
     run = tmp_path / "run"
 
     def invoke(*argv):
@@ -164,7 +164,7 @@ def test_init_from_released_weights_and_a_sample(tmp_path, backend):
         np.testing.assert_allclose(trained[name], value, atol=1e-6)
     record = read_jsonl(run / "metrics.jsonl")[0]
     from npgpt.generate import generate
-    from npgpt.tokenizer import get_tokenizer
+    from gptcore.tokenizer import get_tokenizer
     tokenizer = get_tokenizer()                                 # the greedy continuation, in either backend
     assert record["sample"] == tokenizer.decode(generate(released, config, tokenizer.encode("Every effort moves"), 3))
     assert json.loads((run / "config.json").read_text())["model"]["context_length"] == 16

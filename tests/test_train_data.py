@@ -1,4 +1,4 @@
-"""Training data: the resumable window order (WindowStream) and the tokenized corpus cache (npgpt.corpus)."""
+"""Training data: the resumable window order (WindowStream) and the tokenized corpus cache (gptcore.corpus)."""
 from __future__ import annotations
 
 import os
@@ -7,10 +7,10 @@ import time
 import numpy as np
 import pytest
 
-import npgpt.corpus as corpus_module
-from npgpt.corpus import load_corpus, prepare_corpus, resolve_sources, split_point
-from npgpt.data import SlidingWindowDataset, WindowStream, iterate_batches
-from npgpt.tokenizer import get_tokenizer
+import gptcore.corpus as corpus_module
+from gptcore.corpus import load_corpus, prepare_corpus, resolve_sources, split_point
+from gptcore.data import SlidingWindowDataset, WindowStream, iterate_batches
+from gptcore.tokenizer import get_tokenizer
 
 
 # ----- WindowStream ------------------------------------------------------------------------------------

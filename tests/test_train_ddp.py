@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from gpt2cli.main import main
-from npgpt.fileio import read_jsonl
-from npgpt.runs import checkpoint_path, latest_checkpoint
+from gptcore.fileio import read_jsonl
+from gptcore.formats.runs import checkpoint_path, latest_checkpoint
 from torchgpt.distributed import COUNT_REDUCES_ENV, free_port
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

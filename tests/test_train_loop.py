@@ -11,12 +11,13 @@ import pytest
 import torch
 
 import npgpt.model
-from npgpt import GPTConfig
-from npgpt.checkpoint import load_checkpoint
-from npgpt.data import SlidingWindowDataset
-from npgpt.fileio import read_jsonl
-from npgpt.runs import NonFiniteLossError, RunLog, TrainingInterrupted, latest_checkpoint, list_checkpoints
-from npgpt.train import TrainSettings, train as numpy_train
+from gptcore.config import GPTConfig, get_config
+from gptcore.formats.checkpoint import load_checkpoint
+from gptcore.data import SlidingWindowDataset
+from gptcore.fileio import read_jsonl
+from gptcore.formats.runs import NonFiniteLossError, RunLog, TrainingInterrupted, latest_checkpoint, list_checkpoints
+from gptcore.engine.training import TrainSettings
+from npgpt.train import train as numpy_train
 from torchgpt import GPTModel, load_numpy_params
 from torchgpt.train import (LoaderBatches, RuntimeOptions, TokenBatches, Trainer, flops_per_token, next_token_loss,
                             ordered_batches)
@@ -239,7 +240,7 @@ def test_loader_batches_resume_exactly():
 
 def test_mfu_uses_the_6n_plus_attention_flops(dataset):
     n = 124_439_808 - 1024 * 768                               # GPT-2 124M without the position embedding
-    assert flops_per_token(npgpt.config.get_config("gpt2-small"), 1024) == 6 * n + 12 * 12 * 768 * 1024
+    assert flops_per_token(get_config("gpt2-small"), 1024) == 6 * n + 12 * 12 * 768 * 1024
     trainer = make_trainer(dataset, settings(2), peak_flops_per_device=1e12)
     per_token = flops_per_token(CONFIG, 8)
     assert trainer.mfu(2000.0) == pytest.approx(per_token * 2000.0 / 1e12)

@@ -1,4 +1,4 @@
-"""npgpt.weights: OpenAI TF checkpoints and Hugging Face safetensors into canonical params, both backends.
+"""gptcore.formats.weights: OpenAI TF checkpoints and Hugging Face safetensors into canonical params, both backends.
 
 The checkpoints are written in the exact released layouts (tests/fake_checkpoints.py): TF1 variables saved
 with tf.compat.v1.train.Saver in graph mode, safetensors with HF's key names and Conv1D (in, out) shapes.
@@ -19,10 +19,11 @@ import torch
 
 import npgpt
 import npgpt.model as npmodel
-from npgpt.weights import SafetensorsFile, WeightsError, detect_format, load_weights
+from gptcore.formats.weights import SafetensorsFile, WeightsError, detect_format, load_weights
 from tests.fake_checkpoints import (hf_config, openai_hparams, openai_to_hf_tensors, random_openai_tensors,
                                     reference_logits, write_hf_checkpoint, write_openai_checkpoint)
 from torchgpt.checkpoint import load_model
+from gptcore.arch import param_shapes
 
 HPARAMS = openai_hparams(n_vocab=61, n_ctx=16, n_embd=32, n_head=4, n_layer=2)
 TENSORS = random_openai_tensors(HPARAMS, seed=0)
@@ -71,8 +72,8 @@ def test_openai_folder_gives_canonical_params(openai_folder):
     config, params = load_weights(openai_folder)
     assert config == npgpt.GPTConfig(vocab_size=61, context_length=16, emb_dim=32, n_heads=4, n_layers=2,
                                      drop_rate=0.0, qkv_bias=True, tie_weights=True)
-    assert {name: value.shape for name, value in params.items()} == npmodel.param_shapes(config)
-    assert list(params) == list(npmodel.param_shapes(config))
+    assert {name: value.shape for name, value in params.items()} == param_shapes(config)
+    assert list(params) == list(param_shapes(config))
     for name, value in params.items():
         assert value.dtype == np.float32 and value.flags.c_contiguous and value.flags.owndata, name
     assert params["out_head.weight"] is params["tok_emb.weight"]

@@ -3,7 +3,7 @@
     from torchgpt import GPTModel, pick_device
     model = GPTModel(get_config("tiny"), seed=0).to(pick_device("auto"))
 
-torchgpt.data builds DataLoaders that yield npgpt.data's batches. See torchgpt/README.md. parity_tests/ proves each component equal to its NumPy twin.
+torchgpt.data builds DataLoaders that yield gptcore.data's batches. See torchgpt/README.md. parity_tests/ proves each component equal to its NumPy twin.
 """
 from __future__ import annotations
 

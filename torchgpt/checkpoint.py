@@ -4,7 +4,7 @@
     model, state = load_training_checkpoint("runs/a/ckpt", model, optimizer)      # resume
     model = load_model(path, device="cuda")       # any weights: our checkpoint, OpenAI folder, HF safetensors
 
-The files are exactly npgpt.checkpoint's (safetensors + JSON, written atomically, nothing pickled), so a
+The files are exactly gptcore.formats.checkpoint's (safetensors + JSON, written atomically, nothing pickled), so a
 checkpoint saved here loads in npgpt and one saved by npgpt loads here.
 
 The optimizer is stored in the backend-neutral "optimizer" entry of the training state, the one
@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from npgpt.checkpoint import load_checkpoint, save_checkpoint
-from npgpt.weights import load_weights
+from gptcore.formats.checkpoint import load_checkpoint, save_checkpoint
+from gptcore.formats.weights import load_weights
 from torchgpt import pick_device
 from torchgpt.model import GPTModel, load_numpy_params, to_numpy_params
 
@@ -206,7 +206,7 @@ def load_training_checkpoint(path: str | os.PathLike, model: GPTModel | None = N
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", *, use_sdpa: bool = False) -> GPTModel:
     """A GPTModel in eval mode on `device` (see torchgpt.pick_device) from any weights that
-    npgpt.weights.load_weights reads: one of our checkpoints, an OpenAI TF folder, a Hugging Face folder
+    gptcore.formats.weights.load_weights reads: one of our checkpoints, an OpenAI TF folder, a Hugging Face folder
     or .safetensors file."""
     config, params = load_weights(path)
     return _model_holding(config, params, device, use_sdpa).eval()

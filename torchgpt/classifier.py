@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from npgpt.classifier import HEAD_INIT_STD, check_num_classes
-from npgpt.config import GPTConfig
+from gptcore.tasks.classification import HEAD_INIT_STD, check_num_classes
+from gptcore.config import GPTConfig
 from torchgpt.model import GPTModel
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from npgpt.classifier import check_classifier_params
-from npgpt.lora import split_lora
+from gptcore.tasks.classification import check_classifier_params
+from gptcore.lora import split_lora
 from torchgpt.classifier import GPTClassifier, class_weighted_cross_entropy, set_trainable
 from torchgpt.lora import attach_adapters
 from torchgpt.model import load_numpy_params, to_numpy_params

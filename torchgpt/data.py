@@ -1,6 +1,6 @@
-"""PyTorch data loading that yields exactly the batches of npgpt.data.iterate_batches.
+"""PyTorch data loading that yields exactly the batches of gptcore.data.iterate_batches.
 
-The windows come from npgpt.data.SlidingWindowDataset and the order from npgpt.data.epoch_order,
+The windows come from gptcore.data.SlidingWindowDataset and the order from gptcore.data.epoch_order,
 so for the same arguments
 
     list(create_dataloader(ids, batch_size=B, max_length=T, stride=S, seed=s, epoch=e))
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from npgpt.data import SlidingWindowDataset, check_batch_size, epoch_order
+from gptcore.data import SlidingWindowDataset, check_batch_size, epoch_order
 
 
 class TokenWindowDataset(Dataset):
@@ -36,7 +36,7 @@ class TokenWindowDataset(Dataset):
 
 
 class EpochOrderSampler(Sampler[int]):
-    """Yields window indices in npgpt.data.epoch_order(N, shuffle, seed, epoch)."""
+    """Yields window indices in gptcore.data.epoch_order(N, shuffle, seed, epoch)."""
 
     def __init__(self, num_windows: int, *, shuffle: bool, seed: int, epoch: int = 0):
         self.num_windows, self.shuffle, self.seed, self.epoch = num_windows, shuffle, seed, epoch

@@ -4,7 +4,7 @@
 
 torchrun starts N copies of the command with RANK, LOCAL_RANK and WORLD_SIZE set; init_distributed()
 joins them into one process group (NCCL on CUDA, gloo on CPU). Each process trains on its own shard of
-every global batch (npgpt.data.WindowStream.shard), DDP averages the gradients, so N processes with
+every global batch (gptcore.data.WindowStream.shard), DDP averages the gradients, so N processes with
 micro-batch B give the same updates as one process with batch N * B. Only rank 0 logs and writes files.
 
 `gpt2 train --nproc N` (launch) runs torchrun through torchrun_main, in its own session: a Ctrl-C

@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from npgpt.generate import (EOT_ID, Decoder, check_sampling_temperature, generate_batch_tokens, generate_tokens,
-                            reads_faster_transposed, stream_tokens)
+from gptcore.engine.decoding import (EOT_ID, Decoder, check_sampling_temperature, generate_batch_tokens,
+    generate_tokens, reads_faster_transposed, stream_tokens)
 from torchgpt.kvcache import KVCache
 
 

@@ -1,6 +1,6 @@
 """Instruction data for torch (twin of npgpt/instruct.py): a Dataset of tokenized examples and the padding
 collate as torch tensors moved to a device. The padding and masking rules, with a worked example, are in
-npgpt.instruct.collate_instructions, which this wraps."""
+gptcore.tasks.instruct.collate_instructions, which this wraps."""
 from __future__ import annotations
 
 from functools import partial
@@ -8,8 +8,8 @@ from functools import partial
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from npgpt import instruct as np_instruct
-from npgpt.instruct import DEFAULT_MAX_LENGTH, END_OF_TEXT_ID, IGNORE_INDEX, EncodedExample
+from gptcore.tasks import instruct as np_instruct
+from gptcore.tasks.instruct import DEFAULT_MAX_LENGTH, END_OF_TEXT_ID, IGNORE_INDEX, EncodedExample
 
 
 class InstructionDataset(Dataset):
@@ -27,7 +27,7 @@ class InstructionDataset(Dataset):
 
 def collate_instructions(batch, *, device="cpu", pad_token_id: int = END_OF_TEXT_ID, ignore_index: int = IGNORE_INDEX,
                          max_length: int | None = DEFAULT_MAX_LENGTH, mask_instruction: bool = False):
-    """(inputs, targets): int64 tensors (B, T) on `device`; the rules of npgpt.instruct.collate_instructions."""
+    """(inputs, targets): int64 tensors (B, T) on `device`; the rules of gptcore.tasks.instruct.collate_instructions."""
     inputs, targets = np_instruct.collate_instructions(batch, pad_token_id=pad_token_id, ignore_index=ignore_index,
                                                        max_length=max_length, mask_instruction=mask_instruction)
     return torch.from_numpy(inputs).to(device), torch.from_numpy(targets).to(device)

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from npgpt import lora as np_lora
-from npgpt.lora import A_SUFFIX, B_SUFFIX, DEFAULT_TARGETS, LoRAConfig, select_layers
+from gptcore import lora as core_lora
+from gptcore.lora import A_SUFFIX, B_SUFFIX, DEFAULT_TARGETS, LoRAConfig, select_layers
 
 __all__ = ["LoRALinear", "LoRAConfig", "DEFAULT_TARGETS", "add_lora", "merge_lora", "unmerge_lora",
            "lora_state_dict", "count_trainable_params", "save_lora", "load_lora", "lora_layers",
@@ -123,7 +123,7 @@ def add_lora(model: nn.Module, lora_config: LoRAConfig, seed: int | None = 0) ->
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The adapters' tensors under their canonical names (lora_A, lora_B, lora_scaling), detached."""
-    return {name: tensor.detach() for name, tensor in model.state_dict().items() if np_lora.is_adapter_name(name)}
+    return {name: tensor.detach() for name, tensor in model.state_dict().items() if core_lora.is_adapter_name(name)}
 
 
 def count_trainable_params(model: nn.Module) -> int:
@@ -152,12 +152,12 @@ def merge_lora(model: nn.Module) -> nn.Module:
 def unmerge_lora(model: nn.Module, adapters: dict) -> nn.Module:
     """The inverse of merge_lora: wraps the adapted layers again with the given adapters (tensors or arrays under
     canonical names) and subtracts s B A from their weights (in place)."""
-    layers = np_lora.adapted_layers(adapters)
+    layers = core_lora.adapted_layers(adapters)
     for name in layers:
         linear = model.get_submodule(name)
         A, B = (torch.as_tensor(np.asarray(adapters[name + s])) for s in (A_SUFFIX, B_SUFFIX))
         rank = A.shape[0]
-        scaling = float(np.asarray(adapters[name + np_lora.SCALING_SUFFIX]))
+        scaling = float(np.asarray(adapters[name + core_lora.SCALING_SUFFIX]))
         layer = LoRALinear(linear, rank, alpha=scaling * rank)
         if tuple(A.shape) != tuple(layer.lora_A.shape) or tuple(B.shape) != tuple(layer.lora_B.shape):
             raise ValueError(f"adapter for {name} has lora_A {tuple(A.shape)} and lora_B {tuple(B.shape)}; the layer "
@@ -174,7 +174,7 @@ def unmerge_lora(model: nn.Module, adapters: dict) -> nn.Module:
 def save_lora(path, model: nn.Module, lora_config: LoRAConfig, metadata: dict | None = None):
     """Writes the model's adapters alone (npgpt's format: adapter.safetensors + adapter_config.json)."""
     adapters = {name: tensor.cpu().numpy() for name, tensor in lora_state_dict(model).items()}
-    return np_lora.save_lora(path, adapters, lora_config, metadata=metadata)
+    return core_lora.save_lora(path, adapters, lora_config, metadata=metadata)
 
 
 def attach_adapters(model: nn.Module, adapters: dict, lora_config: LoRAConfig | None = None) -> nn.Module:
@@ -183,12 +183,12 @@ def attach_adapters(model: nn.Module, adapters: dict, lora_config: LoRAConfig | 
 
     lora_config supplies rank and alpha (default: read from the adapters' shapes and scaling).
     """
-    layers = np_lora.adapted_layers(adapters)
+    layers = core_lora.adapted_layers(adapters)
     if not layers:
         raise ValueError("no adapters given: expected names ending in .lora_A / .lora_B / .lora_scaling")
     rank = int(np.shape(adapters[layers[0] + A_SUFFIX])[0])
     if lora_config is None:
-        scaling = float(np.asarray(adapters[layers[0] + np_lora.SCALING_SUFFIX]))
+        scaling = float(np.asarray(adapters[layers[0] + core_lora.SCALING_SUFFIX]))
         lora_config = LoRAConfig(rank=rank, alpha=scaling * rank)
     # seed=0: the draw is overwritten below; a private generator leaves torch's global RNG untouched.
     add_lora(model, LoRAConfig(lora_config.rank, lora_config.alpha, targets=tuple(layers)), seed=0)
@@ -208,7 +208,7 @@ def attach_adapters(model: nn.Module, adapters: dict, lora_config: LoRAConfig | 
 
 def load_lora(path, model: nn.Module) -> nn.Module:
     """Adds the adapters saved at `path` (save_lora's folder) to a base model, with their saved values."""
-    lora_config, adapters = np_lora.load_lora(path)
+    lora_config, adapters = core_lora.load_lora(path)
     return attach_adapters(model, adapters, lora_config)
 
 

@@ -9,19 +9,16 @@ with load_numpy_params() and comes back with to_numpy_params().
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch
 from torch import nn
 
-from npgpt.config import GPTConfig
+from gptcore.arch import spec_for
+from gptcore.config import GPTConfig
 from torchgpt.block import TransformerBlock
 from torchgpt.dropout import Dropout
 from torchgpt.layernorm import LayerNorm
-
-INIT_STD = 0.02
-RESIDUAL_PROJECTIONS = ("att.out_proj", "ff.fc2")   # write into the residual stream: std / sqrt(2 L)
 
 
 class MaskFeed:
@@ -137,16 +134,10 @@ class GPTModel(nn.Module):
         return self.final_norm(x)
 
 
-def _init_std(name: str, config: GPTConfig) -> float:
-    """N(0, 0.02), with the projections into the residual stream scaled by 1/sqrt(2 L) (GPT-2 paper)."""
-    if any(f"{proj}.weight" in name for proj in RESIDUAL_PROJECTIONS):
-        return INIT_STD / math.sqrt(2 * config.n_layers)
-    return INIT_STD
-
-
 @torch.no_grad()
 def init_weights(model: GPTModel, seed: int | None = None) -> GPTModel:
-    """GPT-2 init in place: weights ~ N(0, std) (see _init_std), biases 0, LayerNorm scale 1 and shift 0.
+    """The architecture's init in place (gptcore.arch: init_rule; GPT-2: weights ~ N(0, std), biases 0,
+    LayerNorm scale 1 and shift 0).
 
     Draws on the CPU from one torch.Generator seeded with `seed` (None: the global generator), in
     named_parameters() order with a tied weight drawn once, so the values do not depend on the device.
@@ -155,13 +146,14 @@ def init_weights(model: GPTModel, seed: int | None = None) -> GPTModel:
     if seed is not None:
         generator = torch.Generator().manual_seed(int(seed))
     for name, param in model.named_parameters():    # a tied Parameter appears once
-        if name.endswith(".scale"):
+        kind, value = spec_for(model.config).init_rule(name, model.config)
+        if kind == "ones":
             param.fill_(1.0)
-        elif name.endswith((".shift", ".bias")):
+        elif kind == "zeros":
             param.zero_()
         else:
             draw = torch.randn(param.shape, generator=generator, dtype=torch.float32)
-            param.copy_(draw * _init_std(name, model.config))
+            param.copy_(draw * value)
     return model
 
 

@@ -1,4 +1,4 @@
-"""AdamW with GPT-2 param groups, gradient clipping and learning-rate schedules (twin of npgpt/optim.py).
+"""AdamW with GPT-2 param groups and gradient clipping (twin of npgpt/optim.py; schedules: gptcore.engine.schedule).
 
 torch.optim.AdamW's update, which npgpt.optim.AdamW reproduces step for step (t counts from 1):
     p <- p * (1 - lr * wd)                                   (decoupled weight decay, decayed params only)
@@ -6,10 +6,6 @@ torch.optim.AdamW's update, which npgpt.optim.AdamW reproduces step for step (t 
     p <- p - (lr / (1 - beta1^t)) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
 """
 import torch
-
-# The schedules are plain arithmetic on the step number: one formula shared with the NumPy loop, so the two
-# backends cannot drift apart (re-exported here for code that reads torchgpt as the twin of npgpt).
-from npgpt.optim import constant_lr, warmup_cosine_lr  # noqa: F401
 
 clip_grad_norm = torch.nn.utils.clip_grad_norm_
 

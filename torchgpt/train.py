@@ -32,13 +32,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from npgpt.data import SlidingWindowDataset, WindowStream, iterate_batches
-from npgpt.runs import NonFiniteLossError, RunLog, StopRequest, TrainingInterrupted, checkpoint_path, \
+from gptcore.arch import flops_per_token
+from gptcore.data import SlidingWindowDataset, WindowStream, iterate_batches
+from gptcore.formats.runs import NonFiniteLossError, RunLog, StopRequest, TrainingInterrupted, checkpoint_path, \
     prune_checkpoints
-from npgpt.train import TrainSettings, evaluation_line, nonfinite_message, settings_dict
+from gptcore.engine.lockstep import LockstepSettings
+from gptcore.engine.training import TrainSettings, evaluation_line, nonfinite_message, settings_dict
 from torchgpt.distributed import COUNT_REDUCES_ENV, DistContext, all_reduce_mean, any_process, count_grad_reduces, \
     gather_objects
 from torchgpt.loss import cross_entropy, perplexity
+from torchgpt.model import GPTModel, load_numpy_params
 from torchgpt.optim import clip_grad_norm, make_adamw, set_lr
 
 AUTOCAST_CHOICES = ("auto", "float32", "bfloat16")
@@ -101,17 +104,6 @@ def to_device(batch, device: torch.device):
     if isinstance(batch, (tuple, list)):
         return type(batch)(to_device(value, device) for value in batch)
     return batch
-
-
-def flops_per_token(config, context_length: int) -> float:
-    """Training FLOPs per token, 6 N + 12 L C T (forward + backward through the weights, plus attention's
-    score and weighted-sum matmuls), N counting a tied weight once and leaving out the position embedding
-    (a lookup, not a matmul)."""
-    from npgpt.model import param_shapes
-    shapes = param_shapes(config)
-    n = sum(int(np.prod(shape)) for name, shape in shapes.items()
-            if name != "pos_emb.weight" and not (config.tie_weights and name == "out_head.weight"))
-    return 6.0 * n + 12.0 * config.n_layers * config.emb_dim * context_length
 
 
 def peak_flops(device: torch.device) -> float | None:
@@ -503,3 +495,39 @@ class Trainer:
                                           f"with --resume {self.run_log.run_dir}") from interrupt
         bar.close()
         return history
+
+
+# ---------------------------------------------------------------------------------------------------
+# the torch twin of the lockstep demo (gptcore.engine.lockstep)
+# ---------------------------------------------------------------------------------------------------
+
+class TorchTwin:
+    """The torch side of gptcore.engine.lockstep: a GPTModel holding a copy of the NumPy parameters, its AdamW."""
+
+    def __init__(self, params: dict, config, settings: LockstepSettings, dtype=torch.float32):
+        self.config = config
+        self.model = load_numpy_params(GPTModel(config).to(dtype), params).train()
+        self.optimizer = make_adamw(self.model, lr=settings.lr, weight_decay=settings.weight_decay)
+        self.grad_clip = settings.grad_clip
+
+    def step(self, X: np.ndarray, Y: np.ndarray) -> float:
+        """One optimizer step on batch (X, Y); returns the batch loss before the update."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = cross_entropy(self.model(torch.from_numpy(X)), torch.from_numpy(Y))
+        loss.backward()
+        if self.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def evaluate(self, dataset, batch_size: int, max_batches: int) -> float:
+        """Mean loss over the first max_batches batches in order (eval mode), as npgpt.train.evaluate_loss does."""
+        self.model.eval()
+        losses = []
+        for i, (X, Y) in enumerate(iterate_batches(dataset, batch_size, shuffle=False, drop_last=False)):
+            if i >= max_batches:
+                break
+            losses.append(float(cross_entropy(self.model(torch.from_numpy(X)), torch.from_numpy(Y))))
+        self.model.train()
+        return float(np.mean(losses)) if losses else math.nan

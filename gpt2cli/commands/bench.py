@@ -22,7 +22,7 @@ def run(args) -> int:
     import sys
 
     from benchmarks.suite import run as run_suite, settings_from_args
-    from npgpt.config import ConfigError
+    from gptcore.config import ConfigError
 
     from gpt2cli.main import UserError
 

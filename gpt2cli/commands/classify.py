@@ -32,9 +32,9 @@ def register(subparsers):
 
 def load_classifier(path):
     """(config, params, metadata) of a classifier checkpoint, or a one-line error saying what PATH is instead."""
-    from npgpt.checkpoint import load_checkpoint, read_checkpoint_metadata
-    from npgpt.classifier import check_classifier_params
-    from npgpt.weights import resolve_weights_path
+    from gptcore.formats.checkpoint import load_checkpoint, read_checkpoint_metadata
+    from gptcore.tasks.classification import check_classifier_params
+    from gptcore.formats.weights import resolve_weights_path
 
     path = resolve_weights_path(path)          # a run folder -> its model/ checkpoint
     if not path.exists():
@@ -73,9 +73,9 @@ def run(args) -> int:
 
 
 def _run(args) -> int:
-    from npgpt.classification_data import pad_token_ids
-    from npgpt.classifier import softmax_probabilities
-    from npgpt.tokenizer import get_tokenizer
+    from gptcore.tasks.classification_data import pad_token_ids
+    from gptcore.tasks.classification import softmax_probabilities
+    from gptcore.tokenizer import get_tokenizer
     from gpt2cli.commands.finetune_classify import make_backend
 
     if args.batch_size < 1:

@@ -27,8 +27,8 @@ def register(subparsers):
 
 def run_fetch(args) -> int:
     from gpt2cli.main import UserError
-    from npgpt.datasets import dataset_names, fetch
-    from npgpt.download import DownloadError
+    from gptcore.datasets import dataset_names, fetch
+    from gptcore.download import DownloadError
 
     names = args.names or dataset_names()
     for name in names:
@@ -41,7 +41,7 @@ def run_fetch(args) -> int:
 
 
 def run_list(args) -> int:
-    from npgpt.datasets import data_dir, file_status, load_manifest
+    from gptcore.datasets import data_dir, file_status, load_manifest
 
     root = data_dir(args.data_dir)
     print(f"data dir: {root}")

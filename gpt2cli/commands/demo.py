@@ -47,9 +47,9 @@ def register(subparsers):
 
 def _load_data(config, data_dir):
     """the-verdict split 90/10 by characters (as the book does), tokenized, cut into windows."""
-    from npgpt.data import SlidingWindowDataset, split_train_val
-    from npgpt.datasets import fetch
-    from npgpt.tokenizer import get_tokenizer
+    from gptcore.data import SlidingWindowDataset, split_train_val
+    from gptcore.datasets import fetch
+    from gptcore.tokenizer import get_tokenizer
 
     tokenizer = get_tokenizer("tiktoken")
     text = fetch("the-verdict", data_dir).read_text(encoding="utf-8")
@@ -70,7 +70,7 @@ def _print_row(entry, width):
 
 def _plot(history, path):
     """Top: both loss curves (torch dashed over NumPy solid: they coincide); bottom: |NumPy - torch|."""
-    from npgpt.plots import pyplot, add_secondary_axis, save_figure
+    from gptcore.plots import pyplot, add_secondary_axis, save_figure
 
     plt = pyplot()
     steps = [e["step"] for e in history]
@@ -117,12 +117,15 @@ def run(args) -> int:
     import time
 
     import numpy as np
+    import torch
 
     from gpt2cli.main import UserError
     from npgpt import model as npmodel
-    from npgpt.config import get_config
-    from npgpt.fileio import atomic_write_json
-    from torchgpt.side_by_side import LockstepSettings, train_side_by_side
+    from gptcore.config import get_config
+    from gptcore.fileio import atomic_write_json
+    from gptcore.engine.lockstep import LockstepSettings, copy_params, train_side_by_side
+    from npgpt.train import NumpyTwin
+    from torchgpt.train import TorchTwin
 
     if args.steps <= 0 or args.print_every <= 0 or args.max_new_tokens < 0:
         raise UserError("--steps and --print-every must be positive, --max-new-tokens at least 0")
@@ -151,8 +154,9 @@ def run(args) -> int:
             _print_row(entry, width)
 
     started = time.perf_counter()
-    history, numpy_twin, torch_twin = train_side_by_side(params, config, train_set, val_set, settings,
-                                                         on_step=on_step)
+    torch_twin = TorchTwin(params, config, settings, dtype=torch.float64 if args.dtype == "float64" else torch.float32)
+    numpy_twin = NumpyTwin(copy_params(params), config, settings)
+    history = train_side_by_side(numpy_twin, torch_twin, train_set, val_set, settings, on_step=on_step)
     seconds = time.perf_counter() - started
     numpy_seconds = sum(e["numpy_seconds"] for e in history)
     torch_seconds = sum(e["torch_seconds"] for e in history)

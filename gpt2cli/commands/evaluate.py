@@ -38,9 +38,9 @@ def default_scores_path(responses: Path) -> Path:
 
 def run(args) -> int:
     from gpt2cli.main import UserError
-    from npgpt.fileio import atomic_write_json
-    from npgpt.instruct import read_records
-    from npgpt.judge import JudgeError, JudgeSettings, OllamaClient, judge_responses, validate_responses
+    from gptcore.fileio import atomic_write_json
+    from gptcore.tasks.instruct import read_records
+    from gptcore.tasks.judge import JudgeError, JudgeSettings, OllamaClient, judge_responses, validate_responses
 
     responses = Path(args.responses)
     records = validate_responses(read_records(responses), source=str(responses))

@@ -4,10 +4,10 @@
     gpt2 finetune classify --model tiny --trainable all --lr 5e-4 --epochs 8 --out runs/spam-scratch  # from scratch
 
 The run folder (--out) receives:
-    model/          the classifier checkpoint (npgpt.checkpoint format; metadata: task, labels, max_length)
+    model/          the classifier checkpoint (gptcore.formats.checkpoint format; metadata: task, labels, max_length)
     metrics.json    train/val/test accuracy, precision, recall, F1 and confusion matrix on the test split,
                     plus the settings, sizes and the whole history
-    config.json, metrics.jsonl, metrics.csv, loss.png    npgpt.runs.RunLog's run files (the run's settings;
+    config.json, metrics.jsonl, metrics.csv, loss.png    gptcore.formats.runs.RunLog's run files (the run's settings;
                     one record per step, written as training goes, with the accuracies at epoch ends)
     accuracy.png    train / validation / test accuracy per epoch
 """
@@ -18,13 +18,14 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from gptcore.tasks.classification import balanced_class_weights, trainable_param_names
 
 DEFAULT_PRESET = "gpt2-small"
 ACCURACY_KEYS = ("train_accuracy", "val_accuracy", "test_accuracy")
 
 
 def register(actions):
-    from npgpt.classifier import TRAINABLE_CHOICES
+    from gptcore.tasks.classification import TRAINABLE_CHOICES
 
     parser = actions.add_parser(
         "classify", help="finetune a GPT as an SMS spam classifier (ham/spam)",
@@ -130,9 +131,9 @@ def load_initial_model(args):
     """(config, LM-or-classifier params, description) from --init-from, else a fresh --model preset."""
     import numpy as np
 
-    from npgpt.config import get_config
+    from gptcore.config import get_config
     from npgpt.model import init_params
-    from npgpt.weights import load_weights
+    from gptcore.formats.weights import load_weights
 
     if args.init_from is None:
         preset = args.model or DEFAULT_PRESET
@@ -154,8 +155,8 @@ def load_initial_model(args):
 def fetch_sms_spam(data_dir, progress=True) -> Path:
     """The verified SMS Spam Collection from the data manifest (downloaded and extracted when missing)."""
     from gpt2cli.main import UserError
-    from npgpt.datasets import fetch
-    from npgpt.download import DownloadError
+    from gptcore.datasets import fetch
+    from gptcore.download import DownloadError
 
     try:
         return fetch("sms-spam", data_dir, progress=progress)
@@ -177,7 +178,7 @@ def make_backend(name, params, config, num_classes, device_name):
 
 def run_finetune(args) -> int:
     from gpt2cli.main import UserError
-    from npgpt.runs import NonFiniteLossError
+    from gptcore.formats.runs import NonFiniteLossError
 
     with one_line_warnings(), limited_threads(args.threads):
         try:
@@ -187,12 +188,11 @@ def run_finetune(args) -> int:
 
 
 def _run(args) -> int:
-    from npgpt import classifier
-    from npgpt.checkpoint import save_checkpoint
-    from npgpt.classification_data import PAD_TOKEN_ID, SMS_LABELS
-    from npgpt.classifier_train import ClassifierSettings, train_classifier
-    from npgpt.fileio import atomic_write_json
-    from npgpt.runs import FINAL_MODEL_DIR, RunLog
+    from gptcore.formats.checkpoint import save_checkpoint
+    from gptcore.tasks.classification_data import PAD_TOKEN_ID, SMS_LABELS
+    from gptcore.engine.classification import ClassifierSettings, train_classifier
+    from gptcore.fileio import atomic_write_json
+    from gptcore.formats.runs import FINAL_MODEL_DIR, RunLog
 
     settings = ClassifierSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                   weight_decay=args.weight_decay, eval_interval=args.eval_interval,
@@ -202,7 +202,7 @@ def _run(args) -> int:
     config, params, source = build_classifier(args, num_classes=len(SMS_LABELS))
     params, trainable_names, lora_config, what_trains = choose_trainable(args, config, params)
     train, val, test = encode_splits(frames, args.max_length, config.context_length)
-    class_weights = classifier.balanced_class_weights(train.labels, len(SMS_LABELS)) if args.no_balance else None
+    class_weights = balanced_class_weights(train.labels, len(SMS_LABELS)) if args.no_balance else None
 
     backend, device = make_backend(args.backend, params, config, len(SMS_LABELS), args.device)
     backend.prepare_training(trainable_names, settings, class_weights)
@@ -236,7 +236,8 @@ def _run(args) -> int:
     if lora_config is not None:
         # The adapters alone (small), and a plain classifier with them merged in: `gpt2 classify` reads it
         # like any other, with no adapter cost.
-        from npgpt.lora import merge_lora, save_lora
+        from gptcore.lora import save_lora
+        from npgpt.lora import merge_lora
         save_lora(out / "lora_adapter", trained_params, lora_config, metadata={"task": "classification",
                                                                                "init": source})
         trained_params = merge_lora(trained_params)
@@ -257,7 +258,7 @@ def _run(args) -> int:
 
 def load_splits(args):
     """(data file, (train, validation, test) frames): read and checked, balanced unless --no-balance, split."""
-    from npgpt.classification_data import balance_classes, read_sms_spam, split_frame
+    from gptcore.tasks.classification_data import balance_classes, read_sms_spam, split_frame
 
     data_file = Path(args.data_file) if args.data_file else fetch_sms_spam(args.data_dir, progress=not args.quiet)
     frame = read_sms_spam(data_file)
@@ -273,7 +274,7 @@ def load_splits(args):
 
 def build_classifier(args, num_classes: int):
     """(classifier config, params, description of the start): the initial LM with its head replaced."""
-    from npgpt.classification_data import PAD_TOKEN_ID
+    from gptcore.tasks.classification_data import PAD_TOKEN_ID
     from npgpt.classifier import classifier_from_lm_params
 
     if not 0.0 <= args.drop_rate < 1.0:
@@ -291,14 +292,14 @@ def build_classifier(args, num_classes: int):
 def choose_trainable(args, config, params):
     """(params, trainable names, LoRAConfig or None, description): --trainable's parts, or with --lora-rank
     fresh LoRA adapters (npgpt.lora, one seeded init for both backends) as the only trainable parameters."""
-    from npgpt import classifier
-    from npgpt.lora import LoRAConfig, add_lora, trainable_params
+    from gptcore.lora import LoRAConfig, trainable_params
+    from npgpt.lora import add_lora
 
     if args.lora_rank is None:
         if args.lora_alpha is not None:
             raise ValueError("--lora-alpha needs --lora-rank R")
         args.trainable = args.trainable or "last-k"
-        return params, classifier.trainable_param_names(config, args.trainable, args.last_k), None, args.trainable
+        return params, trainable_param_names(config, args.trainable, args.last_k), None, args.trainable
     if args.trainable is not None:
         raise ValueError("--lora-rank trains the LoRA adapters only; leave --trainable out (or drop --lora-rank)")
     alpha = args.lora_alpha if args.lora_alpha is not None else float(args.lora_rank)
@@ -311,8 +312,8 @@ def choose_trainable(args, config, params):
 def encode_splits(frames, max_length, context_length):
     """GPT-2 token ids of the three splits, padded to --max-length, else to the longest training message (at
     most the context length); validation and test to the same length as training."""
-    from npgpt.classification_data import encode_messages
-    from npgpt.tokenizer import get_tokenizer
+    from gptcore.tasks.classification_data import encode_messages
+    from gptcore.tokenizer import get_tokenizer
 
     tokenizer = get_tokenizer()
     train_frame, val_frame, test_frame = frames
@@ -325,8 +326,8 @@ def encode_splits(frames, max_length, context_length):
 
 def final_metrics(history, splits, class_weights, args) -> dict:
     """metrics.json's main part: the last epoch's accuracies and the test split's precision/recall/F1/confusion."""
-    from npgpt.classification_data import SMS_LABELS
-    from npgpt.classifier import classification_metrics
+    from gptcore.tasks.classification_data import SMS_LABELS
+    from gptcore.tasks.classification import classification_metrics
 
     train, val, test = splits
     test_predictions = history.pop("test_logits").argmax(axis=-1)
@@ -355,7 +356,7 @@ def arguments(args) -> dict:
 
 def plot_accuracy(path: Path, epochs: list[dict]) -> None:
     """accuracy.png: train / validation / test accuracy after every epoch."""
-    from npgpt.plots import plot_curves
+    from gptcore.plots import plot_curves
     plot_curves(path, [entry["epoch"] for entry in epochs],
                 {split: [entry[f"{split}_accuracy"] for entry in epochs] for split in ("train", "val", "test")},
                 xlabel="epoch", ylabel="accuracy", title=f"{path.parent.name}: accuracy")

@@ -59,8 +59,8 @@ def register(actions):
 def resolve_data(name_or_path: str, data_dir: str | None) -> Path:
     """A file path, or the file of a manifest data set (fetched and verified)."""
     from gpt2cli.main import UserError
-    from npgpt.datasets import dataset_names, fetch
-    from npgpt.download import DownloadError
+    from gptcore.datasets import dataset_names, fetch
+    from gptcore.download import DownloadError
     path = Path(name_or_path)
     if path.exists() or name_or_path not in dataset_names():
         return path
@@ -84,7 +84,7 @@ def check_options(args) -> None:
 def build_model(args, device):
     """(GPTModel, config, lora_config or None) from --init-from or --model, LoRA added when asked."""
     from gpt2cli.commands.train import model_config_and_params
-    from npgpt.lora import LoRAConfig
+    from gptcore.lora import LoRAConfig
     from torchgpt import GPTModel, load_numpy_params
     from torchgpt.lora import add_lora
     options = {"model": args.model, "init_from": args.init_from, "drop_rate": args.drop_rate, "emb_dim": None,
@@ -107,7 +107,7 @@ def build_model(args, device):
 
 def run(args) -> int:
     from gpt2cli.main import UserError
-    from npgpt.runs import NonFiniteLossError, TrainingInterrupted
+    from gptcore.formats.runs import NonFiniteLossError, TrainingInterrupted
     check_options(args)
     try:
         return finetune(args)
@@ -120,11 +120,11 @@ def run(args) -> int:
 
 def finetune(args) -> int:
     import torch
-    from npgpt.fileio import atomic_write_json
-    from npgpt.instruct import load_instruction_data, split_records
-    from npgpt.runs import RunLog, list_checkpoints
-    from npgpt.tokenizer import get_tokenizer
-    from npgpt.train import TrainSettings, settings_dict
+    from gptcore.fileio import atomic_write_json
+    from gptcore.tasks.instruct import load_instruction_data, split_records
+    from gptcore.formats.runs import RunLog, list_checkpoints
+    from gptcore.tokenizer import get_tokenizer
+    from gptcore.engine.training import TrainSettings, settings_dict
     from torchgpt import pick_device
     from torchgpt.instruct import InstructionDataset, answer_records, instruction_loader
     from torchgpt.lora import count_trainable_params, save_lora

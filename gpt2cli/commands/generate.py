@@ -59,13 +59,13 @@ def load_model(args):
 def _load_numpy_params(args):
     """(config, params) of --weights, --checkpoint or --model as npgpt arrays."""
     if args.weights:
-        from npgpt.weights import load_weights
+        from gptcore.formats.weights import load_weights
         return load_weights(args.weights)
     if args.checkpoint:
-        from npgpt.checkpoint import load_checkpoint
+        from gptcore.formats.checkpoint import load_checkpoint
         config, params, _ = load_checkpoint(args.checkpoint, load_training_state=False)
         return config, params
-    from npgpt.config import get_config
+    from gptcore.config import get_config
     from npgpt.model import init_params
     config = get_config(args.model)
     return config, init_params(config, seed=0 if args.seed is None else args.seed)
@@ -104,8 +104,8 @@ def _print(text: str):
 
 def run(args) -> int:
     from gpt2cli.main import UserError
-    from npgpt.generate import EOT_ID, check_settings, prepare_prompt
-    from npgpt.tokenizer import get_tokenizer
+    from gptcore.engine.decoding import EOT_ID, check_settings, prepare_prompt
+    from gptcore.tokenizer import get_tokenizer
 
     stop_ids = () if args.no_stop else (EOT_ID,)
     options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, num_beams=args.num_beams,

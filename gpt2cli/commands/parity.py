@@ -154,7 +154,7 @@ def run(args) -> int:
     import tempfile
 
     from gpt2cli.main import UserError
-    from npgpt.fileio import atomic_write_json
+    from gptcore.fileio import atomic_write_json
 
     tests_dir = locate_tests(args.tests)
     check_test_tools()

@@ -92,7 +92,7 @@ def register(subparsers):
 def resolve_options(args) -> tuple[dict, dict | None, Path | None, bool]:
     """(options, config.json of the run being resumed or None, checkpoint to resume or None, whether the run
     continues in its own folder). Explicit flags win over the resumed run's options, which win over DEFAULTS."""
-    from npgpt.runs import RUN_CONFIG_FILE, resolve_resume
+    from gptcore.formats.runs import RUN_CONFIG_FILE, resolve_resume
     given = {name: getattr(args, name) for name in RUN_OPTIONS if getattr(args, name, None) is not None}
     source, checkpoint, same_folder = None, None, False
     options = dict(DEFAULTS)
@@ -119,7 +119,7 @@ def checkpoint_run_source(checkpoint: Path) -> dict:
     the shape of a run's config.json: {"options", "world_size", "data"}. Our CLI saves the run's options in the
     checkpoint's metadata; the optimisation settings and process count in its training state are authoritative
     (and all that older checkpoints have), so a resume continues with the same lr, batch and schedule."""
-    from npgpt.checkpoint import read_checkpoint_metadata
+    from gptcore.formats.checkpoint import read_checkpoint_metadata
     metadata = read_checkpoint_metadata(checkpoint)
     state = _checkpoint_state_json(checkpoint)
     options = {name: value for name, value in (metadata.get("options") or {}).items() if name in DEFAULTS}
@@ -145,7 +145,7 @@ def options_from_settings(settings: dict) -> dict:
 
 
 def training_settings(options: dict, world_size: int):
-    from npgpt.train import TrainSettings
+    from gptcore.engine.training import TrainSettings
     decay = options["lr_decay_steps"] or options["max_steps"]
     options["lr_decay_steps"] = decay                          # fixed now, so a resume keeps the horizon
     if options["warmup_steps"] is None:
@@ -193,8 +193,8 @@ def keep_global_batch(options: dict, saved: dict | None, given: set, context) ->
 def prepare_data(options: dict, progress: bool):
     """The token corpus (tokenized once, reused): (corpus, description for config.json)."""
     from gpt2cli.main import UserError
-    from npgpt.corpus import prepare_corpus, resolve_sources
-    from npgpt.download import DownloadError
+    from gptcore.corpus import prepare_corpus, resolve_sources
+    from gptcore.download import DownloadError
     try:
         files = resolve_sources(options["data"], options["data_dir"])
     except DownloadError as error:
@@ -207,7 +207,7 @@ def prepare_data(options: dict, progress: bool):
 
 def window_datasets(corpus, context_length: int, stride: int, context=None):
     """(train windows, val windows or None) over the memory-mapped token files."""
-    from npgpt.data import SlidingWindowDataset
+    from gptcore.data import SlidingWindowDataset
     train_ids, val_ids = corpus.train_tokens(), corpus.val_tokens()
     if train_ids.size < context_length + 1:
         raise ValueError(f"the training text has {train_ids.size} tokens, fewer than one window of "
@@ -223,19 +223,19 @@ def window_datasets(corpus, context_length: int, stride: int, context=None):
 
 
 def checkpoint_model_config(checkpoint: Path):
-    from npgpt.checkpoint import CONFIG_FILE
-    from npgpt.config import GPTConfig
+    from gptcore.formats.checkpoint import CONFIG_FILE
+    from gptcore.config import GPTConfig
     return GPTConfig.from_dict(json.loads((Path(checkpoint) / CONFIG_FILE).read_text(encoding="utf-8"))["config"])
 
 
 def model_config_and_params(options: dict, checkpoint: Path | None):
     """(GPTConfig, NumPy params or None): from the checkpoint being resumed, --init-from weights, or a preset."""
-    from npgpt.config import get_config
+    from gptcore.config import get_config
     if checkpoint is not None:
         return checkpoint_model_config(checkpoint), None
     overrides = {key: options[key] for key in ("emb_dim", "n_layers", "n_heads", "drop_rate") if options[key] is not None}
     if options["init_from"]:
-        from npgpt.weights import load_weights
+        from gptcore.formats.weights import load_weights
         config, params = load_weights(options["init_from"])
         if overrides.keys() - {"drop_rate"}:
             raise ValueError(f"--init-from fixes the model's sizes; drop {sorted(overrides.keys() - {'drop_rate'})}")
@@ -251,7 +251,7 @@ def model_config_and_params(options: dict, checkpoint: Path | None):
 
 def run(args) -> int:
     from gpt2cli.main import UserError
-    from npgpt.runs import NonFiniteLossError, TrainingInterrupted
+    from gptcore.formats.runs import NonFiniteLossError, TrainingInterrupted
     from torchgpt.distributed import is_rank_zero, launch, launched_by_torchrun
     if args.nproc > 1 and not launched_by_torchrun():
         if (args.backend or DEFAULTS["backend"]) == "numpy":
@@ -276,7 +276,7 @@ def _run_quietly(args) -> int:
     Every rank meets the same user errors, NaN/inf loss and Ctrl-C (the loss and the stop request are shared),
     and rank 0 reports them once. Problems of this process alone (ProcessSetupError) and crashes still print."""
     from gpt2cli.main import UserError
-    from npgpt.runs import NonFiniteLossError
+    from gptcore.formats.runs import NonFiniteLossError
     from torchgpt.distributed import ProcessSetupError
     try:
         return train_command(args)
@@ -302,7 +302,7 @@ def strip_nproc(argv: list[str]) -> list[str]:
 
 
 def train_command(args) -> int:
-    from npgpt.runs import RunLog, list_checkpoints
+    from gptcore.formats.runs import RunLog, list_checkpoints
     options, saved, checkpoint, same_folder = resolve_options(args)
     given = {name for name in RUN_OPTIONS if getattr(args, name, None) is not None}
     if options["backend"] == "numpy":
@@ -393,7 +393,7 @@ def sample_function(options: dict, backend: str, config=None):
     continuation of the prompt in --sample-tokens tokens, as text."""
     if not options["sample_prompt"]:
         return None
-    from npgpt.tokenizer import get_tokenizer
+    from gptcore.tokenizer import get_tokenizer
     tokenizer = get_tokenizer(options["tokenizer"])
     prompt, length = tokenizer.encode(options["sample_prompt"]), options["sample_tokens"]
     if backend == "numpy":
@@ -435,7 +435,7 @@ def _prepare_data_once(options: dict, progress: bool, context):
 
 def _checkpoint_state_json(checkpoint: Path) -> dict:
     """The JSON part of a checkpoint's training state (step, settings, world size, ...), without its arrays."""
-    from npgpt.checkpoint import STATE_JSON_FILE
+    from gptcore.formats.checkpoint import STATE_JSON_FILE
     path = Path(checkpoint) / STATE_JSON_FILE
     if not path.is_file():
         raise ValueError(f"{checkpoint} holds no training state (model weights only); start a new run from it "
@@ -448,14 +448,14 @@ def _checkpoint_step(checkpoint: Path) -> int:
 
 
 def _settings_json(settings) -> dict:
-    from npgpt.train import settings_dict
+    from gptcore.engine.training import settings_dict
     return settings_dict(settings)
 
 
 def _train_numpy(config, params, checkpoint, train_set, val_set, settings, run_log, progress, metadata,
                  options) -> int:
     import npgpt.model
-    from npgpt.checkpoint import load_checkpoint
+    from gptcore.formats.checkpoint import load_checkpoint
     from npgpt.train import train
     resume_state = None
     if checkpoint is not None:

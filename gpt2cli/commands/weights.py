@@ -38,8 +38,8 @@ def register(subparsers):
 
 def run_download(args) -> int:
     from gpt2cli.main import UserError
-    from npgpt.download import DownloadError
-    from npgpt.pretrained import GPT2_FILES, download_gpt2, normalize_size
+    from gptcore.download import DownloadError
+    from gptcore.formats.pretrained import GPT2_FILES, download_gpt2, normalize_size
 
     size = normalize_size(args.size)
     try:
@@ -57,9 +57,9 @@ def run_download(args) -> int:
 
 
 def run_info(args) -> int:
-    from npgpt.checkpoint import read_checkpoint_metadata
+    from gptcore.formats.checkpoint import read_checkpoint_metadata
     from npgpt.model import count_params
-    from npgpt.weights import detect_format, load_weights
+    from gptcore.formats.weights import detect_format, load_weights
     from pathlib import Path
 
     path = Path(args.path)
@@ -73,7 +73,7 @@ def run_info(args) -> int:
           f"qkv_bias={config.qkv_bias} tie_weights={config.tie_weights} drop_rate={config.drop_rate}")
     print(f"parameters:  {count_params(params):,} ({', '.join(dtypes)})")
     if kind == "checkpoint":
-        from npgpt.checkpoint import STATE_JSON_FILE
+        from gptcore.formats.checkpoint import STATE_JSON_FILE
         has_state = path.is_dir() and (path / STATE_JSON_FILE).is_file()
         print(f"training state: {'yes' if has_state else 'no'}")
         metadata = read_checkpoint_metadata(path)
@@ -83,9 +83,9 @@ def run_info(args) -> int:
 
 
 def run_convert(args) -> int:
-    from npgpt.checkpoint import save_checkpoint
+    from gptcore.formats.checkpoint import save_checkpoint
     from npgpt.model import count_params
-    from npgpt.weights import detect_format, load_weights
+    from gptcore.formats.weights import detect_format, load_weights
     from pathlib import Path
 
     source = Path(args.source)

@@ -39,9 +39,13 @@ from pathlib import Path
 
 import numpy as np
 
-from npgpt.config import ConfigError, GPTConfig
-from npgpt.fileio import atomic_write_json
-from npgpt.params import unique_arrays
+from gptcore.arch import param_shapes
+from gptcore.config import ConfigError, GPTConfig
+from gptcore.fileio import atomic_write_json
+from gptcore.formats.safetensors import SafetensorsFile, WeightsError, read_safetensors, write_safetensors
+from gptcore.lora import check_adapters, is_adapter_name
+from gptcore.params import check_param_shapes, unique_arrays
+from gptcore.tasks.classification import HEAD_NAMES, classifier_param_shapes
 
 CHECKPOINT_FORMAT = "gpt2-twice-checkpoint"
 FORMAT_VERSION = 1
@@ -56,57 +60,17 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be written or read; the message names the file and the fix."""
 
 
-# ---------------------------------------------------------------------------------------------------
-# safetensors writing, streamed (no second copy of the model in memory)
-# ---------------------------------------------------------------------------------------------------
-
-_DTYPE_NAMES = {np.dtype("float64"): "F64", np.dtype("float32"): "F32", np.dtype("float16"): "F16",
-                np.dtype("int64"): "I64", np.dtype("int32"): "I32", np.dtype("int16"): "I16",
-                np.dtype("int8"): "I8", np.dtype("uint8"): "U8", np.dtype("bool"): "BOOL"}
-
-
-def write_safetensors(file: str | os.PathLike, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None):
-    """Write `tensors` in the safetensors format, one tensor at a time.
-
-    Layout: 8-byte little-endian header length, JSON header {name: {dtype, shape, data_offsets}, "__metadata__"},
-    padded with spaces to a multiple of 8, then the raw little-endian bytes. safetensors.numpy.save_file
-    would first build every tensor's bytes in memory (a second copy of the whole model).
-    """
-    header, offset = {}, 0
-    for name, array in tensors.items():
-        dtype = np.dtype(array.dtype).newbyteorder("=")
-        if dtype not in _DTYPE_NAMES:
-            raise CheckpointError(f"cannot store tensor {name} of dtype {array.dtype} in safetensors; "
-                                  f"use a float or integer dtype")
-        header[name] = {"dtype": _DTYPE_NAMES[dtype], "shape": list(array.shape),
-                        "data_offsets": [offset, offset + array.nbytes]}
-        offset += array.nbytes
-    if metadata:
-        header["__metadata__"] = {str(key): str(value) for key, value in metadata.items()}
-    header_bytes = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    header_bytes += b" " * (-len(header_bytes) % 8)
-    with open(file, "wb") as handle:
-        handle.write(len(header_bytes).to_bytes(8, "little"))
-        handle.write(header_bytes)
-        for array in tensors.values():
-            little = np.ascontiguousarray(array, dtype=np.dtype(array.dtype).newbyteorder("<"))
-            handle.write(memoryview(little.reshape(-1)).cast("B") if little.size else b"")
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
 def _read_safetensors(file: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """(tensors, header metadata) of a safetensors file; each tensor an owned, writable array."""
-    from npgpt.weights import SafetensorsFile, WeightsError
-    if not file.is_file():
-        raise FileNotFoundError(f"missing {file}: the checkpoint is incomplete; save it again")
+    """read_safetensors with its format errors as CheckpointError."""
     try:
-        with SafetensorsFile(file) as source:
-            tensors = {key: np.array(source.array(key)) for key in source.keys}
-            return tensors, source.metadata
+        return read_safetensors(file)
     except WeightsError as error:
         raise CheckpointError(str(error)) from error
 
+
+# ---------------------------------------------------------------------------------------------------
+# safetensors writing, streamed (no second copy of the model in memory)
+# ---------------------------------------------------------------------------------------------------
 
 # ---------------------------------------------------------------------------------------------------
 # the training state: nested JSON + arrays <-> (JSON tree, flat array dict)
@@ -306,7 +270,6 @@ def _safetensors_says_ours(file: Path) -> bool:
 def _read_header(path: Path) -> tuple[dict, Path]:
     """(config.json values, model file) for a checkpoint folder or a bare model.safetensors of ours."""
     if path.is_file():
-        from npgpt.weights import SafetensorsFile, WeightsError
         try:
             with SafetensorsFile(path) as source:
                 meta = source.metadata
@@ -386,10 +349,6 @@ def check_checkpoint_tensors(params: dict[str, np.ndarray], config: GPTConfig, m
     Checked at load so that a model file mixed up with another model's, or saved from params that never
     matched their config, fails here rather than deep inside a forward pass.
     """
-    from npgpt.classifier import HEAD_NAMES, classifier_param_shapes
-    from npgpt.lora import check_adapters, is_adapter_name
-    from npgpt.model import param_shapes
-    from npgpt.params import check_param_shapes
 
     adapters = {name: value for name, value in params.items() if is_adapter_name(name)}
     base = {name: value for name, value in params.items() if name not in adapters}

@@ -4,7 +4,7 @@
     config, params = npgpt.load_weights(folder)
 
 Every file comes from OpenAI's original URL first, then from the mirror the book's readers use (download
-failures are their most reported problem), through npgpt.download.download_file: streamed with a
+failures are their most reported problem), through gptcore.download.download_file: streamed with a
 progress bar, resumed with an HTTP Range request after a broken connection, size-checked, and moved into
 place atomically. Tests and private mirrors pass their own `base_urls`.
 """
@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from npgpt.config import SIZE_ALIASES
+from gptcore.config import SIZE_ALIASES
+from gptcore.download import download_file
 
 OPENAI_BASE_URL = "https://openaipublic.blob.core.windows.net/gpt-2/models"
 MIRROR_BASE_URL = "https://f001.backblazeb2.com/file/LLMs-from-scratch/gpt2"
@@ -75,9 +76,8 @@ def download_gpt2(size: str = "124M", dest_dir: str | os.PathLike | None = None,
     tests). A file already in place (with its recorded size, where one is recorded) is kept without
     touching the network: the downloader only ever moves complete transfers into place, and an interrupted
     one is resumed from its .part file, so running the command again finishes a broken download.
-    Raises npgpt.download.DownloadError naming the file, the URLs tried and the fix.
+    Raises gptcore.download.DownloadError naming the file, the URLs tried and the fix.
     """
-    from npgpt.download import download_file
 
     size = normalize_size(size)
     folder = Path(dest_dir) if dest_dir is not None else default_models_dir() / size

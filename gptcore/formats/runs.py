@@ -5,7 +5,7 @@
                                  val_loss / val_perplexity / eval_train_loss at evaluation steps
     <run>/metrics.csv            the same numbers as a table (columns CSV_COLUMNS + the run's extras)
     <run>/loss.png               train/val loss against steps, tokens seen on the top axis
-    <run>/checkpoints/step-00000100/   checkpoints (npgpt.checkpoint format) with the training state;
+    <run>/checkpoints/step-00000100/   checkpoints (gptcore.formats.checkpoint format) with the training state;
                                  the newest `keep` are kept
 
 Framework-free: torchgpt.train and npgpt.train both use it. Every file is written atomically, and
@@ -23,7 +23,9 @@ import signal
 import threading
 from pathlib import Path
 
-from npgpt.fileio import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from gptcore.fileio import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from gptcore.formats.checkpoint import is_checkpoint
+from gptcore.plots import plot_curves
 
 RUN_CONFIG_FILE = "config.json"
 METRICS_JSONL = "metrics.jsonl"
@@ -93,7 +95,6 @@ class RunLog:
         """loss.png: the plot series against step, tokens seen on the top axis."""
         if not self.enabled or not self.records:
             return None
-        from npgpt.plots import plot_curves
         steps = [r["step"] for r in self.records]
         series = {name: [r.get(name) for r in self.records] for name in self.plot_series
                   if any(r.get(name) is not None for r in self.records)}
@@ -118,7 +119,6 @@ def checkpoint_path(run_dir: str | os.PathLike, step: int) -> Path:
 
 def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     """(step, folder) of every complete checkpoint of the run, oldest first."""
-    from npgpt.checkpoint import is_checkpoint
     folder = Path(run_dir) / CHECKPOINTS_DIR
     if not folder.is_dir():
         return []
@@ -149,7 +149,6 @@ def run_weights(path: str | os.PathLike) -> Path | None:
 
     FileNotFoundError for a run folder that has written no checkpoint yet.
     """
-    from npgpt.checkpoint import is_checkpoint
     path = Path(path)
     if not path.is_dir() or is_checkpoint(path):
         return None
@@ -178,7 +177,6 @@ def resolve_resume(target: str | os.PathLike) -> tuple[Path, Path | None]:
 
     A run folder resumes from its newest checkpoint; a checkpoint inside <run>/checkpoints/ belongs to <run>.
     """
-    from npgpt.checkpoint import is_checkpoint
     target = Path(target)
     if not target.exists():
         raise FileNotFoundError(f"--resume {target}: no such file or folder; give a run folder (--out of an "

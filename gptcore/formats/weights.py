@@ -34,7 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
-from npgpt.config import ConfigError, GPTConfig
+from gptcore.config import ConfigError, GPTConfig
+from gptcore.formats.checkpoint import is_checkpoint, load_checkpoint, recover_interrupted_save
+from gptcore.formats.runs import run_weights
+from gptcore.formats.safetensors import SafetensorsFile, WeightsError, _first_line
 
 HPARAMS_FILE = "hparams.json"
 HF_CONFIG_FILE = "config.json"
@@ -46,10 +49,6 @@ TF_POINTER_FILE = "checkpoint"   # TF's text file naming the latest model.ckpt
 HEADS_BY_WIDTH = {768: 12, 1024: 16, 1280: 20, 1600: 25}
 
 
-class WeightsError(ValueError):
-    """Weights that cannot be loaded: the message names the file, the tensor and the fix."""
-
-
 def load_weights(path: str | os.PathLike) -> tuple[GPTConfig, dict[str, np.ndarray]]:
     """(config, params) from an OpenAI folder, a Hugging Face folder/file, one of our checkpoints or runs."""
     path = resolve_weights_path(path)
@@ -58,24 +57,21 @@ def load_weights(path: str | os.PathLike) -> tuple[GPTConfig, dict[str, np.ndarr
         return load_openai_checkpoint(path)
     if kind == "huggingface":
         return load_hf_safetensors(path)
-    from npgpt.checkpoint import load_checkpoint
     config, params, _ = load_checkpoint(path, load_training_state=False)
     return config, params
 
 
 def resolve_weights_path(path: str | os.PathLike) -> Path:
-    """A run folder -> the checkpoint it stands for (npgpt.runs.run_weights); any other path as it is.
+    """A run folder -> the checkpoint it stands for (gptcore.formats.runs.run_weights); any other path as it is.
 
     Needed before detect_format: a run folder holds a config.json (the run's settings) that would
     otherwise pass for a Hugging Face folder.
     """
-    from npgpt.runs import run_weights
     return run_weights(path) or Path(path)
 
 
 def detect_format(path: Path) -> str:
     """'openai', 'huggingface' or 'checkpoint' (ours), from the files present; WeightsError otherwise."""
-    from npgpt.checkpoint import is_checkpoint, recover_interrupted_save
     path = Path(path)
     if recover_interrupted_save(path):   # a save of ours stopped between its two renames: put it back
         return "checkpoint"
@@ -278,95 +274,9 @@ def load_openai_checkpoint(folder: str | os.PathLike) -> tuple[GPTConfig, dict[s
     return config, canonical_from_gpt2_layout(read, config)
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:300] if text else type(error).__name__
-
-
 # ---------------------------------------------------------------------------------------------------
 # Hugging Face safetensors
 # ---------------------------------------------------------------------------------------------------
-
-# safetensors dtype -> NumPy little-endian dtype. BF16 is read as its 16 raw bits (see _as_float32).
-_SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8", "I32": "<i4",
-                       "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?"}
-
-
-class SafetensorsFile:
-    """Read-only, memory-mapped view of a .safetensors file: keys, metadata, and arrays without copies.
-
-    The file is validated by the `safetensors` package (header, offsets, file fully covered, so a truncated
-    file fails here); tensors are then views into one np.memmap of the data section, so a reader that
-    converts them (transpose, dtype) makes the only copy. `safe_open(...).get_tensor` would materialise
-    an extra copy of every tensor first.
-    """
-
-    def __init__(self, path: str | os.PathLike):
-        from safetensors import safe_open
-        self.path = Path(path)
-        try:
-            with safe_open(str(self.path), framework="numpy") as handle:
-                self.keys = list(handle.keys())
-                self.metadata = dict(handle.metadata() or {})
-        except Exception as error:  # safetensors raises its own SafetensorError (an Exception subclass)
-            raise WeightsError(f"{self.path} is not a readable safetensors file ({_first_line(error)}"
-                               f"{_truncated_tensor(self.path)}); it is truncated or corrupt: download or save "
-                               f"it again") from error
-        with open(self.path, "rb") as handle:
-            header_size = int.from_bytes(handle.read(8), "little")
-            self._header = json.loads(handle.read(header_size))
-        self._data_start = 8 + header_size
-        self._data = None
-        if self.path.stat().st_size > self._data_start:
-            self._data = np.memmap(self.path, dtype=np.uint8, mode="r", offset=self._data_start)
-
-    def shape(self, key: str) -> tuple[int, ...]:
-        return tuple(self._header[key]["shape"])
-
-    def dtype(self, key: str) -> str:
-        return self._header[key]["dtype"]
-
-    def array(self, key: str) -> np.ndarray:
-        """The tensor as a read-only view into the memory map (no copy); BF16 comes back as float32."""
-        info = self._header[key]
-        if info["dtype"] not in _SAFETENSORS_DTYPES:
-            raise WeightsError(f"{self.path}: tensor {key} has dtype {info['dtype']}, which this loader does not "
-                               f"read; convert the file to float32")
-        begin, end = info["data_offsets"]
-        raw = self._data[begin:end] if self._data is not None else np.empty(0, np.uint8)
-        array = raw.view(_SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"])
-        if info["dtype"] == "BF16":
-            # bfloat16 is the top half of a float32: shift the 16 bits up.
-            array = (array.astype(np.uint32) << 16).view(np.float32)
-        return array
-
-    def close(self):
-        self._data = None  # drops the memmap; the OS unmaps when no view refers to it
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        self.close()
-
-
-def _truncated_tensor(path: Path) -> str:
-    """', tensor X ends at byte N but the file holds only M' when the header is intact and the data short."""
-    try:
-        with open(path, "rb") as handle:
-            header_size = int.from_bytes(handle.read(8), "little")
-            if header_size > path.stat().st_size:
-                return ""
-            header = json.loads(handle.read(header_size))
-        data_size = path.stat().st_size - 8 - header_size
-        ends = sorted((info["data_offsets"][1], key) for key, info in header.items() if key != "__metadata__")
-    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
-        return ""
-    for end, key in ends:
-        if end > data_size:
-            return f"; tensor {key} ends at data byte {end} but the file holds only {data_size} data bytes"
-    return ""
-
 
 def _hf_key_prefix(keys: list[str]) -> str:
     """'transformer.' when the file uses GPT2LMHeadModel's names, '' for GPT2Model's."""

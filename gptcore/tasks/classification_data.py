@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from npgpt.data import epoch_order
+from gptcore.data import epoch_order
 
 SMS_LABELS = ("ham", "spam")        # class index = position: ham 0, spam 1
 PAD_TOKEN_ID = 50256                # GPT-2's <|endoftext|>, the book's padding token
@@ -186,7 +186,7 @@ def encode_messages(frame, tokenizer, *, max_length: int | None = None, length_c
 
 def classification_batches(data: EncodedMessages, batch_size: int, *, shuffle: bool = False, seed: int = 0,
                            epoch: int = 0, drop_last: bool = False):
-    """Yield (ids (B, T_b), lengths (B,), labels (B,)) in npgpt.data.epoch_order; T_b = the batch's longest."""
+    """Yield (ids (B, T_b), lengths (B,), labels (B,)) in gptcore.data.epoch_order; T_b = the batch's longest."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if drop_last and len(data) < batch_size:

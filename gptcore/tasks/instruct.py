@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from npgpt.fileio import read_jsonl
+from gptcore.fileio import read_jsonl
 
 RECORD_KEYS = ("instruction", "input", "output")
 RESPONSE_KEY = "model_response"

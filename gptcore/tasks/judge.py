@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import requests
 from tqdm.auto import tqdm
 
-from npgpt.instruct import RECORD_KEYS, RESPONSE_KEY, format_input, validate_records
+from gptcore.tasks.instruct import RECORD_KEYS, RESPONSE_KEY, format_input, validate_records
 
 DEFAULT_HOST = "http://localhost:11434"
 DEFAULT_OPTIONS = {"seed": 123, "temperature": 0, "num_ctx": 2048}
