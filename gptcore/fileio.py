@@ -11,12 +11,21 @@ import tempfile
 from pathlib import Path
 
 
+def default_file_mode() -> int:
+    """0o666 less the process umask: the mode open() gives a new file (os.umask can only be read by setting it)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Writes `data` to `path` atomically (creating parent folders); returns the path."""
+    """Writes `data` to `path` atomically (creating parent folders); returns the path. The file gets the
+    usual mode of a new file (0o666 less the umask), not mkstemp's private 0o600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(handle, default_file_mode())
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
             stream.flush()

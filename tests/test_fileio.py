@@ -17,6 +17,20 @@ def test_atomic_write_replaces_and_leaves_no_temp_files(tmp_path):
     assert os.listdir(target.parent) == ["values.json"]
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomic_write_gives_the_usual_file_mode(tmp_path, umask):
+    """A file written atomically gets what open() would give it (0o666 less the umask), not mkstemp's 0o600."""
+    previous = os.umask(umask)
+    try:
+        atomic_write_json(tmp_path / "config.json", {"a": 1})
+        with open(tmp_path / "plain.txt", "w") as stream:
+            stream.write("x")
+    finally:
+        os.umask(previous)
+    mode = os.stat(tmp_path / "config.json").st_mode & 0o777
+    assert mode == 0o666 & ~umask == os.stat(tmp_path / "plain.txt").st_mode & 0o777
+
+
 def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
     target = tmp_path / "model.bin"
     atomic_write_bytes(target, b"old")
