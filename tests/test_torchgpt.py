@@ -107,7 +107,7 @@ def test_id_range_check_can_be_switched_off():
 
 def test_build_model_follows_config_arch():
     """build_model picks the model of config.arch; every spec in gptcore.arch has its torch model."""
-    assert sorted(torchgpt.model.MODELS) == sorted(SPECS)
+    assert sorted(torchgpt.model.ARCHITECTURES) == sorted(SPECS)
     model = build_model(small(), seed=0)
     assert type(model) is GPTModel is torchgpt.gpt2.GPTModel is torchgpt.model.GPTModel
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),

@@ -1,4 +1,4 @@
-"""Our checkpoint format from PyTorch (twin of npgpt/checkpoint.py): a GPTModel and its AdamW, saved and resumed.
+"""Our checkpoint format from PyTorch (gptcore.formats.checkpoint): a GPTModel and its AdamW, saved and resumed.
 
     save_training_checkpoint("runs/a/ckpt", model, optimizer, training_state={"step": 500, "rng": {...}})
     model, state = load_training_checkpoint("runs/a/ckpt", model, optimizer)      # resume

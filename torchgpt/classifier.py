@@ -6,7 +6,7 @@
     loss = F.cross_entropy(logits, y, weight=class_weights)      a weighted mean over the batch
 
 GPTClassifier is a GPTModel whose language-model head `out_head` is replaced by `cls_head`, an
-nn.Linear(C, K) with bias; its state_dict holds exactly npgpt.classifier.classifier_param_shapes'
+nn.Linear(C, K) with bias; its state_dict holds exactly gptcore.tasks.classification.classifier_param_shapes'
 names (the trunk's canonical names + cls_head.weight, cls_head.bias), so one parameter dict loads into
 both backends. The prediction is read at the last real token, never at position -1 (see npgpt's
 module docstring for why).

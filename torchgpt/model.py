@@ -7,7 +7,7 @@
 
 Each architecture's composition lives in its own file (gpt2.py), which gets its shared pieces from below
 (init_weights: torchgpt/params.py, check_token_ids: torchgpt/embedding.py); they are re-exported here so this
-module reads as the one API. Adding an architecture = its model file and one entry in MODELS.
+module reads as the one API. Adding an architecture = its model file and one entry in ARCHITECTURES.
 """
 from __future__ import annotations
 
@@ -18,15 +18,15 @@ from torchgpt.embedding import check_token_ids
 from torchgpt.gpt2 import GPTModel
 from torchgpt.params import count_params, init_weights, load_numpy_params, to_numpy_params
 
-# config.arch -> the nn.Module class that composes it (the same keys as gptcore.arch.SPECS)
-MODELS = {"gpt2": GPTModel}
+# config.arch -> the nn.Module class that composes it (twin of npgpt.model.ARCHITECTURES; keys as gptcore.arch.SPECS)
+ARCHITECTURES = {"gpt2": GPTModel}
 
-__all__ = ["MODELS", "GPTModel", "build_model", "check_token_ids", "count_params", "init_weights",
+__all__ = ["ARCHITECTURES", "GPTModel", "build_model", "check_token_ids", "count_params", "init_weights",
            "load_numpy_params", "to_numpy_params"]
 
 
 def build_model(config: GPTConfig, **kwargs) -> nn.Module:
     """The torch model of config.arch, built with kwargs (GPT-2: use_sdpa=False, seed=None)."""
-    if config.arch not in MODELS:
-        raise ValueError(f"torchgpt has no model for architecture {config.arch!r}; it knows {sorted(MODELS)}")
-    return MODELS[config.arch](config, **kwargs)
+    if config.arch not in ARCHITECTURES:
+        raise ValueError(f"torchgpt has no model for architecture {config.arch!r}; it knows {sorted(ARCHITECTURES)}")
+    return ARCHITECTURES[config.arch](config, **kwargs)
