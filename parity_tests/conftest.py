@@ -10,7 +10,7 @@
 - torch_with_reference: run a torch computation in the test's dtype and, for float32, in float64
 - KeyBiasFloors: the magnitude of the exactly-zero key-bias gradients of a torch model
 - planted_bug: the context that proves a check rejects a deliberately broken backward
-- RecordingGenerator: npgpt's dropout rng that records the masks, to feed torch the same ones
+- RecordingGenerator: npgpt's dropout rng that records the masks; fed_dropout_masks feeds torch the same ones
 - numerical_grad / assert_matches_finite_differences: float64 central differences (npgpt.gradcheck)
 - strategies: shapes (B <= 3, T <= 16, C <= 48, H | C, V small), value recipes (normal at magnitudes
   1e-3..1e3, exact ties) turned into arrays by make_array; small GPT configs and parameters
@@ -323,8 +323,8 @@ class RecordingGenerator:
 
     npgpt.dropout.dropout_mask(shape, p, rng) keeps an element where rng.random() >= p, so
     keep_masks(p) rebuilds the masks npgpt used, in its draw order; torch gets them through
-    GPTModel.forward(dropout_masks=...) / MaskFeed. If npgpt drew in another order or torch consumed the
-    masks in another order, the parity checks would fail (the masks are not assumed, they are recorded).
+    fed_dropout_masks. If npgpt drew in another order or torch consumed the masks in another order, the
+    parity checks would fail (the masks are not assumed, they are recorded).
     """
 
     def __init__(self, seed: int):
@@ -338,6 +338,62 @@ class RecordingGenerator:
 
     def keep_masks(self, p: float) -> list[np.ndarray]:
         return [draw >= p for draw in self.draws]
+
+
+class MaskFeed:
+    """Hands out keep-masks to the dropouts of a torch module in the order they run (see fed_dropout_masks)."""
+
+    def __init__(self, masks):
+        self._masks = iter(masks)
+        self.taken = 0
+
+    def apply(self, where: str, dropout: torch.nn.Dropout, x: torch.Tensor) -> torch.Tensor:
+        """npgpt's dropout_forward with the next mask: out = x * keep / (1 - p); a p = 0 dropout takes none."""
+        if dropout.p == 0.0:
+            return x
+        if not dropout.training:
+            raise ValueError(f"dropout masks were fed but {where} is in eval mode (no dropout); call "
+                             f"model.train() first or feed no masks")
+        mask = next(self._masks, None)
+        if mask is None:
+            raise ValueError(f"dropout masks ran out at mask {self.taken} ({where}); feed one mask per dropout "
+                             f"in the order embedding, then per block: attention weights, after attention, "
+                             f"after feed-forward")
+        mask = torch.as_tensor(mask, device=x.device)
+        if tuple(mask.shape) != tuple(x.shape):
+            raise ValueError(f"dropout mask {self.taken} ({where}) has shape {tuple(mask.shape)}, "
+                             f"expected {tuple(x.shape)}")
+        self.taken += 1
+        return x * mask * (1.0 / (1.0 - dropout.p))
+
+
+@contextmanager
+def fed_dropout_masks(module: torch.nn.Module, masks):
+    """Within the block, every nn.Dropout inside `module` (a GPTModel, a block, an attention layer) applies
+    the next of `masks` (bool keep-masks, arrays or tensors) instead of drawing its own; yields the MaskFeed
+    (feed.taken counts the masks used).
+
+    The masks are taken in the order the dropouts run, for a GPTModel npgpt's draw order: embedding
+    (B, T, C), then per block attention weights (B, H, T, T), after attention (B, T, C), after feed-forward
+    (B, T, C); like npgpt, a dropout with p = 0 takes none. Running out, a wrong shape, or a fed dropout in
+    eval mode is a ValueError. SDPA draws its attention dropout inside the fused kernel, so an attention
+    layer with dropout runs its explicit path while masks are fed (its use_sdpa is switched off, then back).
+    """
+    feed = MaskFeed(masks)
+    dropouts = {name: m for name, m in module.named_modules() if isinstance(m, torch.nn.Dropout)}
+    fused = [m for m in module.modules() if getattr(m, "use_sdpa", False) and m.dropout.p > 0]
+    try:
+        for name, dropout in dropouts.items():
+            # An instance attribute shadows the class's forward: the module calls it as dropout(x).
+            dropout.forward = lambda x, name=name, dropout=dropout: feed.apply(name or "dropout", dropout, x)
+        for attention in fused:
+            attention.use_sdpa = False
+        yield feed
+    finally:
+        for dropout in dropouts.values():
+            del dropout.forward
+        for attention in fused:
+            attention.use_sdpa = True
 
 
 # --------------------------------------------------------------------------------------------------------

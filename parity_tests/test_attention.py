@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 import npgpt.attention as npatt
 import npgpt.dropout as npdrop
 import torchgpt.attention as tatt
-from parity_tests.conftest import (KeyBiasFloors, assert_close, assert_grads_close, budget, dtypes, make_array,
-                                   record_example, to_torch, torch_with_reference, values, weights)
+from parity_tests.conftest import (KeyBiasFloors, assert_close, assert_grads_close, budget, dtypes, fed_dropout_masks,
+                                   make_array, record_example, to_torch, torch_with_reference, values, weights)
 
 SCORE_MAGNITUDES = {np.float64: (1e-3, 1.0, 30.0, 1e3, 1e4), np.float32: (1e-3, 1.0, 10.0, 100.0)}
 PROJECTIONS = ("W_query", "W_key", "W_value")
@@ -219,7 +219,7 @@ def check_single_head(B, T, C, D, causal, qkv_bias, drop_rate, recipe, dtype, sc
 
     def run(tdtype):
         if causal:
-            module = tatt.CausalAttention(C, D, context_length=T, dropout=drop_rate, qkv_bias=qkv_bias)
+            module = tatt.CausalAttention(C, D, context_length=T, drop_rate=drop_rate, qkv_bias=qkv_bias)
         else:
             module = tatt.SelfAttentionV2(C, D, qkv_bias=qkv_bias)
         return run_module(load_into(module.to(tdtype), p), x, dout, mask, tdtype, takes_mask=causal)
@@ -252,7 +252,8 @@ def run_module(module, x, dout, mask, tdtype, *, takes_mask=True):
     module.train(mask is not None)
     key_bias_terms = KeyBiasFloors(module)
     x_t = to_torch(x).to(tdtype).requires_grad_()
-    out = module(x_t, dropout_mask=mask) if takes_mask else module(x_t)
+    with fed_dropout_masks(module, [mask] if takes_mask and mask is not None else []):
+        out = module(x_t)
     out.backward(to_torch(dout).to(tdtype))
     results = {"out": out, "x": x_t.grad}
     results.update({name: param.grad for name, param in module.named_parameters()})

@@ -1,7 +1,7 @@
 """The pre-LayerNorm transformer block: npgpt block_forward/backward vs torchgpt.TransformerBlock.
 
 Dropout off, and on with identical masks: npgpt draws its three masks (attention weights, after attention,
-after feed-forward) from a RecordingGenerator and torch is fed exactly those through MaskFeed.
+after feed-forward) from a RecordingGenerator and torch is fed exactly those through fed_dropout_masks.
 """
 import numpy as np
 from hypothesis import given
@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 import npgpt.block as npblock
 import torchgpt.block as tblock
 from gptcore.config import GPTConfig
-from torchgpt.model import MaskFeed
-from parity_tests.conftest import (KeyBiasFloors, RecordingGenerator, assert_grads_close, budget, dtypes, make_array,
-                                   model_dims, record_example, to_torch, torch_with_reference, values, weights)
+from parity_tests.conftest import (KeyBiasFloors, RecordingGenerator, assert_grads_close, budget, dtypes,
+                                   fed_dropout_masks, make_array, model_dims, record_example, to_torch,
+                                   torch_with_reference, values, weights)
 from gptcore.arch import block_param_shapes
 
 DROP_RATES = [0.0, 0.0, 0.1, 0.5]
@@ -45,9 +45,9 @@ def check_block(B, T, C, H, qkv_bias, drop_rate, recipe, dtype, mask_seed=0):
         module.load_state_dict({name: to_torch(value) for name, value in p.items()})
         module.train(drop_rate > 0)
         keys = KeyBiasFloors(module)
-        feed = MaskFeed(masks, drop_rate)
         x_t = to_torch(x).to(tdtype).requires_grad_()
-        out_t = module(x_t, dropout_masks=feed)
+        with fed_dropout_masks(module, masks) as feed:
+            out_t = module(x_t)
         assert feed.taken == len(masks)
         out_t.backward(to_torch(dout).to(tdtype))
         floors.update(keys.floors())

@@ -64,7 +64,7 @@ def test_written_out_layer_norm_equals_fused(B, T, C, recipe):
     record_example()
     x = to_torch(make_array(recipe, (B, T, C), np.float64))
     scale, shift = to_torch(weights(recipe.rng(3), (C,), np.float64)), to_torch(weights(recipe.rng(4), (C,), np.float64))
-    assert_close(tln.layer_norm(x, scale, shift), F.layer_norm(x, (C,), scale, shift, 1e-5), name="layer_norm vs F")
+    assert_close(tln.layernorm(x, scale, shift), F.layer_norm(x, (C,), scale, shift, 1e-5), name="layernorm vs F")
 
 
 def test_constant_rows():

@@ -2,7 +2,7 @@
 
 Logits, the cross-entropy loss (ignore_index=-100 on some targets) and the gradient of EVERY parameter,
 tied and untied head, qkv bias on and off, dropout off and on with the same masks (npgpt draws them from a
-RecordingGenerator, torch gets them through GPTModel.forward(dropout_masks=...)), explicit attention and
+RecordingGenerator, torch gets them through fed_dropout_masks), explicit attention and
 the SDPA fast path.
 """
 import numpy as np
@@ -15,8 +15,8 @@ import torchgpt.loss as tloss
 from npgpt.loss import cross_entropy_backward, cross_entropy_forward
 from torchgpt.model import GPTModel, load_numpy_params
 from parity_tests.conftest import (KeyBiasFloors, RecordingGenerator, assert_close, assert_grads_close, budget, dtypes,
-                                   nudged_params, random_gpt_params, record_example, small_gpt_configs,
-                                   torch_with_reference)
+                                   fed_dropout_masks, nudged_params, random_gpt_params, record_example,
+                                   small_gpt_configs, torch_with_reference)
 
 
 # WIDTH_AT_LEAST_3: with C <= 2 a LayerNorm's output is +-scale + shift up to eps (exactly shift for C = 1),
@@ -60,7 +60,8 @@ def check_model(config, B, T, dtype, *, seed=0, emb_scale=1.0, ignored=0.0, use_
         model = load_numpy_params(model, nudged_params(params)).train(train)
         keys = KeyBiasFloors(model)
         remaining = iter(masks)
-        logits_t = model(torch.from_numpy(idx), dropout_masks=remaining if train else None)
+        with fed_dropout_masks(model, remaining if train else []):
+            logits_t = model(torch.from_numpy(idx))
         assert next(remaining, None) is None, "torch used fewer dropout masks than npgpt drew"
         loss_t = tloss.cross_entropy(logits_t, torch.from_numpy(targets))
         loss_t.backward()

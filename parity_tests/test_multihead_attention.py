@@ -33,7 +33,7 @@ def check_multihead(B, T, C, H, qkv_bias, drop_rate, recipe, dtype, score, mask_
 
     def runner(use_sdpa, keep_mask):
         def run(tdtype):
-            att = tatt.MultiHeadAttention(C, C, context_length=T, dropout=drop_rate, num_heads=H,
+            att = tatt.MultiHeadAttention(C, C, context_length=T, drop_rate=drop_rate, n_heads=H,
                                           qkv_bias=qkv_bias, use_sdpa=use_sdpa)
             return run_module(load_into(att.to(tdtype), p), x, dout, keep_mask, tdtype)
         return run

@@ -17,7 +17,7 @@ def check_softmax(shape, axis, recipe, dtype):
     dx = npsm.softmax_backward(dout, cache)
     assert out.dtype == dx.dtype == dtype and np.isfinite(out).all()
     x_t = to_torch(x, requires_grad=True)
-    out_t = tsm.softmax(x_t, dim=axis)
+    out_t = tsm.softmax(x_t, axis=axis)
     out_t.backward(to_torch(dout))
     assert_close(out, out_t, name="softmax out")
     assert_close(out, torch.softmax(to_torch(x), dim=axis), name="softmax out vs torch.softmax")

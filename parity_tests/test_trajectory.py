@@ -22,7 +22,7 @@ from torchgpt.data import create_dataloader
 from torchgpt.loss import cross_entropy
 from torchgpt.model import GPTModel, load_numpy_params
 from torchgpt.optim import clip_grad_norm, make_adamw, set_lr
-from parity_tests.conftest import assert_close, record_example
+from parity_tests.conftest import assert_close, fed_dropout_masks, record_example
 
 CONFIG = GPTConfig(vocab_size=50257, context_length=16, emb_dim=16, n_heads=2, n_layers=2, drop_rate=0.1,
                    qkv_bias=True, tie_weights=True)
@@ -62,7 +62,8 @@ def torch_losses(params, ids, settings, dtype):
     losses = []
     for step, (X, Y) in zip(range(settings.max_steps), loader):
         masks = model_dropout_masks(CONFIG, *X.shape, dropout_rng)
-        loss = cross_entropy(model(X, dropout_masks=masks), Y)
+        with fed_dropout_masks(model, masks):
+            loss = cross_entropy(model(X), Y)
         optimizer.zero_grad()
         loss.backward()
         clip_grad_norm(model.parameters(), settings.grad_clip)

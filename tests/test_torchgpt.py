@@ -9,16 +9,19 @@ import torch.nn.functional as F
 
 import npgpt.model as npmodel
 from gptcore.config import get_config
-from torchgpt import GPTModel, count_params, init_weights, load_numpy_params, pick_device, to_numpy_params
+import torchgpt.gpt2
+import torchgpt.model
+from torchgpt import GPTModel, build_model, count_params, init_weights, load_numpy_params, pick_device, to_numpy_params
 from torchgpt.attention import (CausalAttention, MultiHeadAttention, SelfAttentionV1, SelfAttentionV2,
                                 simple_attention)
 from torchgpt.dropout import Dropout, dropout, dropout_mask
 from torchgpt.gelu import gelu
-from torchgpt.layernorm import LayerNorm, layer_norm
+from torchgpt.layernorm import LayerNorm, layernorm
 from torchgpt.loss import calc_loss_batch, calc_loss_loader, cross_entropy, perplexity
 from torchgpt.optim import make_adamw, param_groups
 from torchgpt.softmax import softmax
-from gptcore.arch import param_shapes
+from parity_tests.conftest import fed_dropout_masks
+from gptcore.arch import SPECS, param_shapes
 from gptcore.engine.schedule import warmup_cosine_lr
 
 SMALL = get_config("tiny", vocab_size=61, context_length=16, emb_dim=24, n_heads=3, n_layers=2, drop_rate=0.1)
@@ -85,6 +88,31 @@ def test_input_validation(bad, message):
     with pytest.raises(ValueError) as error:
         model(bad)
     assert message in str(error.value)
+    with pytest.raises(ValueError) as error:                # the twin of npgpt.model.check_token_ids
+        torchgpt.model.check_token_ids(bad, small())
+    assert message in str(error.value)
+
+
+def test_id_range_check_can_be_switched_off():
+    """check_id_range=False (a training loop with known-good ids) skips only the range: no host sync."""
+    config = small()
+    out_of_range = torch.full((1, 4), 61)
+    assert torchgpt.model.check_token_ids(out_of_range, config, check_range=False) is out_of_range
+    model = GPTModel(config, seed=0)
+    assert model.check_id_range
+    model.check_id_range = False
+    with pytest.raises(ValueError, match="integer"):
+        model(torch.zeros(2, 3))
+
+
+def test_build_model_follows_config_arch():
+    """build_model picks the model of config.arch; every spec in gptcore.arch has its torch model."""
+    assert sorted(torchgpt.model.ARCHITECTURES) == sorted(SPECS)
+    model = build_model(small(), seed=0)
+    assert type(model) is GPTModel is torchgpt.gpt2.GPTModel is torchgpt.model.GPTModel
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                  GPTModel(small(), seed=0).state_dict().values()))
+    assert build_model(small(), use_sdpa=True).blocks[0].att.use_sdpa
 
 
 def test_accepts_numpy_ids_and_empty_batch():
@@ -112,7 +140,7 @@ def test_sdpa_equals_explicit_attention(qkv_bias):
 
 
 def test_sdpa_dropout_runs_in_training():
-    att = MultiHeadAttention(8, 8, 6, dropout=0.5, num_heads=2, use_sdpa=True).train()
+    att = MultiHeadAttention(8, 8, 6, drop_rate=0.5, n_heads=2, use_sdpa=True).train()
     out = att(torch.randn(2, 6, 8))
     assert out.shape == (2, 6, 8)
 
@@ -181,10 +209,10 @@ def test_gelu_layernorm_softmax_match_torch_builtins():
     x = torch.randn(4, 7, 10, dtype=torch.float64) * 3
     assert torch.allclose(gelu(x), F.gelu(x, approximate="tanh"), rtol=0, atol=1e-14)
     scale, shift = torch.randn(10, dtype=torch.float64), torch.randn(10, dtype=torch.float64)
-    assert torch.allclose(layer_norm(x, scale, shift), F.layer_norm(x, (10,), scale, shift, 1e-5), atol=1e-12)
+    assert torch.allclose(layernorm(x, scale, shift), F.layer_norm(x, (10,), scale, shift, 1e-5), atol=1e-12)
     norm = LayerNorm(10).double()
     assert [n for n, _ in norm.named_parameters()] == ["scale", "shift"]
-    assert torch.allclose(norm(x), layer_norm(x, norm.scale, norm.shift), atol=1e-12)
+    assert torch.allclose(norm(x), layernorm(x, norm.scale, norm.shift), atol=1e-12)
     big = x * 1e3
     assert torch.allclose(softmax(big), torch.softmax(big, -1), atol=1e-14)
 
@@ -193,7 +221,9 @@ def test_dropout_with_explicit_mask():
     x = torch.randn(3, 5)
     mask = dropout_mask((3, 5), 0.4, torch.Generator().manual_seed(0))
     assert torch.allclose(dropout(x, 0.4, mask=mask), x * mask / 0.6)
-    assert torch.allclose(Dropout(0.4).eval()(x, mask=mask.numpy()), x * mask / 0.6)
+    fed = Dropout(0.4).train()
+    with fed_dropout_masks(fed, [mask.numpy()]):
+        assert torch.allclose(fed(x), x * mask / 0.6)
     assert torch.equal(Dropout(0.4).eval()(x), x)
     with pytest.raises(ValueError, match="does not match"):
         dropout(x, 0.4, mask=mask[:2])
@@ -208,7 +238,7 @@ def test_attention_teaching_steps_agree():
         for name in ("W_query", "W_key", "W_value"):
             getattr(v2, name).weight.copy_(getattr(v1, name))
     assert torch.allclose(v1(x), v2(x))
-    causal = CausalAttention(6, 4, context_length=8, dropout=0.0).double()
+    causal = CausalAttention(6, 4, context_length=8, drop_rate=0.0).double()
     causal.load_state_dict(v2.state_dict())
     out = causal(x)
     assert torch.allclose(out[:, 0], v2.W_value(x)[:, 0])   # the first token only sees itself
@@ -220,7 +250,7 @@ def test_multihead_single_head_equals_causal_attention():
     torch.manual_seed(1)
     x = torch.randn(2, 5, 6, dtype=torch.float64)
     causal = CausalAttention(6, 6, 8, 0.0).double()
-    mha = MultiHeadAttention(6, 6, 8, 0.0, num_heads=1).double()
+    mha = MultiHeadAttention(6, 6, 8, 0.0, n_heads=1).double()
     mha.load_state_dict({**causal.state_dict(), "out_proj.weight": torch.eye(6, dtype=torch.float64),
                          "out_proj.bias": torch.zeros(6, dtype=torch.float64)})
     assert torch.allclose(mha(x), causal(x), atol=1e-14)
@@ -233,14 +263,23 @@ def test_model_dropout_masks_order_and_errors():
     ones = [torch.ones(1, 3, 24, dtype=torch.bool), torch.ones(1, 3, 3, 3, dtype=torch.bool),
             torch.ones(1, 3, 24, dtype=torch.bool), torch.ones(1, 3, 24, dtype=torch.bool)]
     # all-keep masks = no dropout but every activation scaled by 1/(1-p) = 2
-    out = model(idx, dropout_masks=ones)
-    assert torch.isfinite(out).all()
+    with fed_dropout_masks(model, ones) as feed:
+        out = model(idx)
+    assert torch.isfinite(out).all() and feed.taken == 4
+    # SDPA draws its dropout inside the kernel: fed masks take the explicit attention, the same numbers
+    fused = load_numpy_params(GPTModel(config, use_sdpa=True).double(), to_numpy_params(model)).train()
+    with fed_dropout_masks(fused, ones):
+        assert torch.allclose(fused(idx), out, rtol=1e-12, atol=0)
+    assert all(block.att.use_sdpa for block in fused.blocks)
     with pytest.raises(ValueError, match="ran out at mask 3"):
-        model(idx, dropout_masks=ones[:3])
+        with fed_dropout_masks(model, ones[:3]):
+            model(idx)
     with pytest.raises(ValueError, match="expected"):
-        model(idx, dropout_masks=[ones[1]] + ones[1:])
+        with fed_dropout_masks(model, [ones[1]] + ones[1:]):
+            model(idx)
     with pytest.raises(ValueError, match="eval mode"):
-        model.eval()(idx, dropout_masks=ones)
+        with fed_dropout_masks(model.eval(), ones):
+            model(idx)
 
 
 def test_loss_and_perplexity():

@@ -204,13 +204,13 @@ def test_no_pickle_anywhere(tmp_path, monkeypatch):
 def test_built_model_is_a_complete_ordinary_model(tmp_path, use_sdpa):
     """load_model builds without a random init and adopts the loaded arrays: the tie must be one Parameter,
     the causal masks real, the init functions restored, and it must train like a GPTModel built as usual."""
-    import torchgpt.model
+    import torchgpt.gpt2
     from torchgpt.attention import causal_mask
-    originals = (torch.nn.init.normal_, torch.nn.init.kaiming_uniform_, torchgpt.model.init_weights)
+    originals = (torch.nn.init.normal_, torch.nn.init.kaiming_uniform_, torchgpt.gpt2.init_weights)
     source = GPTModel(CONFIG, use_sdpa=use_sdpa, seed=3)
     save_training_checkpoint(tmp_path / "ckpt", source)
     model = load_model(tmp_path / "ckpt", use_sdpa=use_sdpa)
-    assert (torch.nn.init.normal_, torch.nn.init.kaiming_uniform_, torchgpt.model.init_weights) == originals
+    assert (torch.nn.init.normal_, torch.nn.init.kaiming_uniform_, torchgpt.gpt2.init_weights) == originals
     assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
     assert model.out_head.weight is model.tok_emb.weight
     assert len(list(model.parameters())) == len(list(source.parameters()))

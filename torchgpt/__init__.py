@@ -1,15 +1,16 @@
 """torchgpt: the PyTorch twin of npgpt. Same file names, same component names, same parameter names.
 
-    from torchgpt import GPTModel, pick_device
-    model = GPTModel(get_config("tiny"), seed=0).to(pick_device("auto"))
+    from torchgpt import build_model, pick_device
+    model = build_model(get_config("tiny"), seed=0).to(pick_device("auto"))     # GPT-2: a GPTModel
 
-torchgpt.data builds DataLoaders that yield gptcore.data's batches. See torchgpt/README.md. parity_tests/ proves each component equal to its NumPy twin.
+torchgpt.data builds DataLoaders that yield gptcore.data's batches. See torchgpt/README.md; parity_tests/
+proves each component equal to its NumPy twin.
 """
 from __future__ import annotations
 
 import torch
 
-from torchgpt.model import GPTModel, count_params, init_weights, load_numpy_params, to_numpy_params
+from torchgpt.model import GPTModel, build_model, count_params, init_weights, load_numpy_params, to_numpy_params
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -38,4 +39,5 @@ def pick_device(name: str = "auto") -> torch.device:
     raise ValueError(f"unknown device {name!r}; choose auto, cpu, cuda, cuda:N or mps")
 
 
-__all__ = ["GPTModel", "count_params", "init_weights", "load_numpy_params", "to_numpy_params", "pick_device"]
+__all__ = ["GPTModel", "build_model", "count_params", "init_weights", "load_numpy_params", "to_numpy_params",
+           "pick_device"]

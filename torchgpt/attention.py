@@ -32,19 +32,20 @@ def causal_mask(T: int, device=None) -> torch.Tensor:
     return torch.triu(torch.ones(T, T, dtype=torch.bool, device=device), diagonal=1)
 
 
-def attention_core(q, k, v, *, future_mask=None, dropout: Dropout | None = None, dropout_mask=None):
-    """context = dropout(softmax(q k^T / sqrt(D) with the future masked to -inf)) v.
+def attention_core(q, k, v, *, hide=None, dropout: Dropout | None = None):
+    """context = dropout(softmax(q k^T / sqrt(D) with the hidden keys at -inf)) v.
 
-    q, k, v: (..., T, D); future_mask: (T, T) bool or None (no mask); dropout_mask: optional bool
-    keep-mask (..., T, T) for the attention weights -> context: (..., T, D)
+    q: (..., T, D); k, v: (..., S, D); hide: bool, broadcastable to (..., T, S), True where query t may not
+    see key s (the causal mask's future, or a KV cache's future and padding), or None (every key seen)
+    -> context: (..., T, D)
     """
-    scores = q @ k.transpose(-2, -1)                 # (..., T, T)
+    scores = q @ k.transpose(-2, -1)                 # (..., T, S)
     scores = scores * (1.0 / math.sqrt(q.shape[-1]))
-    if future_mask is not None:
-        scores = scores.masked_fill(future_mask, float("-inf"))
-    weights = torch.softmax(scores, dim=-1)          # (..., T, T)
+    if hide is not None:
+        scores = scores.masked_fill(hide, float("-inf"))
+    weights = torch.softmax(scores, dim=-1)          # (..., T, S)
     if dropout is not None:
-        weights = dropout(weights, mask=dropout_mask)
+        weights = dropout(weights)
     return weights @ v                               # (..., T, D)
 
 
@@ -83,51 +84,51 @@ class CausalAttention(nn.Module):
     Twin of npgpt single_head_attention_forward(causal=True).
     """
 
-    def __init__(self, d_in: int, d_out: int, context_length: int, dropout: float, qkv_bias: bool = False):
+    def __init__(self, d_in: int, d_out: int, context_length: int, drop_rate: float, qkv_bias: bool = False):
         super().__init__()
         self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
-        self.dropout = Dropout(dropout)
+        self.dropout = Dropout(drop_rate)
         # A buffer follows .to(device) but is not a parameter; persistent=False keeps it out of state_dict.
         self.register_buffer("mask", causal_mask(context_length), persistent=False)
 
-    def forward(self, x: torch.Tensor, dropout_mask=None) -> torch.Tensor:
-        """x: (B, T, C) -> (B, T, D); dropout_mask: optional bool keep-mask (B, T, T)."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, T, C) -> (B, T, D)."""
         T = x.shape[-2]
         return attention_core(self.W_query(x), self.W_key(x), self.W_value(x),
-                              future_mask=self.mask[:T, :T], dropout=self.dropout, dropout_mask=dropout_mask)
+                              hide=self.mask[:T, :T], dropout=self.dropout)
 
 
 class MultiHeadAttention(nn.Module):
     """Causal multi-head self-attention as in GPT-2 (twin of npgpt multihead_attention_forward).
 
     All heads are computed at once: project to (B, T, C), split into (B, H, T, D), attend, merge back,
-    then out_proj. use_sdpa=True uses the fused F.scaled_dot_product_attention (same math; its dropout
-    draws its own mask, so an explicit dropout_mask always takes the explicit path).
+    then out_proj. use_sdpa=True uses the fused F.scaled_dot_product_attention (same math; in training its
+    dropout draws its mask inside the kernel, so `self.dropout` then runs only on the explicit path).
     """
 
-    def __init__(self, d_in: int, d_out: int, context_length: int, dropout: float, num_heads: int,
+    def __init__(self, d_in: int, d_out: int, context_length: int, drop_rate: float, n_heads: int,
                  qkv_bias: bool = False, use_sdpa: bool = False):
         super().__init__()
-        if d_out % num_heads != 0:
-            raise ValueError(f"d_out ({d_out}) must be divisible by num_heads ({num_heads})")
-        self.d_out, self.num_heads, self.head_dim = d_out, num_heads, d_out // num_heads
+        if d_out % n_heads != 0:
+            raise ValueError(f"d_out ({d_out}) must be divisible by n_heads ({n_heads})")
+        self.d_out, self.n_heads, self.head_dim = d_out, n_heads, d_out // n_heads
         self.use_sdpa = use_sdpa
         self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.out_proj = nn.Linear(d_out, d_out)
-        self.dropout = Dropout(dropout)
+        self.dropout = Dropout(drop_rate)
         self.register_buffer("mask", causal_mask(context_length), persistent=False)
 
     def _split_heads(self, t: torch.Tensor) -> torch.Tensor:
         """(B, T, C) -> (B, H, T, D)."""
         B, T, _ = t.shape
-        return t.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
+        return t.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, dropout_mask=None, kv_cache=None) -> torch.Tensor:
-        """x: (B, T, C) -> (B, T, C); dropout_mask: optional bool keep-mask (B, H, T, T) for the weights.
+    def forward(self, x: torch.Tensor, kv_cache=None) -> torch.Tensor:
+        """x: (B, T, C) -> (B, T, C).
 
         kv_cache: optional torchgpt.kvcache.LayerKV (decoding, inference): the new keys and values are stored
         after the cached ones and the queries attend over all of them.
@@ -142,12 +143,11 @@ class MultiHeadAttention(nn.Module):
             if self.use_sdpa:
                 context = F.scaled_dot_product_attention(q, k, v, attn_mask=None if hide is None else ~hide)
             else:
-                context = attention_core(q, k, v, future_mask=hide)
-        elif self.use_sdpa and dropout_mask is None:
+                context = attention_core(q, k, v, hide=hide)
+        elif self.use_sdpa:
             p = self.dropout.p if self.training else 0.0
             context = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
         else:
-            context = attention_core(q, k, v, future_mask=self.mask[:T, :T],
-                                     dropout=self.dropout, dropout_mask=dropout_mask)
+            context = attention_core(q, k, v, hide=self.mask[:T, :T], dropout=self.dropout)
         context = context.transpose(1, 2).contiguous().view(B, T, self.d_out)   # (B, T, C), heads merged
         return self.out_proj(context)

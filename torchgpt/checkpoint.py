@@ -1,4 +1,4 @@
-"""Our checkpoint format from PyTorch (twin of npgpt/checkpoint.py): a GPTModel and its AdamW, saved and resumed.
+"""Our checkpoint format from PyTorch (gptcore.formats.checkpoint): a GPTModel and its AdamW, saved and resumed.
 
     save_training_checkpoint("runs/a/ckpt", model, optimizer, training_state={"step": 500, "rng": {...}})
     model, state = load_training_checkpoint("runs/a/ckpt", model, optimizer)      # resume
@@ -34,6 +34,7 @@ import torch
 
 from gptcore.formats.checkpoint import load_checkpoint, save_checkpoint
 from gptcore.formats.weights import load_weights
+import torchgpt.gpt2
 from torchgpt import pick_device
 from torchgpt.model import GPTModel, load_numpy_params, to_numpy_params
 
@@ -216,16 +217,15 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", *, u
 def _no_random_init():
     """Within the block, building a GPTModel allocates its parameters without filling them.
 
-    The layers' own reset_parameters (torch.nn.init.*) and GPT-2's init_weights become no-ops, so the
-    parameters stay uninitialized torch.empty memory, which the OS does not even back with pages until
-    written. (Building on the meta device instead would avoid the allocation too, but torch runs meta ops
-    through its Python decompositions, whose first use imports torch._dynamo: seconds.) Not thread-safe:
-    it swaps module attributes for the duration.
+    The layers' own reset_parameters (torch.nn.init.*) and GPT-2's init_weights (the name GPTModel calls, in
+    torchgpt.gpt2) become no-ops, so the parameters stay uninitialized torch.empty memory, which the OS does
+    not even back with pages until written. (Building on the meta device instead would avoid the allocation
+    too, but torch runs meta ops through its Python decompositions, whose first use imports torch._dynamo:
+    seconds.) Not thread-safe: it swaps module attributes for the duration.
     """
-    import torchgpt.model as model_module
     swapped = {(torch.nn.init, name): getattr(torch.nn.init, name)
                for name in ("normal_", "uniform_", "kaiming_uniform_", "zeros_", "ones_")}
-    swapped[(model_module, "init_weights")] = model_module.init_weights
+    swapped[(torchgpt.gpt2, "init_weights")] = torchgpt.gpt2.init_weights
     try:
         for (module, name) in swapped:
             setattr(module, name, lambda tensor, *args, **kwargs: tensor)

@@ -6,7 +6,7 @@
     loss = F.cross_entropy(logits, y, weight=class_weights)      a weighted mean over the batch
 
 GPTClassifier is a GPTModel whose language-model head `out_head` is replaced by `cls_head`, an
-nn.Linear(C, K) with bias; its state_dict holds exactly npgpt.classifier.classifier_param_shapes'
+nn.Linear(C, K) with bias; its state_dict holds exactly gptcore.tasks.classification.classifier_param_shapes'
 names (the trunk's canonical names + cls_head.weight, cls_head.bias), so one parameter dict loads into
 both backends. The prediction is read at the last real token, never at position -1 (see npgpt's
 module docstring for why).
@@ -20,7 +20,7 @@ from torch import nn
 
 from gptcore.tasks.classification import HEAD_INIT_STD, check_num_classes
 from gptcore.config import GPTConfig
-from torchgpt.model import GPTModel
+from torchgpt.gpt2 import GPTModel
 
 
 def last_token(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -61,9 +61,9 @@ class GPTClassifier(GPTModel):
             self.cls_head.weight.copy_(torch.randn(self.cls_head.weight.shape, generator=generator) * HEAD_INIT_STD)
             self.cls_head.bias.zero_()
 
-    def forward(self, idx, lengths, dropout_masks=None) -> torch.Tensor:
+    def forward(self, idx, lengths) -> torch.Tensor:
         """idx: (B, T) right-padded token ids, lengths: (B,) real tokens per row -> logits (B, K)."""
-        x = self.trunk(idx, dropout_masks)                               # (B, T, C)
+        x = self.trunk(idx)                                             # (B, T, C)
         if not isinstance(lengths, torch.Tensor):
             lengths = torch.as_tensor(np.asarray(lengths))
         return self.cls_head(last_token(x, lengths))                     # (B, K)

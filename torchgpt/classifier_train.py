@@ -11,7 +11,7 @@ import torch
 from gptcore.tasks.classification import check_classifier_params
 from gptcore.lora import split_lora
 from torchgpt.classifier import GPTClassifier, class_weighted_cross_entropy, set_trainable
-from torchgpt.lora import attach_adapters
+from torchgpt.lora import attach_lora
 from torchgpt.model import load_numpy_params, to_numpy_params
 from torchgpt.optim import clip_grad_norm, make_adamw
 from torchgpt.train import to_device
@@ -32,9 +32,9 @@ class TorchClassifierBackend:
         model = model.to_empty(device="cpu")
         model = load_numpy_params(model, base)
         if adapters:
-            attach_adapters(model, adapters)          # LoRALinear layers with exactly these adapter values
+            attach_lora(model, adapters)          # LoRALinear layers with exactly these adapter values
         self.model = model.to(self.device)
-        self.model.check_token_ids = False   # the data pipeline makes the ids; skip the per-batch host sync
+        self.model.check_id_range = False   # the data pipeline makes the ids; skip the per-batch host sync
         self.optimizer = None
 
     def prepare_training(self, trainable_names, settings, class_weights=None):

@@ -1,11 +1,15 @@
 """Inverted dropout: out = x * keep / (1 - p) (twin of npgpt/dropout.py).
 
-For parity tests every dropout here can take an explicit boolean keep-mask, so torch and NumPy can be
-fed the SAME mask; without one, torch draws its own (nn.Dropout) in training mode.
+dropout_mask and dropout(x, p, mask=...) are the twins of npgpt's dropout_mask and dropout_forward: with an
+explicit keep-mask, torch and NumPy apply the SAME dropout. The models use `Dropout` (nn.Dropout), which draws
+its own mask in training mode and is the identity in eval mode; the parity tests feed it npgpt's masks from
+outside (parity_tests/conftest.py: fed_dropout_masks), so no model forward carries a mask argument.
 """
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+Dropout = nn.Dropout
 
 
 def dropout_mask(shape, p: float, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
@@ -28,12 +32,3 @@ def dropout(x: torch.Tensor, p: float, mask=None, training: bool = True) -> torc
     if tuple(mask.shape) != tuple(x.shape):
         raise ValueError(f"dropout mask shape {tuple(mask.shape)} does not match input shape {tuple(x.shape)}")
     return x * mask * (1.0 / (1.0 - p))
-
-
-class Dropout(nn.Dropout):
-    """nn.Dropout whose forward also accepts an explicit keep-mask: forward(x, mask=None)."""
-
-    def forward(self, x: torch.Tensor, mask=None) -> torch.Tensor:
-        if mask is None:
-            return super().forward(x)
-        return dropout(x, self.p, mask=mask)

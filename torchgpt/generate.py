@@ -6,7 +6,7 @@
 
 The logits, the probabilities (temperature, top-k, top-p) and the log-probabilities of beam search are
 computed here in torch, on the model's device; the loop, the stopping, beam search's bookkeeping and the
-inverse-CDF draw (with uniforms from numpy.random.default_rng(seed)) are npgpt.generate's, so one seed
+inverse-CDF draw (with uniforms from numpy.random.default_rng(seed)) are gptcore.engine.decoding's, so one seed
 gives the same tokens in both backends.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from torchgpt.kvcache import KVCache
 
 
 # --------------------------------------------------------------------------------------------------------
-# Choosing tokens: the torch twins of npgpt.generate's top_k_mask, top_p_mask, sampling_probs
+# Choosing tokens: the torch twins of top_k_mask (gptcore.engine.decoding), npgpt.generate's top_p_mask, sampling_probs
 # --------------------------------------------------------------------------------------------------------
 def top_k_mask(values: torch.Tensor, k: int) -> torch.Tensor:
     """(B, V) -> bool (B, V), True at each row's k largest values; equal values at the k-th place: lowest
@@ -47,7 +47,7 @@ def top_p_mask(scores: torch.Tensor, probs: torch.Tensor, top_p: float) -> torch
 
 def sampling_probs(logits: torch.Tensor, temperature: float, top_k=None, top_p=None) -> torch.Tensor:
     """(B, V) logits -> (B, V) float64 probabilities, 0 at the tokens top-k/top-p removed (not renormalized)."""
-    check_sampling_temperature(temperature)     # the same floor as NumPy's (npgpt.generate.GREEDY_BELOW)
+    check_sampling_temperature(temperature)     # the same floor as NumPy's (gptcore.engine.decoding.GREEDY_BELOW)
     scaled = logits / temperature
     if top_k is not None:
         scaled = scaled.masked_fill(~top_k_mask(scaled, top_k), float("-inf"))
@@ -58,7 +58,7 @@ def sampling_probs(logits: torch.Tensor, temperature: float, top_k=None, top_p=N
 
 
 # --------------------------------------------------------------------------------------------------------
-# The model behind npgpt.generate's Decoder interface
+# The model behind gptcore.engine.decoding's Decoder interface
 # --------------------------------------------------------------------------------------------------------
 class TorchDecoder(Decoder):
     """A torchgpt.GPTModel (eval mode, on its device) behind the Decoder interface; cache: torchgpt.kvcache."""
@@ -94,7 +94,7 @@ class TorchDecoder(Decoder):
 @torch.no_grad()
 def decoding_layout(model):
     """Stores, in place, the weights that batch-1 decoding reads faster transposed (the rule and the
-    measurements: npgpt.generate.reads_faster_transposed) as views of contiguous (in, out) tensors; names,
+    measurements: gptcore.engine.decoding.reads_faster_transposed) as views of contiguous (in, out) tensors; names,
     shapes and values stay, so state_dict(), training and saving are unchanged. Twin of
     npgpt.generate.decoding_layout (in place here: a parameter's storage can be swapped). A tied head keeps
     its tie (one Parameter). Returns the model.

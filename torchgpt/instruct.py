@@ -1,6 +1,6 @@
-"""Instruction data for torch (twin of npgpt/instruct.py): a Dataset of tokenized examples and the padding
-collate as torch tensors moved to a device. The padding and masking rules, with a worked example, are in
-gptcore.tasks.instruct.collate_instructions, which this wraps."""
+"""Instruction data for torch (the torch side of gptcore.tasks.instruct): a Dataset of tokenized examples and
+the padding collate as torch tensors moved to a device. The padding and masking rules, with a worked example,
+are in gptcore.tasks.instruct.collate_instructions, which this wraps."""
 from __future__ import annotations
 
 from functools import partial
@@ -8,7 +8,7 @@ from functools import partial
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from gptcore.tasks import instruct as np_instruct
+from gptcore.tasks import instruct as core_instruct
 from gptcore.tasks.instruct import DEFAULT_MAX_LENGTH, END_OF_TEXT_ID, IGNORE_INDEX, EncodedExample
 
 
@@ -16,7 +16,7 @@ class InstructionDataset(Dataset):
     """Records encoded once, up front: item i is an EncodedExample (token ids, prompt length)."""
 
     def __init__(self, records: list[dict], tokenizer):
-        self.examples = np_instruct.encode_records(records, tokenizer)
+        self.examples = core_instruct.encode_records(records, tokenizer)
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -28,8 +28,8 @@ class InstructionDataset(Dataset):
 def collate_instructions(batch, *, device="cpu", pad_token_id: int = END_OF_TEXT_ID, ignore_index: int = IGNORE_INDEX,
                          max_length: int | None = DEFAULT_MAX_LENGTH, mask_instruction: bool = False):
     """(inputs, targets): int64 tensors (B, T) on `device`; the rules of gptcore.tasks.instruct.collate_instructions."""
-    inputs, targets = np_instruct.collate_instructions(batch, pad_token_id=pad_token_id, ignore_index=ignore_index,
-                                                       max_length=max_length, mask_instruction=mask_instruction)
+    inputs, targets = core_instruct.collate_instructions(batch, pad_token_id=pad_token_id, ignore_index=ignore_index,
+                                                         max_length=max_length, mask_instruction=mask_instruction)
     return torch.from_numpy(inputs).to(device), torch.from_numpy(targets).to(device)
 
 
@@ -45,7 +45,7 @@ def instruction_loader(dataset: InstructionDataset, batch_size: int, *, shuffle:
 
 @torch.no_grad()
 def answer_records(model, records: list[dict], tokenizer, *, max_new_tokens: int = 256, progress: bool = True,
-                   key: str = np_instruct.RESPONSE_KEY) -> list[dict]:
+                   key: str = core_instruct.RESPONSE_KEY) -> list[dict]:
     """Copies of `records`, each with the model's greedy answer under "model_response" (the book's format).
 
     The prompt is format_prompt(record) (ending in "### Response:\\n"); generation stops at <|endoftext|>
@@ -60,9 +60,9 @@ def answer_records(model, records: list[dict], tokenizer, *, max_new_tokens: int
     answered = []
     try:
         for record in tqdm(records, desc="answering", unit="record", disable=not progress):
-            prompt_ids = tokenizer.encode(np_instruct.format_prompt(record))
+            prompt_ids = tokenizer.encode(core_instruct.format_prompt(record))
             stream = stream_generate(model, prompt_ids, max_new_tokens, temperature=0.0, stop_ids=(END_OF_TEXT_ID,))
-            answered.append({**record, key: np_instruct.answer_from_stream(stream, tokenizer)})
+            answered.append({**record, key: core_instruct.answer_from_stream(stream, tokenizer)})
     finally:
         model.train(was_training)
     return answered

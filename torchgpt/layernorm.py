@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def layer_norm(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+def layernorm(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """out = scale * (x - mean) / sqrt(var + eps) + shift, statistics over the last axis (written out).
 
     x: (..., C); scale, shift: (C,) -> out: (..., C). The variance is the biased one (divide by C).
@@ -21,7 +21,7 @@ def layer_norm(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, eps: f
 
 class LayerNorm(nn.Module):
     """nn.Module form; forward uses torch's fused F.layer_norm, which computes the same formula as
-    `layer_norm` above (tests/test_torchgpt.py checks the two agree)."""
+    `layernorm` above (tests/test_torchgpt.py checks the two agree)."""
 
     def __init__(self, emb_dim: int, eps: float = 1e-5):
         super().__init__()

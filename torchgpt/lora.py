@@ -24,7 +24,16 @@ from gptcore.lora import A_SUFFIX, B_SUFFIX, DEFAULT_TARGETS, LoRAConfig, select
 
 __all__ = ["LoRALinear", "LoRAConfig", "DEFAULT_TARGETS", "add_lora", "merge_lora", "unmerge_lora",
            "lora_state_dict", "count_trainable_params", "save_lora", "load_lora", "lora_layers",
-           "trainable_summary", "attach_adapters"]
+           "trainable_summary", "attach_lora", "lora"]
+
+
+def lora(x: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.Tensor, scaling) -> torch.Tensor:
+    """The adapter's term, delta = s * (x A^T) B^T, added to the base layer's output (npgpt's lora_forward).
+
+    x: (..., in); lora_A: (r, in); lora_B: (out, r); scaling: s = alpha / r -> delta: (..., out).
+    Two thin matmuls through the rank-r bottleneck x A^T; B A is never formed.
+    """
+    return (x @ lora_A.T) @ lora_B.T * scaling
 
 
 class LoRALinear(nn.Module):
@@ -68,7 +77,7 @@ class LoRALinear(nn.Module):
         out = F.linear(x, self.weight, self.bias)
         if self.merged:
             return out
-        return out + (x @ self.lora_A.T) @ self.lora_B.T * self.lora_scaling
+        return out + lora(x, self.lora_A, self.lora_B, self.lora_scaling)
 
     @torch.no_grad()
     def merge(self) -> None:
@@ -177,7 +186,7 @@ def save_lora(path, model: nn.Module, lora_config: LoRAConfig, metadata: dict | 
     return core_lora.save_lora(path, adapters, lora_config, metadata=metadata)
 
 
-def attach_adapters(model: nn.Module, adapters: dict, lora_config: LoRAConfig | None = None) -> nn.Module:
+def attach_lora(model: nn.Module, adapters: dict, lora_config: LoRAConfig | None = None) -> nn.Module:
     """Wraps the layers named in `adapters` (arrays or tensors under canonical names, e.g. from npgpt's
     init_lora or load_lora) and gives them exactly these values; the rest of the model is frozen (add_lora).
 
@@ -209,7 +218,7 @@ def attach_adapters(model: nn.Module, adapters: dict, lora_config: LoRAConfig | 
 def load_lora(path, model: nn.Module) -> nn.Module:
     """Adds the adapters saved at `path` (save_lora's folder) to a base model, with their saved values."""
     lora_config, adapters = core_lora.load_lora(path)
-    return attach_adapters(model, adapters, lora_config)
+    return attach_lora(model, adapters, lora_config)
 
 
 def trainable_summary(model: nn.Module) -> dict:

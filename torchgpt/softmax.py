@@ -2,12 +2,12 @@
 import torch
 
 
-def softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """out = exp(x - max x) / sum exp(x - max x) along `dim`.   x: any shape -> same shape.
+def softmax(x: torch.Tensor, axis: int = -1) -> torch.Tensor:
+    """out = exp(x - max x) / sum exp(x - max x) along `axis`.   x: any shape -> same shape.
 
     Subtracting the row maximum changes nothing mathematically and keeps exp() from overflowing.
     torch.softmax computes the same thing fused; the attention layers use that.
     """
-    shifted = x - x.amax(dim=dim, keepdim=True)
+    shifted = x - x.amax(dim=axis, keepdim=True)
     exps = torch.exp(shifted)
-    return exps / exps.sum(dim=dim, keepdim=True)
+    return exps / exps.sum(dim=axis, keepdim=True)

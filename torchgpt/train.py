@@ -234,8 +234,8 @@ class Trainer:
         configure_speed(self.device)
 
         self.model = model.to(self.device)       # the plain module: checkpoints, evaluation, optimizer
-        if self.device.type == "cuda" and hasattr(model, "check_token_ids"):
-            model.check_token_ids = False        # the data was checked once; skip a host sync per forward
+        if self.device.type == "cuda" and hasattr(model, "check_id_range"):
+            model.check_id_range = False         # the data was checked once; skip a host sync per forward
         self.optimizer = make_adamw(model, lr=settings.lr, weight_decay=settings.weight_decay, betas=settings.betas,
                                     **({"fused": True} if self.device.type == "cuda" else {}))
         compile_ = (lambda module: torch.compile(module, backend=runtime.compile_backend)) if runtime.compile \
