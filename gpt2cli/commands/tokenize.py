@@ -54,8 +54,8 @@ def read_input(text: str) -> str:
                         f"convert it to UTF-8 first, e.g. with iconv") from None
 
 
-def parse_token_ids(text: str, n_vocab: int) -> list[int]:
-    """The ids of a JSON list such as [15496, 995]; a UserError naming the problem and the fix otherwise."""
+def parse_token_ids(text: str) -> list[int]:
+    """The integers of a JSON list such as [15496, 995]; a UserError naming the problem and the fix otherwise."""
     try:
         ids = json.loads(text)
     except json.JSONDecodeError as error:
@@ -69,10 +69,15 @@ def parse_token_ids(text: str, n_vocab: int) -> list[int]:
         if isinstance(value, bool) or not isinstance(value, int):     # JSON true is a Python int: refuse it
             raise UserError(f"--decode: the item at index {position}, {json.dumps(value)}, is not an integer "
                             f"token id; give whole numbers without quotes or decimals, such as {EXAMPLE_IDS}")
-        if not 0 <= value < n_vocab:
-            raise UserError(f"--decode: token id {value} (at index {position}) is out of range: GPT-2's "
-                            f"ids are 0..{n_vocab - 1}; check where these ids came from (another tokenizer?)")
     return ids
+
+
+def check_token_range(ids: list[int], n_vocab: int) -> None:
+    """A UserError naming the first id outside the vocabulary 0..n_vocab-1."""
+    for position, value in enumerate(ids):
+        if not 0 <= value < n_vocab:
+            raise UserError(f"--decode: token id {value} (at index {position}) is out of range: GPT-2's ids are "
+                            f"0..{n_vocab - 1}; check where these ids came from (another tokenizer?)")
 
 
 def special_tokens_in(text: str, tokenizer) -> list[str]:
@@ -80,20 +85,35 @@ def special_tokens_in(text: str, tokenizer) -> list[str]:
     return [token for token in tokenizer.special_tokens if token in text]
 
 
-def run(args) -> int:
+def load_bpe(data_dir):
+    """The from-scratch GPT-2 BPE (gptcore.tokenizer.GPT2Tokenizer), its files found through the data manifest."""
     from gptcore.download import DownloadError
     from gptcore.tokenizer import get_tokenizer
 
+    with user_errors(DownloadError):           # BPE files missing and not downloadable: one line
+        return get_tokenizer("bpe", data_dir=data_dir)
+
+
+def run(args) -> int:
     text = read_input(args.text)
-    with user_errors(DownloadError):             # the BPE files missing and not downloadable: one line
-        tokenizer = get_tokenizer("bpe", data_dir=args.data_dir)
     if args.decode:
-        print(tokenizer.decode(parse_token_ids(text, tokenizer.n_vocab)))
-        return 0
+        return print_text(text, args)
+    return print_ids(text, args)
+
+
+def print_ids(text: str, args) -> int:
+    tokenizer = load_bpe(args.data_dir)
     found = special_tokens_in(text, tokenizer)
     if found and not args.allow_special:
         raise UserError(f"the text contains the special token {found[0]}; pass --allow-special to encode it as "
                         f"its id {tokenizer.special_tokens[found[0]]}, or remove it from the text")
-    ids = tokenizer.encode(text, allowed_special=set(found))
-    print(json.dumps(ids))
+    print(json.dumps(tokenizer.encode(text, allowed_special=set(found))))
+    return 0
+
+
+def print_text(ids_json: str, args) -> int:
+    ids = parse_token_ids(ids_json)             # malformed input fails before the BPE files load
+    tokenizer = load_bpe(args.data_dir)
+    check_token_range(ids, tokenizer.n_vocab)
+    print(tokenizer.decode(ids))
     return 0
