@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+from gpt2cli.errors import run_command
+
 # Order here is the order in `gpt2 --help`.
 COMMAND_MODULES = [
     "gpt2cli.commands.demo",
@@ -18,16 +20,13 @@ COMMAND_MODULES = [
     "gpt2cli.commands.finetune",
     "gpt2cli.commands.evaluate",
     "gpt2cli.commands.generate",
+    "gpt2cli.commands.tokenize",
     "gpt2cli.commands.train",
     "gpt2cli.commands.bench",
     "gpt2cli.commands.classify",
     "gpt2cli.commands.weights",
     "gpt2cli.commands.parity",
 ]
-
-
-class UserError(Exception):
-    """An error caused by the user's input; printed without a traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,16 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except (UserError, ValueError, FileNotFoundError, KeyError, OSError) as error:
-        # Errors raised on bad input carry a message that names the problem and the fix.
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"gpt2 {args.command}: error: {message}", file=sys.stderr)
-        return 2
+    return run_command(args)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-SUBCOMMANDS = ["demo", "data", "finetune", "evaluate", "generate", "train", "bench", "classify", "weights",
+SUBCOMMANDS = ["demo", "data", "finetune", "evaluate", "generate", "tokenize", "train", "bench", "classify", "weights",
                "parity"]
 
 

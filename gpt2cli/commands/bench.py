@@ -9,6 +9,8 @@ what is timed and the FLOP formula; report.py tables and plots). docs/benchmarks
 """
 from __future__ import annotations
 
+from gpt2cli.errors import user_errors
+
 
 def register(subparsers):
     from benchmarks.suite import add_arguments
@@ -24,11 +26,7 @@ def run(args) -> int:
     from benchmarks.suite import run as run_suite, settings_from_args
     from gptcore.config import ConfigError
 
-    from gpt2cli.main import UserError
-
-    try:
+    with user_errors(TypeError, ConfigError):
         settings = settings_from_args(args)
-    except (TypeError, ConfigError) as error:
-        raise UserError(str(error)) from error
     run_suite(settings, args.out, log=lambda message: print(message, file=sys.stderr, flush=True))
     return 0

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import sys
 
+from gpt2cli.errors import UserError
+from gpt2cli.options import (add_backend_and_device_options, add_threads_option, classifier_backend,
+                             limited_threads, one_line_warnings)
+
 
 def register(subparsers):
-    from gpt2cli.commands.finetune_classify import add_threads_option
-
     parser = subparsers.add_parser(
         "classify", help="label messages (ham/spam) with a finetuned classifier",
         description="Print the predicted label and its probability for MESSAGE, or for every line of stdin "
@@ -23,8 +25,7 @@ def register(subparsers):
                         help="the message to classify (default: one message per line from stdin)")
     parser.add_argument("--checkpoint", required=True, metavar="PATH",
                         help="run folder of `gpt2 finetune classify --out DIR`, or the model folder/file in it")
-    parser.add_argument("--backend", choices=("torch", "numpy"), default="torch")
-    parser.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:N, mps (default auto)")
+    add_backend_and_device_options(parser)
     parser.add_argument("--batch-size", type=int, default=32, help="messages per forward pass (default 32)")
     add_threads_option(parser)
     parser.set_defaults(func=run)
@@ -50,8 +51,6 @@ def load_classifier(path):
 
 def read_messages(args) -> tuple[list[str], bool]:
     """(messages, from_stdin); an empty message is an error naming its line."""
-    from gpt2cli.main import UserError
-
     if args.message is not None:
         if not args.message.strip():
             raise UserError("the message is empty; give some text to classify")
@@ -66,8 +65,6 @@ def read_messages(args) -> tuple[list[str], bool]:
 
 
 def run(args) -> int:
-    from gpt2cli.commands.finetune_classify import limited_threads, one_line_warnings
-
     with one_line_warnings(), limited_threads(args.threads):
         return _run(args)
 
@@ -76,14 +73,13 @@ def _run(args) -> int:
     from gptcore.tasks.classification_data import pad_token_ids
     from gptcore.tasks.classification import softmax_probabilities
     from gptcore.tokenizer import get_tokenizer
-    from gpt2cli.commands.finetune_classify import make_backend
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}")
     config, params, metadata = load_classifier(args.checkpoint)
     messages, from_stdin = read_messages(args)
     labels = metadata["labels"]
-    backend, _ = make_backend(args.backend, params, config, len(labels), args.device)
+    backend, _ = classifier_backend(args.backend, params, config, len(labels), args.device)
     tokenizer = get_tokenizer()
     max_length = int(metadata.get("max_length", config.context_length))
     pad_token_id = int(metadata.get("pad_token_id", 50256))

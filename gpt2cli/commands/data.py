@@ -5,6 +5,8 @@
 """
 from __future__ import annotations
 
+from gpt2cli.errors import user_errors
+
 
 def register(subparsers):
     parser = subparsers.add_parser("data", help="list and fetch the data sets (verified by SHA-256)")
@@ -26,16 +28,13 @@ def register(subparsers):
 
 
 def run_fetch(args) -> int:
-    from gpt2cli.main import UserError
     from gptcore.datasets import dataset_names, fetch
     from gptcore.download import DownloadError
 
     names = args.names or dataset_names()
     for name in names:
-        try:
+        with user_errors(DownloadError):        # a failed download: one line, exit code 2
             path = fetch(name, args.data_dir, download=not args.offline, progress=not args.quiet)
-        except DownloadError as error:  # main() reports UserError in one line, exit code 2
-            raise UserError(str(error)) from error
         print(f"{name}: {path}")
     return 0
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from gpt2cli.errors import UserError
+
 DEFAULT_PROMPT = "Every effort moves you"
 FLOAT32_NOTE = ("note: in float32 the two libraries round differently (~1e-7 per operation), and training amplifies "
                 "those differences: AdamW scales every gradient to a step of about lr, even one that is mostly "
@@ -119,7 +121,6 @@ def run(args) -> int:
     import numpy as np
     import torch
 
-    from gpt2cli.main import UserError
     from npgpt import model as npmodel
     from gptcore.config import get_config
     from gptcore.fileio import atomic_write_json

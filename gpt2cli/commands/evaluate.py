@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from gpt2cli.errors import UserError, user_errors
+
 
 def register(subparsers):
     parser = subparsers.add_parser("evaluate", help="score instruction responses 0-100 with an LLM judge (Ollama)")
@@ -37,7 +39,6 @@ def default_scores_path(responses: Path) -> Path:
 
 
 def run(args) -> int:
-    from gpt2cli.main import UserError
     from gptcore.fileio import atomic_write_json
     from gptcore.tasks.instruct import read_records
     from gptcore.tasks.judge import JudgeError, JudgeSettings, OllamaClient, judge_responses, validate_responses
@@ -50,10 +51,8 @@ def run(args) -> int:
         raise UserError("--timeout, --max-attempts and --num-ctx must be positive")
     out = Path(args.out) if args.out else default_scores_path(responses)
     client = OllamaClient(args.host, timeout=args.timeout)
-    try:
+    with user_errors(JudgeError):
         pulled_name = client.check_model(args.judge_model)
-    except JudgeError as error:
-        raise UserError(str(error)) from error
     settings = JudgeSettings(options={"seed": args.seed, "temperature": 0, "num_ctx": args.num_ctx},
                              max_attempts=args.max_attempts, stream=not args.no_stream)
     result = judge_responses(records, client, args.judge_model, settings, progress=not args.quiet)

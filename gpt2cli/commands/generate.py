@@ -16,6 +16,8 @@ import sys
 import time
 import warnings
 
+from gpt2cli.errors import UserError
+
 
 def register(subparsers):
     parser = subparsers.add_parser("generate", help="continue a prompt (greedy, sampling, top-k/top-p, beam search)")
@@ -103,7 +105,6 @@ def _print(text: str):
 
 
 def run(args) -> int:
-    from gpt2cli.main import UserError
     from gptcore.engine.decoding import EOT_ID, check_settings, prepare_prompt
     from gptcore.tokenizer import get_tokenizer
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from gpt2cli.errors import UserError
+
 PROFILES = ("ci", "thorough")
 DTYPES = ("float64", "float32")
 
@@ -41,8 +43,6 @@ def default_tests_dir() -> Path:
 
 
 def locate_tests(explicit: str | None) -> Path:
-    from gpt2cli.main import UserError
-
     folder = Path(explicit).expanduser().resolve() if explicit else default_tests_dir()
     if not (folder / "conftest.py").is_file():
         if explicit:
@@ -56,8 +56,6 @@ def locate_tests(explicit: str | None) -> Path:
 
 def check_test_tools() -> None:
     import importlib.util
-
-    from gpt2cli.main import UserError
 
     missing = [name for name in ("pytest", "hypothesis") if importlib.util.find_spec(name) is None]
     if missing:
@@ -153,7 +151,6 @@ def run(args) -> int:
     import subprocess
     import tempfile
 
-    from gpt2cli.main import UserError
     from gptcore.fileio import atomic_write_json
 
     tests_dir = locate_tests(args.tests)

@@ -7,28 +7,16 @@
     gpt2 train --nproc 2 --out runs/ddp ...                                    # DDP via torchrun
     torchrun --nproc_per_node=2 -m gpt2cli train --out runs/ddp ...
 
-See docs/training.md. Options left out on --resume come from the run's config.json.
+See docs/training.md. Options left out on --resume come from the run's config.json
+(gptcore.engine.run_setup holds those rules).
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 
-# Defaults of every option that --resume may take from the run's config.json instead.
-DEFAULTS = {
-    "model": "tiny", "context_length": None, "emb_dim": None, "n_layers": None, "n_heads": None, "drop_rate": None,
-    "init_from": None, "data": None, "data_dir": None, "token_cache": None, "tokenizer": "tiktoken",
-    "val_fraction": 0.1, "stride": None, "max_steps": 100, "batch_size": 8, "grad_accum": 1, "lr": 4e-4,
-    "min_lr": None, "warmup_steps": None, "lr_decay_steps": None, "schedule": "cosine", "weight_decay": 0.1,
-    "grad_clip": 1.0, "eval_interval": 10, "eval_batches": 5, "checkpoint_interval": 500, "keep_checkpoints": 2,
-    "seed": 123, "backend": "torch", "device": "auto", "dtype": "auto", "compile": False, "sdpa": None,
-    "sample_prompt": None, "sample_tokens": 20, "peak_tflops": None,
-}
-# Options that describe what the run IS: a resumed run keeps the saved values unless given again.
-RUN_OPTIONS = list(DEFAULTS)
+from gpt2cli.errors import INTERRUPTED_EXIT_CODE, USER_ERROR_EXIT_CODE, USER_ERRORS, UserError, user_errors
 
 
 def register(subparsers):
@@ -86,175 +74,14 @@ def register(subparsers):
 
 
 # ---------------------------------------------------------------------------------------------------
-# options: defaults, a resumed run's saved values, explicit flags
-# ---------------------------------------------------------------------------------------------------
-
-def resolve_options(args) -> tuple[dict, dict | None, Path | None, bool]:
-    """(options, config.json of the run being resumed or None, checkpoint to resume or None, whether the run
-    continues in its own folder). Explicit flags win over the resumed run's options, which win over DEFAULTS."""
-    from gptcore.formats.runs import RUN_CONFIG_FILE, resolve_resume
-    given = {name: getattr(args, name) for name in RUN_OPTIONS if getattr(args, name, None) is not None}
-    source, checkpoint, same_folder = None, None, False
-    options = dict(DEFAULTS)
-    if args.resume:
-        checkpoint, run_dir = resolve_resume(args.resume)
-        if run_dir is not None:
-            source = json.loads((run_dir / RUN_CONFIG_FILE).read_text(encoding="utf-8"))
-            options.update(source.get("options", {}))
-            if not args.out:
-                args.out = str(run_dir)
-            same_folder = Path(args.out).resolve() == run_dir.resolve()
-        else:
-            if not args.out:
-                raise ValueError(f"--resume {args.resume} is a checkpoint outside a run folder; give --out DIR for "
-                                 f"the continued run")
-            source = checkpoint_run_source(checkpoint)
-            options.update(source["options"])
-    options.update(given)
-    return options, source, checkpoint, same_folder
-
-
-def checkpoint_run_source(checkpoint: Path) -> dict:
-    """What a checkpoint outside any run folder (copied, or its run deleted) says about the run that wrote it, in
-    the shape of a run's config.json: {"options", "world_size", "data"}. Our CLI saves the run's options in the
-    checkpoint's metadata; the optimisation settings and process count in its training state are authoritative
-    (and all that older checkpoints have), so a resume continues with the same lr, batch and schedule."""
-    from gptcore.formats.checkpoint import read_checkpoint_metadata
-    metadata = read_checkpoint_metadata(checkpoint)
-    state = _checkpoint_state_json(checkpoint)
-    options = {name: value for name, value in (metadata.get("options") or {}).items() if name in DEFAULTS}
-    if state.get("settings"):
-        options.update(options_from_settings(state["settings"]))
-    source = {"options": options, "world_size": int(state.get("world_size", 1))}
-    if metadata.get("data_key"):
-        source["data"] = {"key": metadata["data_key"]}
-    return source
-
-
-def options_from_settings(settings: dict) -> dict:
-    """The CLI options that give these TrainSettings (the inverse of training_settings)."""
-    return {"max_steps": settings["max_steps"], "batch_size": settings["batch_size"],
-            "grad_accum": settings["grad_accum_steps"], "lr": settings["lr"], "min_lr": settings["min_lr"],
-            "warmup_steps": settings["warmup_steps"],
-            # None meant "the run's max_steps" when it was written; fixed now, so a longer resume keeps it
-            "lr_decay_steps": settings["lr_decay_steps"] or settings["max_steps"],
-            "schedule": "cosine" if settings["cosine"] else "constant", "weight_decay": settings["weight_decay"],
-            "grad_clip": settings["grad_clip"] or 0.0, "eval_interval": settings["eval_interval"],
-            "eval_batches": settings["eval_batches"], "checkpoint_interval": settings["checkpoint_interval"],
-            "keep_checkpoints": settings["keep_checkpoints"], "seed": settings["seed"]}
-
-
-def training_settings(options: dict, world_size: int):
-    from gptcore.engine.training import TrainSettings
-    decay = options["lr_decay_steps"] or options["max_steps"]
-    options["lr_decay_steps"] = decay                          # fixed now, so a resume keeps the horizon
-    if options["warmup_steps"] is None:
-        options["warmup_steps"] = max(0, decay // 20)
-    if options["min_lr"] is None:
-        options["min_lr"] = options["lr"] / 10
-    return TrainSettings(
-        max_steps=options["max_steps"], batch_size=options["batch_size"], lr=options["lr"], min_lr=options["min_lr"],
-        warmup_steps=options["warmup_steps"], cosine=options["schedule"] == "cosine", lr_decay_steps=decay,
-        weight_decay=options["weight_decay"], grad_clip=options["grad_clip"] or None,
-        grad_accum_steps=options["grad_accum"], eval_interval=options["eval_interval"],
-        eval_batches=options["eval_batches"], checkpoint_interval=options["checkpoint_interval"],
-        keep_checkpoints=options["keep_checkpoints"], seed=options["seed"])
-
-
-def note(message: str, context=None) -> None:
-    """A note on stderr, from rank 0 only: under DDP every process reaches the same notes."""
-    if context is None or context.is_main:
-        print(f"note: {message}", file=sys.stderr)
-
-
-def keep_global_batch(options: dict, saved: dict | None, given: set, context) -> None:
-    """Resuming with another process count: adjust --grad-accum so the global batch (and the run) stays the same."""
-    world_size = context.world_size
-    if not saved or "grad_accum" in given or "batch_size" in given:
-        return
-    before = saved.get("world_size", 1)
-    if before == world_size:
-        return
-    global_batch = options["batch_size"] * options["grad_accum"] * before
-    per_step = options["batch_size"] * world_size
-    if global_batch % per_step:
-        raise ValueError(f"the run used a global batch of {global_batch} windows on {before} process(es); with "
-                         f"{world_size} process(es) and --batch-size {options['batch_size']} that does not divide; "
-                         f"pass --batch-size and --grad-accum explicitly")
-    options["grad_accum"] = global_batch // per_step
-    note(f"{world_size} process(es) instead of {before}: --grad-accum {options['grad_accum']} keeps the global "
-         f"batch of {global_batch}", context)
-
-
-# ---------------------------------------------------------------------------------------------------
-# data and model
-# ---------------------------------------------------------------------------------------------------
-
-def prepare_data(options: dict, progress: bool):
-    """The token corpus (tokenized once, reused): (corpus, description for config.json)."""
-    from gpt2cli.main import UserError
-    from gptcore.corpus import prepare_corpus, resolve_sources
-    from gptcore.download import DownloadError
-    try:
-        files = resolve_sources(options["data"], options["data_dir"])
-    except DownloadError as error:
-        raise UserError(str(error)) from error
-    corpus = prepare_corpus(files, cache_dir=options["token_cache"], tokenizer_name=options["tokenizer"],
-                            val_fraction=options["val_fraction"], progress=progress)
-    return corpus, {"files": [str(f) for f in files], "corpus": str(corpus.folder), "key": corpus.meta["key"],
-                    "train_tokens": corpus.meta["train_tokens"], "val_tokens": corpus.meta["val_tokens"]}
-
-
-def window_datasets(corpus, context_length: int, stride: int, context=None):
-    """(train windows, val windows or None) over the memory-mapped token files."""
-    from gptcore.data import SlidingWindowDataset
-    train_ids, val_ids = corpus.train_tokens(), corpus.val_tokens()
-    if train_ids.size < context_length + 1:
-        raise ValueError(f"the training text has {train_ids.size} tokens, fewer than one window of "
-                         f"{context_length + 1}; give more text or a smaller --context-length")
-    train_set = SlidingWindowDataset(train_ids, context_length, stride, copy=False)
-    val_set = None
-    if val_ids.size >= context_length + 1:
-        val_set = SlidingWindowDataset(val_ids, context_length, context_length, copy=False)
-    else:
-        note(f"the validation text has {val_ids.size} tokens, less than one window of {context_length}; no "
-             f"validation loss (raise --val-fraction or lower --context-length)", context)
-    return train_set, val_set
-
-
-def checkpoint_model_config(checkpoint: Path):
-    from gptcore.formats.checkpoint import CONFIG_FILE
-    from gptcore.config import GPTConfig
-    return GPTConfig.from_dict(json.loads((Path(checkpoint) / CONFIG_FILE).read_text(encoding="utf-8"))["config"])
-
-
-def model_config_and_params(options: dict, checkpoint: Path | None):
-    """(GPTConfig, NumPy params or None): from the checkpoint being resumed, --init-from weights, or a preset."""
-    from gptcore.config import get_config
-    if checkpoint is not None:
-        return checkpoint_model_config(checkpoint), None
-    overrides = {key: options[key] for key in ("emb_dim", "n_layers", "n_heads", "drop_rate") if options[key] is not None}
-    if options["init_from"]:
-        from gptcore.formats.weights import load_weights
-        config, params = load_weights(options["init_from"])
-        if overrides.keys() - {"drop_rate"}:
-            raise ValueError(f"--init-from fixes the model's sizes; drop {sorted(overrides.keys() - {'drop_rate'})}")
-        return (config.replace(**overrides) if overrides else config), params
-    if options["context_length"]:
-        overrides["context_length"] = options["context_length"]
-    return get_config(options["model"], **overrides), None
-
-
-# ---------------------------------------------------------------------------------------------------
 # the command
 # ---------------------------------------------------------------------------------------------------
 
 def run(args) -> int:
-    from gpt2cli.main import UserError
     from gptcore.formats.runs import NonFiniteLossError, TrainingInterrupted
     from torchgpt.distributed import is_rank_zero, launch, launched_by_torchrun
     if args.nproc > 1 and not launched_by_torchrun():
-        if (args.backend or DEFAULTS["backend"]) == "numpy":
+        if args.backend == "numpy":
             raise UserError("--nproc needs the torch backend; the NumPy loop runs in one process")
         if sys.argv[1:2] != ["train"]:
             raise UserError("--nproc launches `python -m gpt2cli train ...` under torchrun: run it from the "
@@ -263,19 +90,17 @@ def run(args) -> int:
     if not is_rank_zero():
         return _run_quietly(args)
     try:
-        return train_command(args)
-    except NonFiniteLossError as error:
-        raise UserError(str(error)) from error
+        with user_errors(NonFiniteLossError):
+            return train_command(args)
     except TrainingInterrupted as interrupt:
         print(f"gpt2 train: {interrupt}", file=sys.stderr)
-        return 130
+        return INTERRUPTED_EXIT_CODE
 
 
 def _run_quietly(args) -> int:
     """A DDP process other than rank 0: the same run, with the exit code of rank 0 but without its messages.
     Every rank meets the same user errors, NaN/inf loss and Ctrl-C (the loss and the stop request are shared),
     and rank 0 reports them once. Problems of this process alone (ProcessSetupError) and crashes still print."""
-    from gpt2cli.main import UserError
     from gptcore.formats.runs import NonFiniteLossError
     from torchgpt.distributed import ProcessSetupError
     try:
@@ -283,9 +108,9 @@ def _run_quietly(args) -> int:
     except ProcessSetupError:
         raise
     except KeyboardInterrupt:                 # TrainingInterrupted too: rank 0 says where the checkpoint is
-        return 130
-    except (NonFiniteLossError, UserError, ValueError, FileNotFoundError, KeyError, OSError):
-        return 2
+        return INTERRUPTED_EXIT_CODE
+    except (NonFiniteLossError, *USER_ERRORS):
+        return USER_ERROR_EXIT_CODE
 
 
 def strip_nproc(argv: list[str]) -> list[str]:
@@ -301,31 +126,39 @@ def strip_nproc(argv: list[str]) -> list[str]:
     return out
 
 
+def note(message: str | None, context=None) -> None:
+    """A note on stderr (None: nothing), from rank 0 only: under DDP every process reaches the same notes."""
+    if message and (context is None or context.is_main):
+        print(f"note: {message}", file=sys.stderr)
+
+
 def train_command(args) -> int:
+    from gptcore.engine import run_setup
+    from gptcore.engine.training import settings_dict
     from gptcore.formats.runs import RunLog, list_checkpoints
-    options, saved, checkpoint, same_folder = resolve_options(args)
-    given = {name for name in RUN_OPTIONS if getattr(args, name, None) is not None}
+    from torchgpt.distributed import shutdown_distributed
+    given = run_setup.given_options(vars(args))
+    resumed = run_setup.resume_source(args.resume, args.out) if args.resume else None
+    saved = resumed.run_config if resumed else None
+    checkpoint = resumed.checkpoint if resumed else None
+    options = run_setup.merged_options(resumed.saved_options if resumed else None, given)
     if options["backend"] == "numpy":
-        refuse_torch_only_options(args, given)
+        run_setup.check_numpy_backend_options(given)
     context, device = _start_processes(options)
     try:
-        keep_global_batch(options, saved, given, context)
-        settings = training_settings(options, context.world_size)
-        if saved and options["max_steps"] > options["lr_decay_steps"]:
-            note(f"the learning rate stays at --min-lr after step {options['lr_decay_steps']} (the run's cosine "
-                 f"horizon); pass --lr-decay-steps to stretch it (the run then differs from one that planned it)",
-                 context)
-        out = Path(args.out) if args.out else Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
-        if not same_folder and list_checkpoints(out):
+        note(run_setup.keep_global_batch(options, saved, given, context.world_size), context)
+        run_setup.complete_schedule(options)
+        settings = run_setup.training_settings(options)
+        note(run_setup.schedule_end_note(options, saved), context)
+        out = resumed.out if resumed else Path(args.out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S"))
+        if not (resumed and resumed.same_folder) and list_checkpoints(out):
             raise ValueError(f"--out {out} already holds a run with checkpoints; continue it with --resume {out} "
                              f"or choose another --out")
         progress = not args.quiet
-        _absolute_paths(options)
+        run_setup.absolute_paths(options)
         corpus, data_info = _prepare_data_once(options, progress and context.is_main, context)
-        if saved and saved.get("data", {}).get("key") not in (None, data_info["key"]):
-            note(f"the training text changed since the run started (token files {saved['data']['key']} -> "
-                 f"{data_info['key']}); the continuation is not the run it would have been", context)
-        config, params = model_config_and_params(options, checkpoint)
+        note(run_setup.data_change_note(saved, data_info["key"]), context)
+        config, params = run_setup.model_config_and_params(options, checkpoint)
         context_length = options["context_length"] or config.context_length
         if context_length > config.context_length:
             raise ValueError(f"--context-length {context_length} exceeds the model's context length "
@@ -335,18 +168,21 @@ def train_command(args) -> int:
                              f"{config.vocab_size}; use a model with vocab_size >= {corpus.meta['n_vocab']}")
         options["context_length"] = context_length
         options["stride"] = options["stride"] or context_length
-        train_set, val_set = window_datasets(corpus, context_length, options["stride"], context)
+        train_set, val_set = run_setup.window_datasets(corpus, context_length, options["stride"])
+        if val_set is None:
+            note(f"the validation text has {corpus.val_tokens().size} tokens, less than one window of "
+                 f"{context_length}; no validation loss (raise --val-fraction or lower --context-length)", context)
         run_log = RunLog(out, enabled=context.is_main)
-        if same_folder:
-            run_log.continue_from(_checkpoint_step(checkpoint))
+        if resumed and resumed.same_folder:
+            run_log.continue_from(run_setup.checkpoint_step(checkpoint))
         run_log.write_config({"options": options, "backend": options["backend"], "model": config.to_dict(),
-                              "data": data_info, "settings": _settings_json(settings),
+                              "data": data_info, "settings": settings_dict(settings),
                               "world_size": context.world_size, "device": str(device),
                               "resumed_from": str(checkpoint) if checkpoint else None,
                               "command": sys.argv[1:],
-                              "history": run_history(saved, checkpoint, context.world_size)})
+                              "history": run_setup.run_history(saved, checkpoint, context.world_size, sys.argv[1:])})
         # Saved in every checkpoint, so one copied out of its run folder still resumes exactly (see
-        # checkpoint_run_source).
+        # gptcore.engine.run_setup.checkpoint_run_source).
         metadata = {"run": str(run_log.run_dir), "options": options, "data_key": data_info["key"]}
         if options["backend"] == "numpy":
             return _train_numpy(config, params, checkpoint, train_set, val_set, settings, run_log, progress, metadata,
@@ -354,38 +190,7 @@ def train_command(args) -> int:
         return _train_torch(config, params, checkpoint, train_set, val_set, settings, run_log, options, context,
                             device, progress, metadata)
     finally:
-        from torchgpt.distributed import shutdown_distributed
         shutdown_distributed()
-
-
-def run_history(saved: dict | None, checkpoint: Path | None, world_size: int) -> list[dict]:
-    """config.json's `history`: every invocation that wrote this run, oldest first, so a resume (which rewrites
-    the top-level keys with its own options and command) keeps the original command. The earlier ones come
-    from the run config being resumed (a config from before `history` existed gives its one recorded
-    command, time unknown); a checkpoint outside any run folder starts the list afresh."""
-    earlier = []
-    if saved is not None and "history" in saved:
-        earlier = list(saved["history"])
-    elif saved is not None and "command" in saved:
-        earlier = [{"command": saved["command"], "time": None, "resumed_from": saved.get("resumed_from"),
-                    "world_size": saved.get("world_size", 1)}]
-    now = datetime.now().astimezone().isoformat(timespec="seconds")
-    return earlier + [{"command": sys.argv[1:], "time": now, "resumed_from": str(checkpoint) if checkpoint else None,
-                       "world_size": world_size}]
-
-
-def refuse_torch_only_options(args, given: set) -> None:
-    """The NumPy backend has no use for these; refused when given (not when a resumed torch run saved them),
-    rather than silently ignored."""
-    for name in ("compile", "sdpa", "peak_tflops"):
-        if name in given and getattr(args, name):
-            raise ValueError(f"--{name.replace('_', '-')} applies to the torch backend only; leave it out with "
-                             f"--backend numpy")
-    if "dtype" in given and args.dtype not in ("auto", "float32"):
-        raise ValueError(f"--dtype {args.dtype} applies to the torch backend only (the NumPy loop computes in "
-                         f"float32); leave it out or use --backend torch")
-    if "device" in given and args.device not in ("cpu", "auto"):
-        raise ValueError("the NumPy backend runs on the CPU; leave --device out or use --backend torch")
 
 
 def sample_function(options: dict, backend: str, config=None):
@@ -403,16 +208,8 @@ def sample_function(options: dict, backend: str, config=None):
     return lambda model: tokenizer.decode(torch_generate(model, prompt, length))
 
 
-def _absolute_paths(options: dict) -> None:
-    """Paths in the options made absolute, so `--resume` works from any working directory."""
-    if options["data"]:
-        options["data"] = [str(Path(entry).resolve()) if Path(entry).exists() else entry for entry in options["data"]]
-    for key in ("data_dir", "token_cache", "init_from"):
-        if options[key]:
-            options[key] = str(Path(options[key]).expanduser().resolve())
-
-
 def _start_processes(options: dict):
+    """(DistContext, torch device): one CPU process for the NumPy loop, else this process's place under DDP."""
     from torchgpt.distributed import DistContext, init_distributed
     if options["backend"] == "numpy":
         import torch
@@ -420,36 +217,24 @@ def _start_processes(options: dict):
     return init_distributed(options["device"])
 
 
+def _prepare_data(options: dict, progress: bool):
+    from gptcore.download import DownloadError
+    from gptcore.engine.run_setup import prepare_training_data
+    with user_errors(DownloadError):
+        return prepare_training_data(options, progress)
+
+
 def _prepare_data_once(options: dict, progress: bool, context):
     """Rank 0 tokenizes (if needed) while the others wait, then they reuse its files."""
     if not context.is_distributed:
-        return prepare_data(options, progress)
+        return _prepare_data(options, progress)
     import torch.distributed as dist
     if context.is_main:
-        result = prepare_data(options, progress)
+        result = _prepare_data(options, progress)
         dist.barrier()
         return result
     dist.barrier()
-    return prepare_data(options, False)
-
-
-def _checkpoint_state_json(checkpoint: Path) -> dict:
-    """The JSON part of a checkpoint's training state (step, settings, world size, ...), without its arrays."""
-    from gptcore.formats.checkpoint import STATE_JSON_FILE
-    path = Path(checkpoint) / STATE_JSON_FILE
-    if not path.is_file():
-        raise ValueError(f"{checkpoint} holds no training state (model weights only); start a new run from it "
-                         f"with --init-from instead of --resume")
-    return json.loads(path.read_text(encoding="utf-8"))["state"]
-
-
-def _checkpoint_step(checkpoint: Path) -> int:
-    return int(_checkpoint_state_json(checkpoint)["step"])
-
-
-def _settings_json(settings) -> dict:
-    from gptcore.engine.training import settings_dict
-    return settings_dict(settings)
+    return _prepare_data(options, False)
 
 
 def _train_numpy(config, params, checkpoint, train_set, val_set, settings, run_log, progress, metadata,

@@ -6,6 +6,8 @@
 """
 from __future__ import annotations
 
+from gpt2cli.errors import user_errors
+
 
 def register(subparsers):
     parser = subparsers.add_parser("weights", help="download OpenAI's GPT-2, inspect and convert weights")
@@ -37,16 +39,13 @@ def register(subparsers):
 
 
 def run_download(args) -> int:
-    from gpt2cli.main import UserError
     from gptcore.download import DownloadError
     from gptcore.formats.pretrained import GPT2_FILES, download_gpt2, normalize_size
 
     size = normalize_size(args.size)
-    try:
+    with user_errors(DownloadError):
         folder = download_gpt2(size, args.dir, base_urls=args.base_url, timeout=args.timeout,
                                progress=not args.quiet)
-    except DownloadError as error:
-        raise UserError(str(error)) from error
     unchecked = [file for file, expected in GPT2_FILES[size].items() if expected is None]
     if unchecked:
         print(f"note: no recorded size for {', '.join(unchecked)} of {size}; those files were checked for a "

@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from gpt2cli.errors import UserError, user_errors
+
 RESPONSES_FILE = "test_responses.json"
 SUMMARY_FILE = "summary.json"
 ADAPTER_DIR = "lora_adapter"
@@ -58,20 +60,16 @@ def register(actions):
 
 def resolve_data(name_or_path: str, data_dir: str | None) -> Path:
     """A file path, or the file of a manifest data set (fetched and verified)."""
-    from gpt2cli.main import UserError
     from gptcore.datasets import dataset_names, fetch
     from gptcore.download import DownloadError
     path = Path(name_or_path)
     if path.exists() or name_or_path not in dataset_names():
         return path
-    try:
+    with user_errors(DownloadError):
         return fetch(name_or_path, data_dir)
-    except DownloadError as error:
-        raise UserError(str(error)) from error
 
 
 def check_options(args) -> None:
-    from gpt2cli.main import UserError
     for name in ("epochs", "batch_size", "max_length", "eval_interval", "eval_batches", "max_new_tokens"):
         if getattr(args, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
@@ -83,7 +81,7 @@ def check_options(args) -> None:
 
 def build_model(args, device):
     """(GPTModel, config, lora_config or None) from --init-from or --model, LoRA added when asked."""
-    from gpt2cli.commands.train import model_config_and_params
+    from gptcore.engine.run_setup import model_config_and_params
     from gptcore.lora import LoRAConfig
     from torchgpt import GPTModel, load_numpy_params
     from torchgpt.lora import add_lora
@@ -106,13 +104,11 @@ def build_model(args, device):
 
 
 def run(args) -> int:
-    from gpt2cli.main import UserError
     from gptcore.formats.runs import NonFiniteLossError, TrainingInterrupted
     check_options(args)
     try:
-        return finetune(args)
-    except NonFiniteLossError as error:
-        raise UserError(str(error)) from error
+        with user_errors(NonFiniteLossError):
+            return finetune(args)
     except TrainingInterrupted as interrupt:
         print(f"gpt2 finetune instruct: {interrupt}", file=sys.stderr)
         return 130

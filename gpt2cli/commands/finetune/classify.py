@@ -13,12 +13,13 @@ The run folder (--out) receives:
 """
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
-import warnings
 from pathlib import Path
-from gptcore.tasks.classification import balanced_class_weights, trainable_param_names
+
+from gpt2cli.errors import user_errors
+from gpt2cli.options import (add_backend_and_device_options, add_threads_option, classifier_backend,
+                             limited_threads, one_line_warnings)
 
 DEFAULT_PRESET = "gpt2-small"
 ACCURACY_KEYS = ("train_accuracy", "val_accuracy", "test_accuracy")
@@ -80,51 +81,12 @@ def register(actions):
                        help="batches per loss evaluation (default 5)")
 
     run = parser.add_argument_group("run")
-    run.add_argument("--backend", choices=("torch", "numpy"), default="torch")
-    run.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:N, mps (default auto)")
+    add_backend_and_device_options(run)
     run.add_argument("--out", metavar="DIR", default="runs/classify",
                      help="run folder for the checkpoint, plots and metrics.json (default runs/classify)")
     add_threads_option(run)
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run_finetune)
-
-
-def add_threads_option(parser):
-    parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="CPU threads for torch and NumPy's BLAS (default: the libraries' own choice). "
-                             "On a busy shared machine 1 can be many times faster than the default")
-
-
-@contextlib.contextmanager
-def limited_threads(count):
-    """torch and BLAS limited to `count` threads inside the block (None: unchanged); restored afterwards."""
-    if count is None:
-        yield
-        return
-    if count < 1:
-        raise ValueError(f"--threads must be a positive integer, got {count}")
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        with threadpool_limits(count):
-            yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-@contextlib.contextmanager
-def one_line_warnings():
-    """Warnings (e.g. truncated messages) as `warning: ...` lines on stderr, without source lines."""
-    def show(message, category, filename, lineno, file=None, line=None):
-        print(f"warning: {message}", file=sys.stderr)
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("always", UserWarning)
-        warnings.showwarning = show
-        yield
 
 
 def load_initial_model(args):
@@ -154,43 +116,25 @@ def load_initial_model(args):
 
 def fetch_sms_spam(data_dir, progress=True) -> Path:
     """The verified SMS Spam Collection from the data manifest (downloaded and extracted when missing)."""
-    from gpt2cli.main import UserError
     from gptcore.datasets import fetch
     from gptcore.download import DownloadError
 
-    try:
+    with user_errors(DownloadError):   # a failed or corrupt download: one line, exit code 2
         return fetch("sms-spam", data_dir, progress=progress)
-    except DownloadError as error:   # a failed or corrupt download: one line, exit code 2
-        raise UserError(str(error)) from error
-
-
-def make_backend(name, params, config, num_classes, device_name):
-    if name == "numpy":
-        if device_name not in ("auto", "cpu"):
-            raise ValueError(f"--backend numpy runs on the CPU; drop --device {device_name} or use --backend torch")
-        from npgpt.classifier_train import NumpyClassifierBackend
-        return NumpyClassifierBackend(params, config, num_classes), "cpu"
-    from torchgpt import pick_device
-    from torchgpt.classifier_train import TorchClassifierBackend
-    device = pick_device(device_name)
-    return TorchClassifierBackend(params, config, num_classes, device=device), str(device)
 
 
 def run_finetune(args) -> int:
-    from gpt2cli.main import UserError
     from gptcore.formats.runs import NonFiniteLossError
 
-    with one_line_warnings(), limited_threads(args.threads):
-        try:
-            return _run(args)
-        except NonFiniteLossError as error:
-            raise UserError(str(error)) from error
+    with one_line_warnings(), limited_threads(args.threads), user_errors(NonFiniteLossError):
+        return _run(args)
 
 
 def _run(args) -> int:
-    from gptcore.formats.checkpoint import save_checkpoint
-    from gptcore.tasks.classification_data import PAD_TOKEN_ID, SMS_LABELS
     from gptcore.engine.classification import ClassifierSettings, train_classifier
+    from gptcore.formats.checkpoint import save_checkpoint
+    from gptcore.tasks.classification import balanced_class_weights
+    from gptcore.tasks.classification_data import PAD_TOKEN_ID, SMS_LABELS
     from gptcore.fileio import atomic_write_json
     from gptcore.formats.runs import FINAL_MODEL_DIR, RunLog
 
@@ -204,7 +148,7 @@ def _run(args) -> int:
     train, val, test = encode_splits(frames, args.max_length, config.context_length)
     class_weights = balanced_class_weights(train.labels, len(SMS_LABELS)) if args.no_balance else None
 
-    backend, device = make_backend(args.backend, params, config, len(SMS_LABELS), args.device)
+    backend, device = classifier_backend(args.backend, params, config, len(SMS_LABELS), args.device)
     backend.prepare_training(trainable_names, settings, class_weights)
     counts = {"trainable_params": sum(int(params[name].size) for name in trainable_names),
               "total_params": sum(int(value.size) for name, value in params.items()
@@ -293,6 +237,7 @@ def choose_trainable(args, config, params):
     """(params, trainable names, LoRAConfig or None, description): --trainable's parts, or with --lora-rank
     fresh LoRA adapters (npgpt.lora, one seeded init for both backends) as the only trainable parameters."""
     from gptcore.lora import LoRAConfig, trainable_params
+    from gptcore.tasks.classification import trainable_param_names
     from npgpt.lora import add_lora
 
     if args.lora_rank is None:
