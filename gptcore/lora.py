@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gptcore.arch.gpt2 import EMBEDDINGS, LORA_TARGET_GROUPS as TARGET_GROUPS
+from gptcore.arch import embedding_names, lora_target_groups
+from gptcore.config import GPTConfig
 from gptcore.fileio import atomic_write_json
 from gptcore.formats.safetensors import write_safetensors
 
@@ -52,7 +53,7 @@ class LoRAConfig:
         targets = (self.targets,) if isinstance(self.targets, str) else tuple(self.targets)
         if not targets or not all(isinstance(t, str) and t for t in targets):
             raise ValueError(f"LoRA targets must be non-empty names, got {self.targets!r}; "
-                             f"use groups {sorted(TARGET_GROUPS)}, layer names or globs")
+                             f"use groups {sorted(lora_target_groups())}, layer names or globs")
         object.__setattr__(self, "targets", targets)
         object.__setattr__(self, "alpha", float(self.alpha))
 
@@ -68,24 +69,31 @@ class LoRAConfig:
         return cls(rank=values["rank"], alpha=values["alpha"], targets=tuple(values["targets"]))
 
 
-def linear_layer_names(params) -> list[str]:
-    """Names (without .weight) of the linear layers in a parameter dict: every 2-D `.weight` but embeddings."""
+def linear_layer_names(params, config: GPTConfig | None = None) -> list[str]:
+    """Names (without .weight) of the linear layers in a parameter dict: every 2-D `.weight` but the
+    embeddings of `config`'s architecture (gptcore.arch.embedding_names; any architecture's without a config)."""
+    embeddings = embedding_names(config)
     return [name[:-len(".weight")] for name, value in params.items()
-            if name.endswith(".weight") and name not in EMBEDDINGS and np.ndim(value) == 2]
+            if name.endswith(".weight") and name not in embeddings and np.ndim(value) == 2]
 
 
-def select_layers(layer_names, targets) -> list[str]:
-    """The layers (in model order) that the targets pick; ValueError for a target that picks nothing."""
+def select_layers(layer_names, targets, config: GPTConfig | None = None) -> list[str]:
+    """The layers (in model order) that the targets pick; ValueError for a target that picks nothing.
+
+    Group names are those of `config`'s architecture spec (gptcore.arch.lora_target_groups), or of every
+    architecture without a config.
+    """
+    groups = lora_target_groups(config)
     chosen = set()
     for target in targets:
-        if target in TARGET_GROUPS:
-            suffixes = TARGET_GROUPS[target]
+        if target in groups:
+            suffixes = groups[target]
             picked = {n for n in layer_names if any(n == s or n.endswith("." + s) for s in suffixes)}
         else:
             picked = {n for n in layer_names if fnmatch.fnmatchcase(n, target) or n.endswith("." + target)}
         if not picked:
             raise ValueError(f"LoRA target {target!r} matches no linear layer; use a group "
-                             f"{sorted(TARGET_GROUPS)}, a short name like 'W_query' or a glob like "
+                             f"{sorted(groups)}, a short name like 'W_query' or a glob like "
                              f"'blocks.0.att.*' (layers: {layer_names[:4]} ...)")
         chosen |= picked
     return [n for n in layer_names if n in chosen]

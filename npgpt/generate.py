@@ -109,8 +109,7 @@ def decoding_layout(params, config: GPTConfig):
     relaid = {}                                      # id(old array) -> new array, so tied names stay one array
     out = {}
     for name, array in params.items():
-        name_for_rule = "out_head.weight" if (config.tie_weights and name == "tok_emb.weight") else name
-        if not reads_faster_transposed(name_for_rule, array.shape):
+        if not reads_faster_transposed(name, array.shape, config):
             out[name] = array
             continue
         if id(array) not in relaid:

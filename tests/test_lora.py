@@ -13,7 +13,7 @@ from gptcore.config import GPTConfig
 from npgpt.optim import AdamW
 from torchgpt import GPTModel, load_numpy_params, to_numpy_params
 from gptcore.lora import LoRAConfig, adapted_layers, count_trainable_params, is_adapter_name, linear_layer_names, load_lora, save_lora, select_layers, trainable_grads, trainable_params
-from gptcore.arch import param_shapes
+from gptcore.arch import embedding_names, lora_target_groups, param_shapes, spec_for
 
 CONFIG = GPTConfig(vocab_size=40, context_length=12, emb_dim=16, n_heads=2, n_layers=2, drop_rate=0.0,
                    qkv_bias=True, tie_weights=False)
@@ -30,6 +30,22 @@ def adapted_params(dtype=np.float64, targets=ALL, rank=3, config=CONFIG, seed=0)
         if name.endswith(".lora_B"):
             adapters[name] = (rng.standard_normal(adapters[name].shape) * 0.2).astype(dtype)
     return base, adapters
+
+
+def test_target_groups_and_embeddings_come_from_the_spec():
+    """The groups and the embeddings LoRA leaves alone are the architecture spec's; without a config,
+    every architecture's merged, which picks the same layers of a GPT-2."""
+    spec = spec_for(CONFIG)
+    assert lora_target_groups(CONFIG) == spec.LORA_TARGET_GROUPS
+    assert embedding_names(CONFIG) == spec.EMBEDDINGS
+    base = npmodel.init_params(CONFIG, seed=0)
+    layers = linear_layer_names(base, CONFIG)
+    assert layers == linear_layer_names(base)
+    assert not any(f"{layer}.weight" in spec.EMBEDDINGS for layer in layers)
+    for group in spec.LORA_TARGET_GROUPS:
+        assert select_layers(layers, (group,), CONFIG) == select_layers(layers, (group,))
+    with pytest.raises(ValueError, match="matches no linear layer"):
+        select_layers(layers, ("cls_head",), CONFIG)
 
 
 def test_target_selection_and_naming():

@@ -19,7 +19,7 @@ import torch
 
 import npgpt
 import npgpt.model as npmodel
-from gptcore.formats.weights import SafetensorsFile, WeightsError, detect_format, load_weights
+from gptcore.formats.weights import SafetensorsFile, WeightsError, detect_format, load_weights, save_weights
 from tests.fake_checkpoints import (hf_config, openai_hparams, openai_to_hf_tensors, random_openai_tensors,
                                     reference_logits, write_hf_checkpoint, write_openai_checkpoint)
 from torchgpt.checkpoint import load_model
@@ -404,3 +404,99 @@ def test_unknown_paths(tmp_path):
     (tmp_path / "weights.npz").write_bytes(b"x")
     with pytest.raises(WeightsError, match="not a weights file"):
         load_weights(tmp_path / "weights.npz")
+
+
+# ---------------------------------------------------------------------------------------------------
+# writing: save_weights is load_weights' twin, and writes exactly the released layouts
+# ---------------------------------------------------------------------------------------------------
+
+def release_config(tie_weights=True):
+    return npgpt.GPTConfig(vocab_size=61, context_length=16, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0,
+                           qkv_bias=True, tie_weights=tie_weights)
+
+
+# OpenAI's layout has no separate head (test_save_weights_refuses_what_a_format_cannot_hold)
+@pytest.mark.parametrize("format, tie_weights", [("checkpoint", True), ("checkpoint", False), ("huggingface", True),
+                                                 ("huggingface", False), ("openai", True)])
+def test_save_weights_round_trips(tmp_path, format, tie_weights):
+    config = release_config(tie_weights)
+    params = npmodel.init_params(config, seed=4)
+    path = save_weights(tmp_path / format, config, params, format=format)
+    assert detect_format(path) == format
+    loaded_config, loaded = load_weights(path)
+    assert loaded_config == config
+    assert_same_params(params, loaded)
+    assert (loaded["out_head.weight"] is loaded["tok_emb.weight"]) == tie_weights
+
+
+def test_saved_release_files_hold_the_released_tensors(openai_folder, tmp_path):
+    """Written from the params of the OpenAI folder, both released formats hold exactly the tensors that
+    tests/fake_checkpoints.py writes on its own (names, (in, out) shapes, fused c_attn, values)."""
+    import tensorflow as tf
+    from safetensors.numpy import load_file
+    config, params = load_weights(openai_folder)
+
+    hf = save_weights(tmp_path / "hf", config, params, format="huggingface")
+    expected = openai_to_hf_tensors(TENSORS, HPARAMS, buffers=False)
+    written = load_file(str(hf / "model.safetensors"))
+    assert sorted(written) == sorted(expected)
+    for key, value in expected.items():
+        assert np.array_equal(written[key], value), key
+    written_config, hub_config = json.loads((hf / "config.json").read_text()), hf_config(HPARAMS)
+    for key in ("model_type", "architectures", "activation_function", "layer_norm_epsilon", "vocab_size",
+                "n_positions", "n_ctx", "n_embd", "n_head", "n_layer"):
+        assert written_config[key] == hub_config[key], key
+
+    openai = save_weights(tmp_path / "openai", config, params, format="openai")
+    assert json.loads((openai / "hparams.json").read_text()) == HPARAMS
+    reader = tf.train.load_checkpoint(str(openai / "model.ckpt"))
+    assert sorted(reader.get_variable_to_shape_map()) == sorted(TENSORS)
+    for name, value in TENSORS.items():
+        assert np.array_equal(reader.get_tensor(name), value), name
+
+
+def test_release_layout_shapes_come_from_the_spec():
+    """The released layout holds every parameter once: its sizes add up to the spec's count (tied head)."""
+    from gptcore.arch import count_params_for
+    from gptcore.formats import gpt2_release
+    config = release_config()
+    shapes = gpt2_release.layout_shapes(config)
+    assert shapes["h1.attn.c_attn.w"] == (32, 96) and shapes["h0.mlp.c_proj.w"] == (128, 32)
+    assert sum(int(np.prod(shape)) for shape in shapes.values()) == count_params_for(config)
+
+
+def test_save_weights_refuses_what_a_format_cannot_hold(tmp_path):
+    config = release_config()
+    params = npmodel.init_params(config, seed=0)
+    untied = release_config(tie_weights=False)
+    with pytest.raises(WeightsError, match="no separate output head"):
+        save_weights(tmp_path / "a", untied, npmodel.init_params(untied), format="openai")
+    no_bias = config.replace(qkv_bias=False)
+    with pytest.raises(WeightsError, match="qkv_bias=False"):
+        save_weights(tmp_path / "b", no_bias, npmodel.init_params(no_bias), format="huggingface")
+    with pytest.raises(WeightsError, match="language model's parameters"):
+        save_weights(tmp_path / "c", config, {**params, "extra.weight": np.zeros(2, np.float32)},
+                     format="huggingface")
+    with pytest.raises(ValueError, match="unknown weights format 'gguf'"):
+        save_weights(tmp_path / "d", config, params, format="gguf")
+    with pytest.raises(ValueError, match="no place for metadata"):
+        save_weights(tmp_path / "e", config, params, format="huggingface", metadata={"run": "a"})
+    assert not any(tmp_path.iterdir())       # nothing half-written
+
+
+@pytest.mark.slow
+def test_saved_hugging_face_folder_loads_in_transformers(tmp_path):
+    """transformers' own GPT2LMHeadModel reads the folder save_weights writes and computes our logits."""
+    transformers = pytest.importorskip("transformers")
+    for tie_weights in (True, False):
+        config = release_config(tie_weights)
+        params = npmodel.init_params(config, seed=2, dtype=np.float64)
+        params = {name: value.astype(np.float32) for name, value in params.items()}
+        if tie_weights:
+            params["out_head.weight"] = params["tok_emb.weight"]
+        folder = save_weights(tmp_path / f"tied-{tie_weights}", config, params, format="huggingface")
+        model = transformers.GPT2LMHeadModel.from_pretrained(folder).eval()
+        with torch.no_grad():
+            hf_logits = model(torch.from_numpy(IDX)).logits.numpy()
+        logits, _ = npmodel.forward(params, IDX, config)
+        np.testing.assert_allclose(hf_logits, logits, rtol=0, atol=1e-4)

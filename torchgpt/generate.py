@@ -99,10 +99,8 @@ def decoding_layout(model):
     npgpt.generate.decoding_layout (in place here: a parameter's storage can be swapped). A tied head keeps
     its tie (one Parameter). Returns the model.
     """
-    tied_head = model.config.tie_weights
     for name, param in model.named_parameters(remove_duplicate=True):
-        name_for_rule = "out_head.weight" if (tied_head and name == "tok_emb.weight") else name
-        if reads_faster_transposed(name_for_rule, param.shape) and param.is_contiguous():
+        if reads_faster_transposed(name, param.shape, model.config) and param.is_contiguous():
             param.data = param.data.t().contiguous().t()
     return model
 

@@ -82,16 +82,15 @@ def run_info(args) -> int:
 
 
 def run_convert(args) -> int:
-    from gptcore.formats.checkpoint import save_checkpoint
     from npgpt.model import count_params
-    from gptcore.formats.weights import detect_format, load_weights
+    from gptcore.formats.weights import detect_format, load_weights, save_weights
     from pathlib import Path
 
     source = Path(args.source)
     kind = detect_format(source)
     config, params = load_weights(source)
-    dest = save_checkpoint(args.dest, params, config,
-                           metadata={"converted_from": str(source), "source_format": kind})
+    dest = save_weights(args.dest, config, params, format="checkpoint",
+                        metadata={"converted_from": str(source), "source_format": kind})
     print(f"{FORMAT_NAMES[kind]} {source} -> checkpoint {dest} ({count_params(params):,} parameters)")
     return 0
 

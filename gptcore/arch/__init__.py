@@ -20,6 +20,26 @@ def spec_for(config: GPTConfig):
     return SPECS[config.arch]
 
 
+def lora_target_groups(config: GPTConfig | None = None) -> dict[str, tuple[str, ...]]:
+    """LoRA's target groups (group -> layer-name endings) of `config`'s architecture; without a config, every
+    architecture's groups merged (a caller holding only parameter names: an ending of another architecture
+    matches no layer of this one, so the merge picks exactly the spec's layers)."""
+    if config is not None:
+        return spec_for(config).LORA_TARGET_GROUPS
+    merged: dict[str, tuple[str, ...]] = {}
+    for spec in SPECS.values():
+        for group, endings in spec.LORA_TARGET_GROUPS.items():
+            merged[group] = merged.get(group, ()) + tuple(e for e in endings if e not in merged.get(group, ()))
+    return merged
+
+
+def embedding_names(config: GPTConfig | None = None) -> tuple[str, ...]:
+    """The parameters looked up by rows rather than multiplied, for `config`'s architecture; without a
+    config, those of every architecture (the names mean an embedding in any of them)."""
+    specs = [spec_for(config)] if config is not None else list(SPECS.values())
+    return tuple(dict.fromkeys(name for spec in specs for name in spec.EMBEDDINGS))
+
+
 def param_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
     """Every canonical parameter name -> shape for `config`'s architecture, in initialization order."""
     return spec_for(config).param_shapes(config)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gptcore.arch import spec_for
 from gptcore.config import GPTConfig
 
 EOT_ID = 50256   # <|endoftext|>
@@ -348,7 +349,7 @@ def beam_search(decoder: Decoder, prompt, settings: GenerationSettings):
     return max(finished, key=lambda h: (h[0], -h[1]))[2] if finished else []
 
 
-def reads_faster_transposed(name: str, shape) -> bool:
+def reads_faster_transposed(name: str, shape, config: GPTConfig) -> bool:
     """Is `name` a linear layer's weight (out, in) that a batch-1 product x @ W^T reads faster from memory
     stored transposed, as the (in, out) matrix W^T in row order?
 
@@ -356,8 +357,13 @@ def reads_faster_transposed(name: str, shape) -> bool:
     GEMV x @ W^T runs at full memory speed when W^T's rows are contiguous and out >= in (the head
     (50257, 768): 22 -> 31 GB/s in NumPy, 12 -> 24 GB/s in torch, whose kernel for the other layout uses
     one thread; fc1 (3072, 768): 25 -> 30 GB/s), and slower for fc2 (768, 3072), where in > out.
+    The embeddings of `config`'s architecture spec are read by rows and stay, except an embedding tied to
+    the head (spec.TIED_HEAD when config.tie_weights), which goes with the head: its V x C read every step
+    outweighs a lookup's C numbers at a stride.
     """
-    embedding = name in ("tok_emb.weight", "pos_emb.weight")   # read by rows; a tied tok_emb goes with the head
+    spec = spec_for(config)
+    head, tied_embedding = spec.TIED_HEAD
+    if config.tie_weights and name == tied_embedding:
+        name = head
+    embedding = name in spec.EMBEDDINGS
     return name.endswith(".weight") and not embedding and len(shape) == 2 and shape[0] >= shape[1]
-
-
