@@ -1,28 +1,29 @@
-"""The NumPy training loop: batches from the data pipeline, AdamW, clipping, a schedule, periodic eval,
-checkpoints with the full training state, exact resume, metrics in a run folder.
+"""The NumPy backend of the training loop (gptcore.engine.training.TrainingLoop): batches from the data
+pipeline, hand-written gradients, clipping, npgpt's AdamW, checkpoints with the full training state.
 
-    for each step:  for each of A micro-batches: loss, grads = loss_and_grads(params, X, Y)  (summed / A)
-                    ->  stop on a NaN/inf loss  ->  clip  ->  AdamW(lr(step))
-    every eval_interval steps: mean loss on up to eval_batches train and validation batches
-    every checkpoint_interval steps and at the end: a checkpoint (when a run folder is given)
+    history = train(params, config, train_set, val_set, TrainSettings(max_steps=100), run_log=RunLog("runs/a"))
 
-It is deliberately the same loop as torchgpt.train's, so the two can be compared step by step: both
-take their windows from gptcore.data.WindowStream and their settings from gptcore.engine.training.TrainSettings.
+One step of NumpyBackend, as the loop calls it:
+    compute_gradients:  for each of A micro-batches: loss, grads = loss_and_grads(params, X, Y)  (summed / A)
+    clip_gradients:     the global norm scaled to <= grad_clip
+    apply_update:       AdamW(lr(step)), the parameter arrays updated in place
+
+The loop itself (schedule, evaluation cadence, logging, checkpoints, NaN stop, Ctrl-C, resume) is the one
+torchgpt.train.Trainer runs too, so the two backends can be compared step by step: both take their windows
+from gptcore.data.WindowStream and their settings from gptcore.engine.training.TrainSettings.
 """
 from __future__ import annotations
 
 import math
-import time
+from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from gptcore.data import WindowStream, iterate_batches
 from gptcore.engine.lockstep import LockstepSettings
-from gptcore.engine.training import TrainSettings, evaluation_line, nonfinite_message, settings_dict
+from gptcore.engine.training import TrainingBackend, TrainingLoop, TrainSettings
 from gptcore.formats.checkpoint import save_checkpoint
-from gptcore.formats.runs import (NonFiniteLossError, RunLog, StopRequest, TrainingInterrupted, checkpoint_path,
-                                  prune_checkpoints)
+from gptcore.formats.runs import RunLog
 from gptcore.params import unique_arrays
 from npgpt import model
 from npgpt.loss import cross_entropy_forward, perplexity
@@ -61,6 +62,95 @@ def _accumulate(total, grads):
         g += grads[name]
 
 
+class NumpyBackend(TrainingBackend):
+    """The parameter dict (trained in place), npgpt's AdamW, the dropout generator and the window order."""
+
+    name = "numpy"
+
+    def __init__(self, params: dict, config, train_dataset, val_dataset, settings: TrainSettings, *,
+                 metadata: dict | None = None, sample_fn=None):
+        self.params, self.config, self.settings = params, config, settings
+        self.train_dataset, self.val_dataset = train_dataset, val_dataset
+        self.metadata, self.sample_fn = dict(metadata or {}), sample_fn
+        self.optimizer = AdamW(lr=settings.lr, betas=settings.betas, weight_decay=settings.weight_decay)
+        self.dropout_rng = np.random.default_rng(settings.seed)
+        self.stream = WindowStream(len(train_dataset), settings.windows_per_step(), seed=settings.seed)
+        self.grads: dict | None = None          # between compute_gradients and apply_update
+
+    @property
+    def epoch(self) -> int:
+        return self.stream.epoch
+
+    # ----- one step ----------------------------------------------------------------------------------------
+
+    def compute_gradients(self) -> tuple[float, int]:
+        accum = self.settings.grad_accum_steps
+        indices = self.stream.next_step()                      # (A * B,) window indices of the global batch
+        loss, grads = 0.0, None
+        for micro in range(accum):
+            X, Y = self.train_dataset.batch(WindowStream.shard(indices, micro, 0, 1, self.settings.batch_size))
+            micro_loss, micro_grads = model.loss_and_grads(self.params, X, Y, self.config, train=True,
+                                                           rng=self.dropout_rng)
+            loss += micro_loss
+            if grads is None:
+                grads = micro_grads
+            else:
+                _accumulate(grads, micro_grads)
+        if accum > 1:                            # the mean over micro-batches, as one big batch would give
+            loss /= accum
+            for _, g in unique_arrays(grads):
+                g /= accum
+        self.grads = grads
+        return float(loss), indices.size * self.train_dataset.max_length
+
+    def clip_gradients(self, max_norm: float) -> float:
+        return clip_grad_norm(self.grads, max_norm)
+
+    def apply_update(self, lr: float) -> None:
+        self.optimizer.step(self.params, self.grads, lr=lr)
+        self.grads = None
+
+    def discard_gradients(self) -> None:
+        self.grads = None
+
+    # ----- measuring ---------------------------------------------------------------------------------------
+
+    def evaluate(self) -> dict:
+        return evaluate(self.params, self.config, self.train_dataset, self.val_dataset, self.settings)
+
+    def sample(self) -> str | None:
+        return self.sample_fn(self.params) if self.sample_fn is not None else None
+
+    # ----- state -------------------------------------------------------------------------------------------
+
+    def data_state(self) -> dict:
+        return self.stream.state_dict()
+
+    def load_data_state(self, state: dict) -> None:
+        self.stream.load_state_dict(state)
+
+    def rng_state(self) -> dict:
+        return self.dropout_rng.bit_generator.state
+
+    def set_rng_state(self, state: dict) -> None:
+        self.dropout_rng.bit_generator.state = state
+
+    def backend_state(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "rng": {"numpy": self.rng_state()}}
+
+    def load_backend_state(self, training_state: dict) -> None:
+        self.optimizer.load_state_dict(training_state["optimizer"])
+        saved_rng = (training_state.get("rng") or {}).get("numpy")
+        if saved_rng is not None:
+            self.set_rng_state(saved_rng)
+        else:                   # a torch checkpoint: its generators are torch's; a fresh, step-dependent stream
+            self.dropout_rng = np.random.default_rng([self.settings.seed, int(training_state["step"])])
+
+    def write_checkpoint(self, path: Path, training_state: dict) -> Path:
+        return save_checkpoint(path, self.params, self.config, training_state=training_state,
+                               metadata={"backend": "numpy", **self.metadata})
+
+
 def train(params, config, train_dataset, val_dataset, settings: TrainSettings, *, progress=True, on_log=None,
           run_log: RunLog | None = None, resume_state: dict | None = None, on_step=None, metadata=None,
           sample_fn=None):
@@ -77,120 +167,12 @@ def train(params, config, train_dataset, val_dataset, settings: TrainSettings, *
     TrainingInterrupted.
     """
     keep_freed_memory()   # reuse each step's activation memory instead of faulting it in again (npgpt.speed.memory)
-    optimizer = AdamW(lr=settings.lr, betas=settings.betas, weight_decay=settings.weight_decay)
-    dropout_rng = np.random.default_rng(settings.seed)
-    stream = WindowStream(len(train_dataset), settings.windows_per_step(), seed=settings.seed)
-    step, tokens_seen, elapsed = 0, 0, 0.0
+    backend = NumpyBackend(params, config, train_dataset, val_dataset, settings, metadata=metadata,
+                           sample_fn=sample_fn)
+    loop = TrainingLoop(backend, settings, run_log=run_log, progress=progress, on_log=on_log, on_step=on_step)
     if resume_state is not None:
-        optimizer.load_state_dict(resume_state["optimizer"])
-        saved_rng = (resume_state.get("rng") or {}).get("numpy")
-        if saved_rng is not None:
-            dropout_rng.bit_generator.state = saved_rng
-        else:                   # a torch checkpoint: its generators are torch's; a fresh, step-dependent stream
-            dropout_rng = np.random.default_rng([settings.seed, int(resume_state["step"])])
-        stream.load_state_dict(resume_state["data"])
-        step, tokens_seen = int(resume_state["step"]), int(resume_state["tokens_seen"])
-        elapsed = float(resume_state.get("elapsed_s", 0.0))
-
-    def training_state():
-        return {"step": step, "backend": "numpy", "optimizer": optimizer.state_dict(),
-                "scheduler": settings.schedule_state(), "rng": {"numpy": dropout_rng.bit_generator.state},
-                "data": stream.state_dict(), "tokens_seen": tokens_seen, "elapsed_s": elapsed,
-                "settings": settings_dict(settings)}
-
-    def save():
-        if run_log is None:
-            return None
-        path = save_checkpoint(checkpoint_path(run_log.run_dir, step), params, config,
-                               training_state=training_state(), metadata={"backend": "numpy", **(metadata or {})})
-        prune_checkpoints(run_log.run_dir, settings.keep_checkpoints)
-        return path
-
-    history = []
-
-    def log(entry):
-        history.append(entry)
-        if run_log is not None:
-            run_log.log(entry)
-            if "eval_train_loss" in entry:
-                run_log.plot()
-        if on_log:
-            on_log(entry)
-
-    bar = tqdm(total=settings.max_steps, initial=step, desc="numpy train", disable=not progress, leave=False)
-    phase, before, unlogged = "idle", None, None   # phase: "computing" a step (undoable), "updating" params (not)
-    since_report = [0, 0.0]                          # tokens and step seconds since the last evaluation line
-    with StopRequest() as stop:
-        try:
-            while step < settings.max_steps:
-                before = (stream.state_dict(), dropout_rng.bit_generator.state)   # to undo an interrupted step
-                phase = "computing"
-                started = time.perf_counter()
-                indices = stream.next_step()
-                loss, grads = 0.0, None
-                for micro in range(settings.grad_accum_steps):
-                    X, Y = train_dataset.batch(WindowStream.shard(indices, micro, 0, 1, settings.batch_size))
-                    micro_loss, micro_grads = model.loss_and_grads(params, X, Y, config, train=True, rng=dropout_rng)
-                    loss += micro_loss
-                    if grads is None:
-                        grads = micro_grads
-                    else:
-                        _accumulate(grads, micro_grads)
-                if settings.grad_accum_steps > 1:      # the mean over micro-batches, as one big batch would give
-                    loss /= settings.grad_accum_steps
-                    for _, g in unique_arrays(grads):
-                        g /= settings.grad_accum_steps
-                if not math.isfinite(loss):
-                    raise NonFiniteLossError(nonfinite_message(loss, step + 1, run_log))
-                grad_norm = clip_grad_norm(grads, settings.grad_clip) if settings.grad_clip is not None else None
-                lr = settings.lr_at(step)
-                phase = "updating"
-                optimizer.step(params, grads, lr=lr)
-                step += 1
-                tokens_seen += indices.size * train_dataset.max_length
-                phase = "idle"
-                seconds = time.perf_counter() - started
-                elapsed += seconds
-                entry = unlogged = {"step": step, "epoch": stream.epoch, "train_loss": float(loss),
-                         "train_perplexity": perplexity(loss), "lr": lr, "grad_norm": grad_norm,
-                         "tokens_seen": tokens_seen,
-                         "tokens_per_sec": indices.size * train_dataset.max_length / max(seconds, 1e-9),
-                         "elapsed_s": elapsed}
-                since_report[0] += indices.size * train_dataset.max_length
-                since_report[1] += seconds
-                if step % settings.eval_interval == 0 or step == settings.max_steps:
-                    entry.update(evaluate(params, config, train_dataset, val_dataset, settings))
-                    if sample_fn is not None:
-                        entry["sample"] = sample_fn(params)
-                    if progress:
-                        tokens_per_sec = since_report[0] / max(since_report[1], 1e-9)
-                        tqdm.write(evaluation_line(entry, settings.max_steps, tokens_per_sec))
-                    since_report = [0, 0.0]
-                log(entry)
-                unlogged = None
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.3f}")
-                if step == settings.max_steps or (settings.checkpoint_interval
-                                                  and step % settings.checkpoint_interval == 0):
-                    save()
-                if on_step:
-                    on_step(step)
-                if stop.requested:
-                    raise KeyboardInterrupt
-        except KeyboardInterrupt as interrupt:
-            bar.close()
-            if phase == "updating" or run_log is None:
-                raise
-            if phase == "computing":                       # the interrupted step's batch comes again
-                stream.load_state_dict(before[0])
-                dropout_rng.bit_generator.state = before[1]
-            elif unlogged is not None:                     # stopped while evaluating: the step itself is done
-                log(unlogged)
-            path = save()
-            raise TrainingInterrupted(f"stopped at step {step}; checkpoint saved to {path}; continue with "
-                                      f"--resume {run_log.run_dir}") from interrupt
-    bar.close()
-    return history
+        loop.resume(resume_state)
+    return loop.fit()
 
 
 class NumpyTwin:

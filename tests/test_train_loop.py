@@ -16,7 +16,9 @@ from gptcore.formats.checkpoint import load_checkpoint
 from gptcore.data import SlidingWindowDataset
 from gptcore.fileio import read_jsonl
 from gptcore.formats.runs import NonFiniteLossError, RunLog, TrainingInterrupted, latest_checkpoint, list_checkpoints
-from gptcore.engine.training import TrainSettings
+from gptcore.engine.classification import ClassifierSettings
+from gptcore.engine.lockstep import LockstepSettings
+from gptcore.engine.training import TrainingBackend, TrainingLoop, TrainSettings
 from npgpt.train import train as numpy_train
 from torchgpt import GPTModel, load_numpy_params
 from torchgpt.train import (LoaderBatches, RuntimeOptions, TokenBatches, Trainer, flops_per_token, next_token_loss,
@@ -52,6 +54,104 @@ def make_trainer(dataset, train_settings, run_dir=None, config=CONFIG, compile_b
 
 def losses(history):
     return [entry["train_loss"] for entry in history]
+
+
+# ----- the core loop with a backend of plain Python numbers ----------------------------------------------
+
+class CountingBackend(TrainingBackend):
+    """A "model" of one number w with loss (w - 3)^2, plain gradient steps, a data position that counts steps:
+    enough to watch the loop's calls."""
+    name = "counting"
+
+    def __init__(self, nan_at_call=None):
+        self.w, self.grad, self.position, self.calls, self.nan_at_call = 0.0, None, 0, [], nan_at_call
+
+    def compute_gradients(self):
+        self.calls.append("compute")
+        self.position += 1
+        self.grad = 2 * (self.w - 3)
+        loss = (self.w - 3) ** 2
+        return (math.nan if len(self.calls) == self.nan_at_call else loss), 10
+
+    def clip_gradients(self, max_norm):
+        self.calls.append("clip")
+        norm = abs(self.grad)
+        self.grad *= min(1.0, max_norm / (norm + 1e-6))
+        return norm
+
+    def apply_update(self, lr):
+        self.calls.append(f"update {lr:g}")
+        self.w, self.grad = self.w - lr * self.grad, None
+
+    def discard_gradients(self):
+        self.calls.append("discard")
+        self.grad = None
+
+    def evaluate(self):
+        self.calls.append("evaluate")
+        return {"val_loss": (self.w - 3) ** 2}
+
+    def data_state(self):
+        return {"position": self.position}
+
+    def load_data_state(self, state):
+        self.position = state["position"]
+
+    def rng_state(self):
+        return None
+
+    def set_rng_state(self, state):
+        pass
+
+    def backend_state(self):
+        return {"rng": {}, "w": self.w}
+
+    def load_backend_state(self, training_state):
+        self.w = training_state["w"]
+
+    def write_checkpoint(self, path, training_state):
+        raise AssertionError("no run folder, no checkpoint")
+
+
+def test_the_core_loop_calls_its_backend_in_order_and_keeps_the_cadences():
+    backend = CountingBackend()
+    loop_settings = TrainSettings(max_steps=5, lr=0.25, eval_interval=2, grad_clip=10.0)
+    logged = []
+    history = TrainingLoop(backend, loop_settings, progress=False, on_log=logged.append).fit()
+    assert backend.calls[:5] == ["compute", "clip", "update 0.25", "compute", "clip"]
+    assert backend.calls.count("evaluate") == 3                            # steps 2, 4 and the last, 5
+    assert [e["step"] for e in history if "val_loss" in e] == [2, 4, 5] and logged == history
+    assert [e["tokens_seen"] for e in history] == [10, 20, 30, 40, 50]
+    assert history[0]["grad_norm"] == 6.0 and backend.w == pytest.approx(3 - 3 * 0.5 ** 5)
+
+
+def test_the_core_loop_stops_on_nan_before_the_update_and_resumes_from_a_state():
+    backend = CountingBackend(nan_at_call=5)                                # step 3's compute (no clip)
+    loop = TrainingLoop(backend, TrainSettings(max_steps=5, lr=0.25, grad_clip=None), progress=False)
+    with pytest.raises(NonFiniteLossError, match="loss became nan at step 3"):
+        loop.fit()
+    assert backend.calls[-2:] == ["compute", "discard"] and loop.step == 2
+    state = loop.training_state()
+    assert state["backend"] == "counting" and state["data"] == {"position": 3} and state["w"] == backend.w
+    again = TrainingLoop(CountingBackend(), TrainSettings(max_steps=5, lr=0.25), progress=False)
+    again.resume(state)
+    assert (again.step, again.tokens_seen, again.backend.position, again.backend.w) == (2, 20, 3, backend.w)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: TrainSettings(batch_size=0), "TrainSettings.batch_size must be positive, got 0"),
+    (lambda: TrainSettings(lr=math.inf), "TrainSettings.lr must be a positive number, got inf"),
+    (lambda: TrainSettings(lr=1e-3, min_lr=1e-2), r"need 0 <= min_lr <= lr"),
+    (lambda: TrainSettings(grad_clip=-1.0), "TrainSettings.grad_clip must be a positive norm or None"),
+    (lambda: ClassifierSettings(batch_size=True), "batch-size must be a positive integer, got True"),
+    (lambda: ClassifierSettings(lr=math.nan), "the learning rate must be a positive number, got nan"),
+    (lambda: ClassifierSettings(weight_decay=-0.1), "weight decay must be >= 0, got -0.1"),
+    (lambda: LockstepSettings(steps=0), "steps must be positive, got 0"),
+    (lambda: LockstepSettings(grad_clip=0.0), "grad_clip must be a positive norm or None"),
+])
+def test_the_settings_classes_share_their_checks(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
 
 
 # ----- exact resume --------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The torch backend of classification finetuning (twin of npgpt.classifier_train.NumpyClassifierBackend).
 
-The epoch loop, the evaluation and the metrics are npgpt.classifier_train's, shared by both backends;
+The epoch loop, the evaluation and the metrics are gptcore.engine.classification's, shared by both backends;
 this class supplies train_step / logits / numpy_params with GPTClassifier, autograd and torch's AdamW.
 """
 from __future__ import annotations

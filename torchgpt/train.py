@@ -1,14 +1,17 @@
-"""The torch training loop (twin of npgpt/train.py), built from pieces other pipelines reuse.
+"""The torch backend of the training loop (twin of npgpt/train.py), built from pieces other pipelines reuse.
 
     trainer = Trainer(model, TokenBatches(train_set, settings), settings,
                       eval_sets={"eval_train": ..., "val": ...}, run_log=RunLog("runs/a"))
     trainer.restore(checkpoint)          # optional: continue a run exactly
     history = trainer.fit()
 
-One optimizer step:
-    for each of A micro-batches (this process's shard):  loss_fn(model, batch) / A  ->  backward
-        (under DDP, gradients are all-reduced only after the last micro-batch: no_sync before)
-    ->  stop on a NaN/inf loss (before the update)  ->  clip the global norm  ->  lr(step)  ->  AdamW
+Trainer is a gptcore.engine.training.TrainingBackend: fit() runs TrainingLoop, the loop NumPy runs too
+(schedule, evaluation cadence, logging, checkpoints, NaN stop, Ctrl-C, resume). What is torch's here:
+
+    compute_gradients:  for each of A micro-batches (this process's shard):  loss_fn(model, batch) / A  ->  backward
+                        (under DDP, gradients are all-reduced only after the last micro-batch: no_sync before)
+    clip_gradients:     the global norm                apply_update:  lr(step)  ->  AdamW
+    DDP:                rank 0 evaluates, logs and saves; a stop on any process stops all; every rank's RNG saved
 
 Any batch source with next_step() -> [micro-batches] and state_dict()/load_state_dict() plugs in
 (TokenBatches for next-token data, LoaderBatches for any DataLoader), and any loss_fn(model, batch) ->
@@ -22,7 +25,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,14 +32,15 @@ from typing import Callable, Iterable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from torch.nn.parallel import DistributedDataParallel
 
 from gptcore.arch import flops_per_token
 from gptcore.data import SlidingWindowDataset, WindowStream, iterate_batches
-from gptcore.formats.runs import NonFiniteLossError, RunLog, StopRequest, TrainingInterrupted, checkpoint_path, \
-    prune_checkpoints
 from gptcore.engine.lockstep import LockstepSettings
-from gptcore.engine.training import TrainSettings, evaluation_line, nonfinite_message, settings_dict
+from gptcore.engine.training import TrainingBackend, TrainingLoop, TrainSettings
+from gptcore.formats.runs import RunLog
+from torchgpt import pick_device
+from torchgpt.checkpoint import load_training_checkpoint, save_training_checkpoint
 from torchgpt.distributed import COUNT_REDUCES_ENV, DistContext, all_reduce_mean, any_process, count_grad_reduces, \
     gather_objects
 from torchgpt.loss import cross_entropy, perplexity
@@ -205,8 +208,15 @@ def ordered_batches(dataset, batch_size: int) -> Callable[[], Iterable]:
 # the loop
 # ---------------------------------------------------------------------------------------------------
 
-class Trainer:
-    """Trains `model` (a GPTModel, or any nn.Module with .config for checkpoints) with AdamW.
+def _loop_attribute(name: str, doc: str) -> property:
+    """A Trainer attribute that is its TrainingLoop's (readable and settable)."""
+    return property(lambda self: getattr(self.loop, name), lambda self, value: setattr(self.loop, name, value),
+                    doc=doc)
+
+
+class Trainer(TrainingBackend):
+    """Trains `model` (a GPTModel, or any nn.Module with .config for checkpoints) with AdamW: the torch backend
+    of gptcore.engine.training.TrainingLoop (which runs fit) with DDP, autocast and compile.
 
     batches: TokenBatches / LoaderBatches (or anything with next_step, state_dict, load_state_dict,
     tokens_per_step). eval_sets: {name: () -> iterable of micro-batches}; each evaluation logs
@@ -215,7 +225,12 @@ class Trainer:
     extra_eval(model) -> dict adds more numbers at each evaluation (e.g. accuracy).
     run_log: the run folder (metrics, plot, checkpoints); None trains without writing anything.
     sample_fn(model) -> str: a generation logged at each evaluation (the model in eval mode). on_step(trainer): after every step.
+
+    Under DDP every process runs the loop: rank 0 alone evaluates, logs and writes checkpoints, a Ctrl-C on
+    any process stops all of them at the same step, and checkpoints hold every rank's RNG state.
     """
+
+    name = "torch"
 
     def __init__(self, model: torch.nn.Module, batches, settings: TrainSettings, *,
                  loss_fn: Callable = next_token_loss, eval_sets: dict[str, Callable[[], Iterable]] | None = None,
@@ -223,12 +238,11 @@ class Trainer:
                  device: torch.device | None = None, context: DistContext = DistContext(),
                  run_log: RunLog | None = None, metadata: dict | None = None, sample_fn: Callable | None = None,
                  on_step: Callable | None = None, progress: bool = True, peak_flops_per_device: float | None = None):
-        from torchgpt import pick_device
         self.settings, self.batches, self.loss_fn = settings, batches, loss_fn
         self.eval_sets, self.extra_eval = dict(eval_sets or {}), extra_eval
-        self.context, self.runtime = context, runtime
+        self.context, self.runtime, self.is_main = context, runtime, context.is_main
         self.device = device if device is not None else pick_device(runtime.device)
-        self.run_log, self.metadata, self.sample_fn, self.on_step = run_log, dict(metadata or {}), sample_fn, on_step
+        self.metadata, self.sample_fn, self.on_step = dict(metadata or {}), sample_fn, on_step
         self.progress = progress and context.is_main
         self.autocast_dtype = resolve_autocast_dtype(runtime.dtype, self.device)
         configure_speed(self.device)
@@ -245,7 +259,6 @@ class Trainer:
         self.ddp_model = None                    # under DDP: for no_sync and comm hooks
         self.train_model = self.eval_model
         if context.is_distributed:
-            from torch.nn.parallel import DistributedDataParallel
             self.ddp_model = DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             # compile(DDP(model)), as PyTorch recommends: dynamo then splits the graph at DDP's gradient
@@ -257,50 +270,43 @@ class Trainer:
             self._reduces = {}
             count_grad_reduces(self.ddp_model, self._reduces)
 
-        self.step, self.tokens_seen, self.elapsed = 0, 0, 0.0
-        self._phase = "idle"        # "computing" a step (undoable on Ctrl-C) or "updating" the parameters
-        self.last_checkpoint: Path | None = None
-        self._session = {"steps": 0, "tokens": 0, "seconds": 0.0}   # timing of this process's steps, first excluded
-        self._since_report = {"tokens": 0, "seconds": 0.0}           # steps since the last evaluation line
         config, windows = getattr(model, "config", None), getattr(batches, "dataset", None)
         self.flops_per_token = (flops_per_token(config, windows.max_length)
                                 if config is not None and isinstance(windows, SlidingWindowDataset) else None)
         self.peak_flops = peak_flops_per_device or peak_flops(self.device)
+        self.loop = TrainingLoop(self, settings, run_log=run_log, progress=progress, on_step=self._after_step)
 
-    # ----- state -------------------------------------------------------------------------------------
+    # ----- the run's counters live in the loop -------------------------------------------------------------
 
-    def _rng_state(self) -> dict:
-        state = {"torch_cpu": torch.get_rng_state().numpy().copy()}
-        if self.device.type == "cuda":
-            state["torch_cuda"] = torch.cuda.get_rng_state(self.device).numpy().copy()
-        return state
+    step = _loop_attribute("step", "optimizer steps taken, the whole run (across resumes)")
+    tokens_seen = _loop_attribute("tokens_seen", "tokens trained on, all processes, the whole run")
+    elapsed = _loop_attribute("elapsed", "seconds spent in steps (evaluation left out), the whole run")
+    last_checkpoint = _loop_attribute("last_checkpoint", "the newest checkpoint saved or restored, or None")
+    run_log = _loop_attribute("run_log", "the run folder, or None")
 
-    def _set_rng_state(self, state: dict) -> None:
-        torch.set_rng_state(torch.as_tensor(np.asarray(state["torch_cpu"]), dtype=torch.uint8))
-        if self.device.type == "cuda" and state.get("torch_cuda") is not None:
-            torch.cuda.set_rng_state(torch.as_tensor(np.asarray(state["torch_cuda"]), dtype=torch.uint8), self.device)
+    def _after_step(self, step: int) -> None:
+        if self.on_step is not None:
+            self.on_step(self)
+
+    # ----- the public API ----------------------------------------------------------------------------------
+
+    def fit(self) -> list[dict]:
+        """Steps until settings.max_steps; evaluates, logs, plots and checkpoints on the way; returns the
+        logged entries. NaN/inf: NonFiniteLossError. Ctrl-C/SIGTERM: checkpoint, then TrainingInterrupted."""
+        return self.loop.fit()
+
+    def train_step(self) -> dict:
+        """One optimizer step; returns {loss, grad_norm, lr, tokens, seconds}. Raises NonFiniteLossError
+        (parameters untouched) when the loss is NaN or inf."""
+        return self.loop.train_step()
 
     def training_state(self) -> dict:
         """Everything but the model and optimizer that an exact resume needs (a collective under DDP)."""
-        by_rank = gather_objects(self._rng_state(), self.context)
-        rng = dict(by_rank[0])
-        if self.context.is_distributed:
-            rng["by_rank"] = by_rank
-        return {"step": self.step, "backend": "torch", "scheduler": self.settings.schedule_state(), "rng": rng,
-                "data": self.batches.state_dict(), "tokens_seen": self.tokens_seen, "elapsed_s": self.elapsed,
-                "world_size": self.context.world_size, "settings": settings_dict(self.settings)}
+        return self.loop.training_state()
 
     def save_checkpoint(self) -> Path | None:
         """A checkpoint of the current step in the run folder (every process must call it under DDP)."""
-        from torchgpt.checkpoint import save_training_checkpoint
-        state = self.training_state()
-        if self.run_log is None or not self.context.is_main:
-            return None
-        path = save_training_checkpoint(checkpoint_path(self.run_log.run_dir, self.step), self.model, self.optimizer,
-                                        training_state=state, metadata={"backend": "torch", **self.metadata})
-        prune_checkpoints(self.run_log.run_dir, self.settings.keep_checkpoints)
-        self.last_checkpoint = path
-        return path
+        return self.loop.save_checkpoint()
 
     def restore(self, checkpoint: str | Path) -> dict:
         """Model, optimizer, data position, RNG, step and counters from a checkpoint; returns its training state.
@@ -308,30 +314,37 @@ class Trainer:
         A checkpoint from another process count restores rank 0's RNG on every process (exact only for the
         same count); the data position carries over whatever the count.
         """
-        from torchgpt.checkpoint import load_training_checkpoint
         _, state = load_training_checkpoint(checkpoint, self.model, self.optimizer)
         if state is None or "step" not in state:
             raise ValueError(f"{checkpoint} holds no training state (model weights only); start a new run from it "
                              f"with --init-from instead of --resume")
-        self.step, self.tokens_seen = int(state["step"]), int(state.get("tokens_seen", 0))
-        self.elapsed = float(state.get("elapsed_s", 0.0))
-        if "data" in state:
-            self.batches.load_state_dict(state["data"])
-        rng = state.get("rng") or {}
-        by_rank = rng.get("by_rank")
-        if by_rank and int(state.get("world_size", 1)) == self.context.world_size:
-            self._set_rng_state(by_rank[self.context.rank])
-        elif "torch_cpu" in rng:
-            self._set_rng_state(rng)
+        self.loop.resume(state)
         self.last_checkpoint = Path(checkpoint)
         return state
 
-    # ----- one step, one evaluation ------------------------------------------------------------------------
+    def mfu(self, tokens_per_sec: float) -> float | None:
+        """Model FLOPs utilisation: achieved training FLOP/s per device over the device's bf16 peak."""
+        if self.flops_per_token is None or self.peak_flops is None:
+            return None
+        return self.flops_per_token * tokens_per_sec / self.context.world_size / self.peak_flops
 
-    def train_step(self) -> dict:
-        """One optimizer step; returns {loss, grad_norm, lr, tokens, seconds}. Raises NonFiniteLossError
-        (parameters untouched) when the loss is NaN or inf."""
-        started = time.perf_counter()
+    def summary(self) -> dict:
+        """Throughput of this session's steps (the first left out when there are more: compile/warm-up)."""
+        session = self.loop.session
+        seconds, tokens = session["seconds"], session["tokens"]
+        tokens_per_sec = tokens / seconds if seconds > 0 else math.nan
+        return {"steps": session["steps"], "tokens": tokens, "seconds": seconds,
+                "tokens_per_sec": tokens_per_sec, "mfu": self.mfu(tokens_per_sec) if seconds > 0 else None}
+
+    # ----- the backend: one step ---------------------------------------------------------------------------
+
+    @property
+    def epoch(self) -> int | None:
+        return getattr(self.batches, "epoch", None)
+
+    def compute_gradients(self) -> tuple[float, int]:
+        """Forward and backward of this process's micro-batches (the loss of each divided by their count);
+        under DDP the gradients are all-reduced after the last one only (no_sync before)."""
         if self._reduces is not None:
             self._reduces["reduces"] = 0
         micro_batches = self.batches.next_step()
@@ -341,7 +354,6 @@ class Trainer:
         for k, batch in enumerate(micro_batches):
             batch = to_device(batch, self.device)
             last = k == accum - 1
-            # Under DDP the gradient all-reduce runs in backward; skip it for all but the last micro-batch.
             sync = self.ddp_model.no_sync() if self.ddp_model is not None and not last else nullcontext()
             with sync:
                 with autocast(self.device, self.autocast_dtype):
@@ -349,27 +361,23 @@ class Trainer:
                 (loss / accum).backward()
             total += loss.detach().float()
         loss_value = float(all_reduce_mean(total / accum, self.context).item())
-        if not math.isfinite(loss_value):
-            self.optimizer.zero_grad(set_to_none=True)
-            raise NonFiniteLossError(nonfinite_message(loss_value, self.step + 1, self.run_log))
-        grad_norm = None
-        if self.settings.grad_clip is not None:
-            grad_norm = float(clip_grad_norm(self.model.parameters(), self.settings.grad_clip))
-        lr = self.settings.lr_at(self.step)
+        return loss_value, self.batches.tokens_per_step
+
+    def clip_gradients(self, max_norm: float) -> float:
+        return float(clip_grad_norm(self.model.parameters(), max_norm))
+
+    def apply_update(self, lr: float) -> None:
         set_lr(self.optimizer, lr)
-        self._phase = "updating"
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
-        self.tokens_seen += self.batches.tokens_per_step
-        self._phase = "idle"
-        seconds = time.perf_counter() - started
-        self.elapsed += seconds
-        result = {"loss": loss_value, "grad_norm": grad_norm, "lr": lr, "tokens": self.batches.tokens_per_step,
-                  "seconds": seconds}
-        if self._reduces is not None:
-            result["grad_reduces"] = self._reduces["reduces"]
-        return result
+
+    def discard_gradients(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def step_metrics(self) -> dict:
+        return {"grad_reduces": self._reduces["reduces"]} if self._reduces is not None else {}
+
+    # ----- the backend: evaluation -------------------------------------------------------------------------
 
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -397,104 +405,57 @@ class Trainer:
         self.model.train()
         return results
 
-    def _entry(self, result: dict) -> dict:
-        tokens_per_sec = result["tokens"] / max(result["seconds"], 1e-9)
-        entry = {"step": self.step, "epoch": getattr(self.batches, "epoch", None), "train_loss": result["loss"],
-                 "train_perplexity": perplexity(result["loss"]), "lr": result["lr"], "grad_norm": result["grad_norm"],
-                 "tokens_seen": self.tokens_seen, "tokens_per_sec": tokens_per_sec, "elapsed_s": self.elapsed}
-        mfu = self.mfu(tokens_per_sec)
-        if mfu is not None:
-            entry["mfu"] = mfu
-        if "grad_reduces" in result:
-            entry["grad_reduces"] = result["grad_reduces"]
-        return entry
-
-    def mfu(self, tokens_per_sec: float) -> float | None:
-        """Model FLOPs utilisation: achieved training FLOP/s per device over the device's bf16 peak."""
-        if self.flops_per_token is None or self.peak_flops is None:
+    def sample(self) -> str | None:
+        """sample_fn's generation on rank 0 (the model in eval mode), else None."""
+        if self.sample_fn is None or not self.context.is_main:
             return None
-        return self.flops_per_token * tokens_per_sec / self.context.world_size / self.peak_flops
+        self.model.eval()
+        text = self.sample_fn(self.model)
+        self.model.train()
+        return text
 
-    def summary(self) -> dict:
-        """Throughput of this session's steps (the first left out when there are more: compile/warm-up)."""
-        seconds, tokens = self._session["seconds"], self._session["tokens"]
-        tokens_per_sec = tokens / seconds if seconds > 0 else math.nan
-        return {"steps": self._session["steps"], "tokens": tokens, "seconds": seconds,
-                "tokens_per_sec": tokens_per_sec, "mfu": self.mfu(tokens_per_sec) if seconds > 0 else None}
+    # ----- the backend: state ------------------------------------------------------------------------------
 
-    def _log(self, entry: dict, history: list, plot: bool) -> None:
-        history.append(entry)
-        if self.context.is_main and self.run_log is not None:
-            self.run_log.log(entry)
-            if plot:
-                self.run_log.plot()
+    def data_state(self) -> dict:
+        return self.batches.state_dict()
 
-    def _evaluate_into(self, entry: dict) -> None:
-        """Adds the evaluation (and the sample) to this step's entry and writes its console line (rank 0,
-        progress on) with the throughput of the steps since the previous line."""
-        entry.update(self.evaluate())
-        if self.sample_fn is not None and self.context.is_main:
-            self.model.eval()
-            entry["sample"] = self.sample_fn(self.model)
-            self.model.train()
-        tokens_per_sec = self._since_report["tokens"] / max(self._since_report["seconds"], 1e-9)
-        self._since_report = {"tokens": 0, "seconds": 0.0}
-        if self.progress:
-            tqdm.write(evaluation_line(entry, self.settings.max_steps, tokens_per_sec, self.mfu(tokens_per_sec)))
+    def load_data_state(self, state: dict) -> None:
+        self.batches.load_state_dict(state)
 
-    # ----- the loop ----------------------------------------------------------------------------------
+    def rng_state(self) -> dict:
+        state = {"torch_cpu": torch.get_rng_state().numpy().copy()}
+        if self.device.type == "cuda":
+            state["torch_cuda"] = torch.cuda.get_rng_state(self.device).numpy().copy()
+        return state
 
-    def fit(self) -> list[dict]:
-        """Steps until settings.max_steps; evaluates, logs, plots and checkpoints on the way; returns the
-        logged entries. NaN/inf: NonFiniteLossError. Ctrl-C/SIGTERM: checkpoint, then TrainingInterrupted."""
-        settings, history = self.settings, []
-        bar = tqdm(total=settings.max_steps, initial=self.step, desc="torch train", disable=not self.progress,
-                   leave=False)
-        self._phase, first_step, unlogged = "idle", True, None
-        with StopRequest() as stop:
-            try:
-                while self.step < settings.max_steps:
-                    before = (self.batches.state_dict(), self._rng_state())
-                    self._phase = "computing"
-                    result = self.train_step()
-                    if not first_step:
-                        self._session["seconds"] += result["seconds"]
-                        self._session["tokens"] += result["tokens"]
-                    self._session["steps"] += 1
-                    first_step = False
-                    self._since_report["tokens"] += result["tokens"]
-                    self._since_report["seconds"] += result["seconds"]
-                    entry = unlogged = self._entry(result)
-                    evaluated = self.step % settings.eval_interval == 0 or self.step == settings.max_steps
-                    if evaluated:
-                        self._evaluate_into(entry)
-                    self._log(entry, history, plot=evaluated)
-                    unlogged = None
-                    if self.context.is_main:
-                        bar.update(1)
-                        bar.set_postfix(loss=f"{result['loss']:.3f}")
-                    if self.step == settings.max_steps or (settings.checkpoint_interval and
-                                                           self.step % settings.checkpoint_interval == 0):
-                        self.save_checkpoint()
-                    if self.on_step is not None:
-                        self.on_step(self)
-                    if any_process(stop.requested, self.context, self.device):
-                        raise KeyboardInterrupt
-            except KeyboardInterrupt as interrupt:
-                bar.close()
-                if self._phase == "updating" or self.run_log is None:
-                    raise
-                if self._phase == "computing":        # the interrupted step is redone on resume
-                    self.batches.load_state_dict(before[0])
-                    self._set_rng_state(before[1])
-                    self.optimizer.zero_grad(set_to_none=True)
-                elif unlogged is not None:            # stopped while evaluating: the step itself is done
-                    self._log(unlogged, history, plot=False)
-                path = self.save_checkpoint()
-                raise TrainingInterrupted(f"stopped at step {self.step}; checkpoint saved to {path}; continue "
-                                          f"with --resume {self.run_log.run_dir}") from interrupt
-        bar.close()
-        return history
+    def set_rng_state(self, state: dict) -> None:
+        torch.set_rng_state(torch.as_tensor(np.asarray(state["torch_cpu"]), dtype=torch.uint8))
+        if self.device.type == "cuda" and state.get("torch_cuda") is not None:
+            torch.cuda.set_rng_state(torch.as_tensor(np.asarray(state["torch_cuda"]), dtype=torch.uint8), self.device)
+
+    def backend_state(self) -> dict:
+        """rank 0's RNG state (and under DDP every rank's, by_rank) and the process count; a collective."""
+        by_rank = gather_objects(self.rng_state(), self.context)
+        rng = dict(by_rank[0])
+        if self.context.is_distributed:
+            rng["by_rank"] = by_rank
+        return {"rng": rng, "world_size": self.context.world_size}
+
+    def load_backend_state(self, training_state: dict) -> None:
+        """This rank's RNG when the process count is the same, else rank 0's (a NumPy checkpoint has none)."""
+        rng = training_state.get("rng") or {}
+        by_rank = rng.get("by_rank")
+        if by_rank and int(training_state.get("world_size", 1)) == self.context.world_size:
+            self.set_rng_state(by_rank[self.context.rank])
+        elif "torch_cpu" in rng:
+            self.set_rng_state(rng)
+
+    def write_checkpoint(self, path: Path, training_state: dict) -> Path:
+        return save_training_checkpoint(path, self.model, self.optimizer, training_state=training_state,
+                                        metadata={"backend": "torch", **self.metadata})
+
+    def stop_everywhere(self, requested: bool) -> bool:
+        return any_process(requested, self.context, self.device)
 
 
 # ---------------------------------------------------------------------------------------------------

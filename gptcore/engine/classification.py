@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
+from gptcore.engine.training import check_grad_clip, check_non_negative, check_positive_int, check_positive_number
 from gptcore.formats.runs import NonFiniteLossError
 from gptcore.tasks.classification import weighted_mean_loss
 from gptcore.tasks.classification_data import EncodedMessages, classification_batches, num_batches
@@ -40,15 +41,10 @@ class ClassifierSettings:
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "eval_interval", "eval_batches"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
-        if not self.lr > 0 or not math.isfinite(self.lr):
-            raise ValueError(f"the learning rate must be a positive number, got {self.lr!r}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight decay must be >= 0, got {self.weight_decay!r}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ValueError(f"grad clip must be a positive norm or None, got {self.grad_clip!r}")
+            check_positive_int(name.replace("_", "-"), getattr(self, name))
+        check_positive_number("the learning rate", self.lr)
+        check_non_negative("weight decay", self.weight_decay)
+        check_grad_clip("grad clip", self.grad_clip)
 
     def to_dict(self) -> dict:
         return asdict(self)

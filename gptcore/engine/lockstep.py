@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from gptcore.data import SlidingWindowDataset
-from gptcore.engine.training import endless_batches
+from gptcore.engine.training import (check_grad_clip, check_non_negative, check_positive, check_positive_number,
+                                     endless_batches)
 
 
 @dataclass
@@ -38,11 +39,10 @@ class LockstepSettings:
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "eval_interval", "eval_batches"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-
+            check_positive(name, getattr(self, name))
+        check_positive_number("lr", self.lr)
+        check_non_negative("weight_decay", self.weight_decay)
+        check_grad_clip("grad_clip", self.grad_clip)
 
 def train_side_by_side(numpy_twin, torch_twin, train_set: SlidingWindowDataset, val_set: SlidingWindowDataset | None,
                        settings: LockstepSettings, *, on_step=None) -> list[dict]:
