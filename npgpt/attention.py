@@ -41,11 +41,13 @@ class QKVCache(NamedTuple):
 
 
 class SingleHeadAttentionCache(NamedTuple):
+    """The projections' caches, then the attention core's."""
     qkv: QKVCache
     core: AttentionCoreCache
 
 
 class MultiheadAttentionCache(NamedTuple):
+    """The projections' caches, the attention core's over the split heads, the output projection's."""
     n_heads: int
     qkv: QKVCache
     core: AttentionCoreCache         # per head: arrays (B, H, T, D) and (B, H, T, S)
