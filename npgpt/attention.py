@@ -5,13 +5,53 @@
     multihead_attention_*         H heads of width D = C // H in parallel, causal, dropout, output projection
 """
 import math
+from typing import NamedTuple, Optional
 
 import numpy as np
 
-from npgpt.dropout import dropout_backward, dropout_forward
-from npgpt.linear import linear_layer_backward, linear_layer_forward
+from npgpt.dropout import DropoutCache, dropout_backward, dropout_forward
+from npgpt.linear import LinearLayerCache, linear_layer_backward, linear_layer_forward
 from npgpt.speed.parallel import matmul_stack, parallel_for, rows_per_block
-from npgpt.softmax import softmax_backward, softmax_forward
+from npgpt.softmax import SoftmaxCache, softmax_backward, softmax_forward
+
+
+class SimpleAttentionCache(NamedTuple):
+    """simple_attention_backward's inputs: x (queries, keys and values at once) and the softmax's cache."""
+    x: np.ndarray                    # (T, C)
+    softmax: SoftmaxCache            # its probs are the attention weights (T, T)
+
+
+class AttentionCoreCache(NamedTuple):
+    """What the backward of context = dropout(softmax(q k^T * scale)) v needs (llm.c's preatt is not kept:
+    the softmax ran in its buffer, so `att` holds the weights)."""
+    q: np.ndarray                    # (..., T, D)
+    k: np.ndarray                    # (..., S, D)
+    v: np.ndarray                    # (..., S, D)
+    att: np.ndarray                  # (..., T, S) softmax weights, 0 at masked positions
+    att_dropped: np.ndarray          # (..., T, S) the weights after dropout (att itself without dropout)
+    scale: float                     # 1 / sqrt(D)
+    dropout: Optional[DropoutCache]  # None without dropout
+
+
+class QKVCache(NamedTuple):
+    """The three input projections' caches."""
+    query: LinearLayerCache
+    key: LinearLayerCache
+    value: LinearLayerCache
+
+
+class SingleHeadAttentionCache(NamedTuple):
+    """The projections' caches, then the attention core's."""
+    qkv: QKVCache
+    core: AttentionCoreCache
+
+
+class MultiheadAttentionCache(NamedTuple):
+    """The projections' caches, the attention core's over the split heads, the output projection's."""
+    n_heads: int
+    qkv: QKVCache
+    core: AttentionCoreCache         # per head: arrays (B, H, T, D) and (B, H, T, S)
+    out_proj: LinearLayerCache
 
 
 def causal_mask(T):
@@ -28,10 +68,10 @@ def simple_attention(x):
 
 
 def simple_attention_forward(x):
-    """simple_attention with its cache.   x: (T, C) -> context: (T, C), cache: (x, softmax cache)."""
+    """simple_attention with its cache.   x: (T, C) -> context: (T, C), SimpleAttentionCache(x, softmax)."""
     scores = x @ x.T                                             # (T, T)
     weights, softmax_cache = softmax_forward(scores, axis=-1)    # (T, T), rows sum to 1
-    return weights @ x, (x, softmax_cache)                       # (T, C)
+    return weights @ x, SimpleAttentionCache(x=x, softmax=softmax_cache)     # (T, C)
 
 
 def simple_attention_backward(dout, cache):
@@ -44,17 +84,16 @@ def simple_attention_backward(dout, cache):
         dx = weights^T dout + (dscores + dscores^T) x
     Nothing is trained here; the gradient is what a layer below the attention would receive.
     """
-    x, softmax_cache = cache
-    weights, _ = softmax_cache
+    x, weights = cache.x, cache.softmax.probs                    # (T, C), (T, T)
     dweights = dout @ x.T                                        # (T, T)
-    dscores = softmax_backward(dweights, softmax_cache)          # (T, T)
+    dscores = softmax_backward(dweights, cache.softmax)          # (T, T)
     dx = weights.T @ dout                                        # value path
     dx += (dscores + dscores.T) @ x                              # query and key paths
     return dx
 
 
 def _masked_scaled_softmax(scores, causal, scale, hide=None):
-    """softmax(scale * scores) with the future masked out; scores: (..., T, S), overwritten in place.
+    """softmax(scale * scores) with the future masked out; scores: (..., T, S), overwritten in place and returned.
 
     hide: an explicit bool mask broadcastable to scores (True = not seen), used instead of the causal one
     (decoding with a KV cache, where queries and keys differ in number, and left padding).
@@ -66,7 +105,7 @@ def _masked_scaled_softmax(scores, causal, scale, hide=None):
     if hide is not None:
         scores *= scale
         np.copyto(scores, -np.inf, where=hide)
-        return softmax_forward(scores, axis=-1, out=scores)
+        return softmax_forward(scores, axis=-1, out=scores)[0]
     T, S = scores.shape[-2:]
     matrices = scores.reshape(-1, T, S)              # (B*H, T, S) view
     future = causal_mask(T) if causal else None
@@ -79,19 +118,19 @@ def _masked_scaled_softmax(scores, causal, scale, hide=None):
         softmax_forward(block, axis=-1, out=block)
 
     parallel_for(softmax_block, matrices.shape[0], rows_per_block(T * S))
-    return scores, (scores, -1)                      # softmax_forward's cache: (weights, axis)
+    return scores
 
 
-def _scaled_softmax_backward(dweights, softmax_cache, scale):
-    """dscores = scale * softmax_backward(dweights), one (T, S) matrix at a time on all cores."""
-    weights, _ = softmax_cache
+def _scaled_softmax_backward(dweights, weights, scale):
+    """dscores = scale * softmax_backward(dweights) for the softmax output `weights` (..., T, S), one (T, S)
+    matrix at a time on all cores."""
     T, S = weights.shape[-2:]
     dweights = np.ascontiguousarray(dweights)
     dscores = np.empty(weights.shape, dtype=np.result_type(dweights, weights))
     w, dw, ds = (a.reshape(-1, T, S) for a in (np.ascontiguousarray(weights), dweights, dscores))
 
     def backward_block(start, stop):
-        softmax_backward(dw[start:stop], (w[start:stop], -1), out=ds[start:stop])
+        softmax_backward(dw[start:stop], SoftmaxCache(probs=w[start:stop], axis=-1), out=ds[start:stop])
         ds[start:stop] *= scale
 
     parallel_for(backward_block, w.shape[0], rows_per_block(T * S))
@@ -101,32 +140,32 @@ def _scaled_softmax_backward(dweights, softmax_cache, scale):
 def _attention_core_forward(q, k, v, *, causal, drop_rate, rng, dropout_mask, hide=None):
     """weights = dropout(softmax(q k^T / sqrt(D) + mask)); context = weights v.
 
-    q: (..., T, D), k, v: (..., S, D) (S = T without a KV cache) -> context: (..., T, D).
+    q: (..., T, D), k, v: (..., S, D) (S = T without a KV cache) -> context: (..., T, D), AttentionCoreCache.
     One matmul per head (matmul_stack: the heads shared among the cores), not einsum.
     """
     scale = 1.0 / math.sqrt(q.shape[-1])
     scores = matmul_stack(q, np.swapaxes(k, -1, -2))    # (..., T, S)
-    weights, softmax_cache = _masked_scaled_softmax(scores, causal, scale, hide)
-    dropped, dropout_cache = dropout_forward(weights, drop_rate, rng=rng, mask=dropout_mask)
-    context = matmul_stack(dropped, v)               # (..., T, D)
-    return context, (q, k, v, dropped, scale, softmax_cache, dropout_cache)
+    att = _masked_scaled_softmax(scores, causal, scale, hide)                   # (..., T, S), in scores' buffer
+    att_dropped, dropout_cache = dropout_forward(att, drop_rate, rng=rng, mask=dropout_mask)
+    context = matmul_stack(att_dropped, v)           # (..., T, D)
+    return context, AttentionCoreCache(q=q, k=k, v=v, att=att, att_dropped=att_dropped, scale=scale,
+                                       dropout=dropout_cache)
 
 
 def _attention_core_backward(dcontext, cache):
     """Backward of context = dropout(softmax(q k^T * scale)) v.
 
-        dv = dropped^T dcontext        ddropped = dcontext v^T
+        dv = att_dropped^T dcontext    ddropped = dcontext v^T
         dweights = dropout_backward(ddropped)          dscores = softmax_backward(dweights) * scale
         dq = dscores k                 dk = dscores^T q
     Masked positions have weight 0, so softmax_backward already gives them zero gradient.
     """
-    q, k, v, dropped, scale, softmax_cache, dropout_cache = cache
-    dv = matmul_stack(np.swapaxes(dropped, -1, -2), dcontext)     # (..., T, D)
-    ddropped = matmul_stack(dcontext, np.swapaxes(v, -1, -2))     # (..., T, T)
-    dweights = dropout_backward(ddropped, dropout_cache)
-    dscores = _scaled_softmax_backward(dweights, softmax_cache, scale)
-    dq = matmul_stack(dscores, k)                                 # (..., T, D)
-    dk = matmul_stack(np.swapaxes(dscores, -1, -2), q)            # (..., T, D)
+    dv = matmul_stack(np.swapaxes(cache.att_dropped, -1, -2), dcontext)    # (..., T, D)
+    ddropped = matmul_stack(dcontext, np.swapaxes(cache.v, -1, -2))        # (..., T, T)
+    dweights = dropout_backward(ddropped, cache.dropout)
+    dscores = _scaled_softmax_backward(dweights, cache.att, cache.scale)
+    dq = matmul_stack(dscores, cache.k)                                    # (..., T, D)
+    dk = matmul_stack(np.swapaxes(dscores, -1, -2), cache.q)               # (..., T, D)
     return dq, dk, dv
 
 
@@ -135,14 +174,14 @@ def _project_qkv(x, p):
     q, cache_q = linear_layer_forward(x, p, "W_query")
     k, cache_k = linear_layer_forward(x, p, "W_key")
     v, cache_v = linear_layer_forward(x, p, "W_value")
-    return (q, k, v), (cache_q, cache_k, cache_v)
+    return (q, k, v), QKVCache(query=cache_q, key=cache_k, value=cache_v)
 
 
-def _project_qkv_backward(dq, dk, dv, caches, grads):
+def _project_qkv_backward(dq, dk, dv, cache, grads):
     """Sums the three input gradients; writes the projections' parameter gradients into `grads`."""
     dx = None
-    for dproj, cache in zip((dq, dk, dv), caches):
-        dx_part, layer_grads = linear_layer_backward(dproj, cache)
+    for dproj, layer_cache in ((dq, cache.query), (dk, cache.key), (dv, cache.value)):
+        dx_part, layer_grads = linear_layer_backward(dproj, layer_cache)
         grads.update(layer_grads)
         if dx is None:
             dx = dx_part
@@ -155,21 +194,20 @@ def single_head_attention_forward(x, p, *, causal=True, drop_rate=0.0, rng=None,
     """One head with trainable projections (the book's SelfAttention_v2 / CausalAttention).
 
     x: (B, T, C); p: {"W_query.weight", "W_key.weight", "W_value.weight"}: (D, C) each (+ optional biases)
-    -> out: (B, T, D)
+    -> out: (B, T, D), SingleHeadAttentionCache(qkv, core)
     """
-    (q, k, v), proj_caches = _project_qkv(x, p)      # (B, T, D) each
+    (q, k, v), qkv_cache = _project_qkv(x, p)        # (B, T, D) each
     context, core_cache = _attention_core_forward(
         q, k, v, causal=causal, drop_rate=drop_rate, rng=rng, dropout_mask=dropout_mask
     )
-    return context, (proj_caches, core_cache)
+    return context, SingleHeadAttentionCache(qkv=qkv_cache, core=core_cache)
 
 
 def single_head_attention_backward(dout, cache):
     """dout: (B, T, D) -> dx: (B, T, C), grads: {name: gradient} for the projections."""
-    proj_caches, core_cache = cache
-    dq, dk, dv = _attention_core_backward(dout, core_cache)
+    dq, dk, dv = _attention_core_backward(dout, cache.core)
     grads = {}
-    dx = _project_qkv_backward(dq, dk, dv, proj_caches, grads)
+    dx = _project_qkv_backward(dq, dk, dv, cache.qkv, grads)
     return dx, grads
 
 
@@ -192,9 +230,9 @@ def multihead_attention_forward(x, p, n_heads, *, drop_rate=0.0, rng=None, dropo
     dropout_mask: optional bool keep-mask (B, H, T, T) for the attention weights (else drawn from rng)
     kv_cache: optional npgpt.kvcache.LayerKV (decoding, inference only): the new keys and values are stored
     after the cached ones and the queries attend over all of them (no backward through this path)
-    -> out: (B, T, C)
+    -> out: (B, T, C), MultiheadAttentionCache(n_heads, qkv, core, out_proj)
     """
-    (q, k, v), proj_caches = _project_qkv(x, p)      # (B, T, C) each
+    (q, k, v), qkv_cache = _project_qkv(x, p)        # (B, T, C) each
     q, k, v = (_split_heads(t, n_heads) for t in (q, k, v))          # (B, H, T, D)
     hide = None
     if kv_cache is not None:
@@ -204,7 +242,7 @@ def multihead_attention_forward(x, p, n_heads, *, drop_rate=0.0, rng=None, dropo
         q, k, v, causal=kv_cache is None, drop_rate=drop_rate, rng=rng, dropout_mask=dropout_mask, hide=hide
     )                                                # (B, H, T, D)
     out, out_cache = linear_layer_forward(_merge_heads(context), p, "out_proj")
-    return out, (n_heads, proj_caches, core_cache, out_cache)
+    return out, MultiheadAttentionCache(n_heads=n_heads, qkv=qkv_cache, core=core_cache, out_proj=out_cache)
 
 
 def multihead_attention_backward(dout, cache):
@@ -212,8 +250,7 @@ def multihead_attention_backward(dout, cache):
 
     The forward read in reverse: out_proj, merge heads, attention core, split heads, q/k/v projections.
     """
-    n_heads, proj_caches, core_cache, out_cache = cache
-    dcontext, grads = linear_layer_backward(dout, out_cache)          # (B, T, C)
-    dq, dk, dv = _attention_core_backward(_split_heads(dcontext, n_heads), core_cache)
-    dx = _project_qkv_backward(*(_merge_heads(t) for t in (dq, dk, dv)), proj_caches, grads)
+    dcontext, grads = linear_layer_backward(dout, cache.out_proj)     # (B, T, C)
+    dq, dk, dv = _attention_core_backward(_split_heads(dcontext, cache.n_heads), cache.core)
+    dx = _project_qkv_backward(*(_merge_heads(t) for t in (dq, dk, dv)), cache.qkv, grads)
     return dx, grads

@@ -3,16 +3,28 @@
     x = x + dropout(attention(norm1(x)))
     x = x + dropout(feedforward(norm2(x)))
 """
-from npgpt.attention import multihead_attention_backward, multihead_attention_forward
-from npgpt.dropout import dropout_backward, dropout_forward
-from npgpt.feedforward import feedforward_backward, feedforward_forward
-from npgpt.layernorm import layernorm_backward, layernorm_forward
+from typing import NamedTuple, Optional
+
 from gptcore.params import prefixed, subdict
+from npgpt.attention import MultiheadAttentionCache, multihead_attention_backward, multihead_attention_forward
+from npgpt.dropout import DropoutCache, dropout_backward, dropout_forward
+from npgpt.feedforward import FeedForwardCache, feedforward_backward, feedforward_forward
+from npgpt.layernorm import LayerNormCache, layernorm_backward, layernorm_forward
+
+
+class BlockCache(NamedTuple):
+    """The caches of the block's six steps, in forward order (a dropout's is None when it is off)."""
+    norm1: LayerNormCache
+    att: MultiheadAttentionCache
+    drop1: Optional[DropoutCache]    # on the attention's output, before residual 1
+    norm2: LayerNormCache
+    ff: FeedForwardCache
+    drop2: Optional[DropoutCache]    # on the feed-forward's output, before residual 2
 
 
 def block_forward(x, p, config, *, train=False, rng=None, kv_cache=None):
     """x: (B, T, C); p: this block's parameters (keys "norm1.scale", "att.W_query.weight", "ff.fc1.weight", ...)
-    -> out: (B, T, C).  With train=True, the dropout masks are drawn from rng in this order:
+    -> out: (B, T, C), BlockCache.  With train=True, the dropout masks are drawn from rng in this order:
     attention weights, residual after attention, residual after feed-forward.
     kv_cache: this layer's npgpt.kvcache.LayerKV when decoding with a cache (inference only).
     """
@@ -26,7 +38,8 @@ def block_forward(x, p, config, *, train=False, rng=None, kv_cache=None):
     f, ff_cache = feedforward_forward(h, subdict(p, "ff."))
     f, drop2_cache = dropout_forward(f, drop_rate, rng=rng)
     out = x + f                                      # residual 2, (B, T, C)
-    return out, (norm1_cache, att_cache, drop1_cache, norm2_cache, ff_cache, drop2_cache)
+    return out, BlockCache(norm1=norm1_cache, att=att_cache, drop1=drop1_cache,
+                           norm2=norm2_cache, ff=ff_cache, drop2=drop2_cache)
 
 
 def block_backward(dout, cache):
@@ -35,17 +48,16 @@ def block_backward(dout, cache):
     A residual x + f(x) passes dout straight through and adds f's input gradient:
         dx = dout + df/dx^T dout
     """
-    norm1_cache, att_cache, drop1_cache, norm2_cache, ff_cache, drop2_cache = cache
     # residual 2: out = x1 + dropout(ff(norm2(x1)))
-    df = dropout_backward(dout, drop2_cache)
-    dh, ff_grads = feedforward_backward(df, ff_cache)
-    dh, dscale2, dshift2 = layernorm_backward(dh, norm2_cache)
+    df = dropout_backward(dout, cache.drop2)
+    dh, ff_grads = feedforward_backward(df, cache.ff)
+    dh, dscale2, dshift2 = layernorm_backward(dh, cache.norm2)
     dx1 = dh
     dx1 += dout
     # residual 1: x1 = x + dropout(att(norm1(x)))
-    da = dropout_backward(dx1, drop1_cache)
-    dh, att_grads = multihead_attention_backward(da, att_cache)
-    dh, dscale1, dshift1 = layernorm_backward(dh, norm1_cache)
+    da = dropout_backward(dx1, cache.drop1)
+    dh, att_grads = multihead_attention_backward(da, cache.att)
+    dh, dscale1, dshift1 = layernorm_backward(dh, cache.norm1)
     dx = dh
     dx += dx1
     grads = {"norm1.scale": dscale1, "norm1.shift": dshift1, "norm2.scale": dscale2, "norm2.shift": dshift2}

@@ -22,13 +22,15 @@ each class count as much as the others in the loss (used with the unbalanced dat
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from gptcore.config import GPTConfig
 from gptcore.tasks.classification import (HEAD_INIT_STD, HEAD_NAMES, LM_HEAD_NAME, check_classifier_params, check_labels,
                                           check_num_classes, first_trained_block)
 from npgpt import model as lm
-from npgpt.linear import linear_layer_backward, linear_layer_forward
+from npgpt.linear import LinearLayerCache, linear_layer_backward, linear_layer_forward
 
 # ---------------------------------------------------------------------------------------------------
 # parameters
@@ -65,6 +67,18 @@ def classifier_from_lm_params(lm_params: dict[str, np.ndarray], config: GPTConfi
 # the head: last real token + linear
 # ---------------------------------------------------------------------------------------------------
 
+class LastTokenCache(NamedTuple):
+    """What last_token_backward needs to scatter dh back: the input's shape and dtype, the picked rows."""
+    x_shape: tuple                   # (B, T, C)
+    dtype: np.dtype
+    positions: np.ndarray            # (B,) lengths - 1
+
+
+class ClassifierHeadCache(NamedTuple):
+    last_token: LastTokenCache
+    cls_head: LinearLayerCache       # input: the last real tokens' hidden states h (B, C)
+
+
 def check_lengths(lengths, batch: int, time: int) -> np.ndarray:
     """lengths: (B,) integers, 1 <= lengths[b] <= T (a message has at least one real token)."""
     lengths = np.asarray(lengths)
@@ -80,12 +94,12 @@ def check_lengths(lengths, batch: int, time: int) -> np.ndarray:
 def last_token_forward(x, lengths):
     """h[b] = x[b, lengths[b] - 1]: each sequence's last real (non-padding) position.
 
-    x: (B, T, C); lengths: (B,) -> h: (B, C), cache.
+    x: (B, T, C); lengths: (B,) -> h: (B, C), LastTokenCache.
     """
     B, T, _ = x.shape
     positions = check_lengths(lengths, B, T) - 1                     # (B,)
     h = x[np.arange(B), positions]                                   # (B, C), a copy (fancy indexing)
-    return h, (x.shape, x.dtype, positions)
+    return h, LastTokenCache(x_shape=x.shape, dtype=x.dtype, positions=positions)
 
 
 def last_token_backward(dh, cache):
@@ -94,21 +108,20 @@ def last_token_backward(dh, cache):
     The selection is a gather; its gradient is the scatter back (each b picks one row, so no row is
     hit twice and plain assignment is the sum).
     """
-    x_shape, dtype, positions = cache
-    dx = np.zeros(x_shape, dtype=dtype)
-    dx[np.arange(x_shape[0]), positions] = dh
+    dx = np.zeros(cache.x_shape, dtype=cache.dtype)
+    dx[np.arange(cache.x_shape[0]), cache.positions] = dh
     return dx
 
 
 def classifier_head_forward(x, lengths, params, name="cls_head"):
     """logits = x[b, lengths[b] - 1] @ W^T + b with W = params[name.weight] (K, C), b = params[name.bias] (K,).
 
-    x: (B, T, C); lengths: (B,) -> logits: (B, K), cache. The head is npgpt.linear's linear layer, so a
+    x: (B, T, C); lengths: (B,) -> logits: (B, K), ClassifierHeadCache(last_token, cls_head). The head is npgpt.linear's linear layer, so a
     LoRA adapter on it (npgpt/lora.py) is honoured like on any other layer.
     """
     h, select_cache = last_token_forward(x, lengths)                 # (B, C)
     logits, linear_cache = linear_layer_forward(h, params, name)     # (B, K)
-    return logits, (select_cache, linear_cache)
+    return logits, ClassifierHeadCache(last_token=select_cache, cls_head=linear_cache)
 
 
 def classifier_head_backward(dlogits, cache):
@@ -116,20 +129,26 @@ def classifier_head_backward(dlogits, cache):
 
         dh = dlogits @ W     dW = dlogits^T @ h     db = sum_b dlogits     dx[b, lengths[b] - 1] = dh[b]
     """
-    select_cache, linear_cache = cache
-    dh, grads = linear_layer_backward(dlogits, linear_cache)         # (B, C), {weight (K, C), bias (K,)}
-    return last_token_backward(dh, select_cache), grads
+    dh, grads = linear_layer_backward(dlogits, cache.cls_head)       # (B, C), {weight (K, C), bias (K,)}
+    return last_token_backward(dh, cache.last_token), grads
 
 
 # ---------------------------------------------------------------------------------------------------
 # the loss: (class-weighted) cross-entropy over K classes
 # ---------------------------------------------------------------------------------------------------
 
+class WeightedCrossEntropyCache(NamedTuple):
+    probs: np.ndarray                # (B, K) softmax(logits)
+    labels: np.ndarray               # (B,)
+    sample_weights: np.ndarray       # (B,) w[y_b]
+    total_weight: float              # sum_b w[y_b]
+
+
 def class_weighted_cross_entropy_forward(logits, labels, class_weights=None):
     """loss = sum_b w[y_b] * (-log softmax(logits_b)[y_b]) / sum_b w[y_b]   (w = 1: the plain mean).
 
     logits: (B, K); labels: (B,) ints in [0, K); class_weights: (K,) positive or None.
-    Returns (loss as a Python float, cache).
+    Returns (loss as a Python float, WeightedCrossEntropyCache).
     """
     B, K = logits.shape
     labels = check_labels(labels, B, K)
@@ -149,15 +168,15 @@ def class_weighted_cross_entropy_forward(logits, labels, class_weights=None):
     log_p_label = shifted[np.arange(B), labels] - np.log(row_sum[:, 0])     # (B,)
     total_weight = float(sample_weights.sum(dtype=np.float64))
     loss = -float(np.dot(sample_weights.astype(np.float64), log_p_label.astype(np.float64))) / total_weight
-    return loss, (probs, labels, sample_weights, total_weight)
+    return loss, WeightedCrossEntropyCache(probs=probs, labels=labels, sample_weights=sample_weights,
+                                           total_weight=total_weight)
 
 
 def class_weighted_cross_entropy_backward(cache, dloss=1.0):
     """dlogits[b] = dloss * w[y_b] * (softmax(logits_b) - onehot(y_b)) / sum_b w[y_b]    (B, K)."""
-    probs, labels, sample_weights, total_weight = cache
-    dlogits = probs.copy()
-    dlogits[np.arange(len(labels)), labels] -= 1.0
-    dlogits *= (sample_weights * (dloss / total_weight))[:, None].astype(probs.dtype)
+    dlogits = cache.probs.copy()
+    dlogits[np.arange(len(cache.labels)), cache.labels] -= 1.0
+    dlogits *= (cache.sample_weights * (dloss / cache.total_weight))[:, None].astype(dlogits.dtype)
     return dlogits
 
 
@@ -165,11 +184,18 @@ def class_weighted_cross_entropy_backward(cache, dloss=1.0):
 # the whole classifier
 # ---------------------------------------------------------------------------------------------------
 
+class ClassifierCache(NamedTuple):
+    config: GPTConfig
+    trunk: tuple                     # the architecture's TrunkCache (carries the params)
+    head: ClassifierHeadCache
+
+
 def forward(params, idx, lengths, config: GPTConfig, *, train=False, rng=None):
-    """idx: (B, T) token ids (right-padded), lengths: (B,) real tokens per row -> logits (B, K), cache."""
+    """idx: (B, T) token ids (right-padded), lengths: (B,) real tokens per row -> logits (B, K),
+    ClassifierCache(config, trunk, head)."""
     x, trunk_cache = lm.trunk_forward(params, idx, config, train=train, rng=rng)        # (B, T, C)
     logits, head_cache = classifier_head_forward(x, lengths, params)                    # (B, K)
-    return logits, (config, trunk_cache, head_cache)
+    return logits, ClassifierCache(config=config, trunk=trunk_cache, head=head_cache)
 
 
 def backward(dlogits, cache, trainable_names=None):
@@ -178,13 +204,11 @@ def backward(dlogits, cache, trainable_names=None):
     The backward goes only as deep as the lowest trained block (first_trained_block): finetuning the
     head alone costs no trunk backward at all, the last block alone one block's backward.
     """
-    config, trunk_cache, head_cache = cache
-    params = trunk_cache[1]
-    dx, grads = classifier_head_backward(dlogits, head_cache)
-    names = list(params) if trainable_names is None else list(trainable_names)
-    first_block = first_trained_block(config, names)
+    dx, grads = classifier_head_backward(dlogits, cache.head)
+    names = list(cache.trunk.params) if trainable_names is None else list(trainable_names)
+    first_block = first_trained_block(cache.config, names)
     if first_block is not None:
-        lm.trunk_backward(dx, trunk_cache, grads, first_block=first_block)
+        lm.trunk_backward(dx, cache.trunk, grads, first_block=first_block)
     unknown = [name for name in names if name not in grads]
     if unknown:
         raise ValueError(f"no gradient for {unknown[:5]}: not parameters of this classifier")

@@ -1,4 +1,13 @@
 """Inverted dropout with the mask drawn from a passed numpy.random.Generator (reproducible runs)."""
+from typing import NamedTuple
+
+import numpy as np
+
+
+class DropoutCache(NamedTuple):
+    """What dropout_backward needs: the keep-mask and 1 / (1 - p). No cache at all (None) means identity."""
+    mask: np.ndarray                 # bool, the input's shape: True where the element was kept
+    keep_scale: float                # 1 / (1 - p)
 
 
 def dropout_mask(shape, p, rng):
@@ -9,7 +18,8 @@ def dropout_mask(shape, p, rng):
 def dropout_forward(x, p, *, rng=None, mask=None):
     """out = x * keep / (1 - p).  x: any shape; keep: bool, same shape (drawn from `rng` unless given).
 
-    p == 0 with no mask is the identity (evaluation, or a model without dropout).
+    p == 0 with no mask is the identity (evaluation, or a model without dropout): cache None.
+    Otherwise the cache is DropoutCache(mask, keep_scale).
     """
     if mask is None:
         if p == 0.0:
@@ -22,14 +32,13 @@ def dropout_forward(x, p, *, rng=None, mask=None):
     keep_scale = 1.0 / (1.0 - p)
     out = x * mask
     out *= keep_scale
-    return out, (mask, keep_scale)
+    return out, DropoutCache(mask=mask, keep_scale=keep_scale)
 
 
 def dropout_backward(dout, cache):
     """dx = dout * keep / (1 - p): the same mask and scale as the forward."""
     if cache is None:
         return dout
-    mask, keep_scale = cache
-    dx = dout * mask
-    dx *= keep_scale
+    dx = dout * cache.mask
+    dx *= cache.keep_scale
     return dx

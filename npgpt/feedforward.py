@@ -1,23 +1,31 @@
 """The position-wise feed-forward network: C -> F = 4C -> C with a GELU between."""
-from npgpt.gelu import gelu_backward, gelu_forward
-from npgpt.linear import linear_layer_backward, linear_layer_forward
+from typing import NamedTuple
+
+from npgpt.gelu import GeluCache, gelu_backward, gelu_forward
+from npgpt.linear import LinearLayerCache, linear_layer_backward, linear_layer_forward
+
+
+class FeedForwardCache(NamedTuple):
+    fc1: LinearLayerCache            # input x (B, T, C)
+    gelu: GeluCache                  # hidden (B, T, F) and its tanh
+    fc2: LinearLayerCache            # input gelu(hidden) (B, T, F)
 
 
 def feedforward_forward(x, p):
     """out = fc2(gelu(fc1(x))).
 
-    x: (B, T, C); p: fc1.weight (F, C), fc1.bias (F), fc2.weight (C, F), fc2.bias (C) -> out: (B, T, C)
+    x: (B, T, C); p: fc1.weight (F, C), fc1.bias (F), fc2.weight (C, F), fc2.bias (C)
+    -> out: (B, T, C), FeedForwardCache(fc1, gelu, fc2)
     """
     hidden, fc1_cache = linear_layer_forward(x, p, "fc1")                 # (B, T, F)
     activated, gelu_cache = gelu_forward(hidden)                          # (B, T, F)
     out, fc2_cache = linear_layer_forward(activated, p, "fc2")            # (B, T, C)
-    return out, (fc1_cache, gelu_cache, fc2_cache)
+    return out, FeedForwardCache(fc1=fc1_cache, gelu=gelu_cache, fc2=fc2_cache)
 
 
 def feedforward_backward(dout, cache):
     """dout: (B, T, C) -> dx: (B, T, C), grads under p's keys; the forward read in reverse."""
-    fc1_cache, gelu_cache, fc2_cache = cache
-    dactivated, fc2_grads = linear_layer_backward(dout, fc2_cache)
-    dhidden = gelu_backward(dactivated, gelu_cache)
-    dx, fc1_grads = linear_layer_backward(dhidden, fc1_cache)
+    dactivated, fc2_grads = linear_layer_backward(dout, cache.fc2)
+    dhidden = gelu_backward(dactivated, cache.gelu)
+    dx, fc1_grads = linear_layer_backward(dhidden, cache.fc1)
     return dx, {**fc1_grads, **fc2_grads}

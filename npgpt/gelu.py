@@ -5,6 +5,7 @@ the costliest ufunc there. The formulas below run in blocks of GELU_BLOCK elemen
 over a block stay in the CPU cache) shared among the cores (npgpt.speed.parallel).
 """
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -17,13 +18,22 @@ GELU_CUBIC = 0.044715
 GELU_BLOCK = 1 << 15   # float32 elements per block: 128 KiB per array
 
 
+class GeluCache(NamedTuple):
+    """What gelu_backward needs: the input and tanh(u), so the backward computes no tanh again."""
+    x: np.ndarray                    # any shape
+    tanh_u: np.ndarray               # same shape, C order
+
+
 def _flat(*arrays):
     """1-D views of same-shaped arrays (a contiguous copy of any that is not contiguous, for reading)."""
     return [np.ascontiguousarray(a).reshape(-1) for a in arrays]
 
 
 def gelu_forward(x):
-    """out = 0.5 x (1 + tanh(u)),  u = sqrt(2/pi) (x + 0.044715 x^3).   x: any shape -> out: same."""
+    """out = 0.5 x (1 + tanh(u)),  u = sqrt(2/pi) (x + 0.044715 x^3).
+
+    x: any shape -> out: same shape, GeluCache(x, tanh_u).
+    """
     out = np.empty(x.shape, dtype=x.dtype)           # C order, so the flat views below are views
     tanh_u = np.empty(x.shape, dtype=x.dtype)
     xf, of, tf = _flat(x, out, tanh_u)
@@ -40,7 +50,7 @@ def gelu_forward(x):
         ob *= 0.5                                    # 0.5 x (1 + tanh u)
 
     parallel_for(gelu_block, xf.size, GELU_BLOCK)
-    return out, (x, tanh_u)
+    return out, GeluCache(x=x, tanh_u=tanh_u)
 
 
 def gelu_backward(dout, cache):
@@ -48,9 +58,8 @@ def gelu_backward(dout, cache):
 
     dout: same shape as x -> dx: same shape.
     """
-    x, tanh_u = cache
-    dx = np.empty(x.shape, dtype=np.result_type(dout, x))
-    xf, tf, df, dxf = _flat(x, tanh_u, dout, dx)
+    dx = np.empty(cache.x.shape, dtype=np.result_type(dout, cache.x))
+    xf, tf, df, dxf = _flat(cache.x, cache.tanh_u, dout, dx)
 
     def gelu_backward_block(start, stop):
         xb, tb, db, dxb = xf[start:stop], tf[start:stop], df[start:stop], dxf[start:stop]

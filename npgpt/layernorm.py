@@ -1,11 +1,21 @@
 """LayerNorm over the last axis, with a learned scale and shift (GPT-2: eps = 1e-5, biased variance)."""
+from typing import NamedTuple
+
 import numpy as np
+
+
+class LayerNormCache(NamedTuple):
+    """What layernorm_backward needs. xhat (the normalized input) is kept instead of x and mean: the forward
+    computes it in x - mean's buffer anyway, and the backward reads it twice."""
+    xhat: np.ndarray                 # (..., C)  (x - mean) * rstd
+    rstd: np.ndarray                 # (..., 1)  1 / sqrt(var + eps), per row
+    scale: np.ndarray                # (C,)
 
 
 def layernorm_forward(x, scale, shift, eps=1e-5):
     """out = scale * (x - mean) / sqrt(var + eps) + shift, statistics over the last axis.
 
-    x: (..., C); scale, shift: (C,) -> out: (..., C)
+    x: (..., C); scale, shift: (C,) -> out: (..., C), LayerNormCache(xhat, rstd, scale)
     """
     mean = x.mean(axis=-1, keepdims=True)            # (..., 1)
     xc = x - mean                                    # (..., C)
@@ -14,8 +24,7 @@ def layernorm_forward(x, scale, shift, eps=1e-5):
     xhat = xc                                        # reuse the buffer: xhat = (x - mean) * rstd
     xhat *= rstd
     out = xhat * scale + shift
-    cache = (xhat, rstd, scale)
-    return out, cache
+    return out, LayerNormCache(xhat=xhat, rstd=rstd, scale=scale)
 
 
 def layernorm_backward(dout, cache):
@@ -26,16 +35,16 @@ def layernorm_backward(dout, cache):
         dx     = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))     (means over C)
         dscale = sum(dout * xhat)      dshift = sum(dout)                      (sums over all rows)
     """
-    xhat, rstd, scale = cache
+    xhat = cache.xhat
     C = xhat.shape[-1]
     rows_axes = tuple(range(dout.ndim - 1))
     dshift = dout.sum(axis=rows_axes)
     dscale = (dout * xhat).sum(axis=rows_axes)
-    dxhat = dout * scale
+    dxhat = dout * cache.scale
     mean_dxhat = dxhat.mean(axis=-1, keepdims=True)
     mean_dxhat_xhat = (dxhat * xhat).sum(axis=-1, keepdims=True) / C
     dx = dxhat
     dx -= mean_dxhat
     dx -= xhat * mean_dxhat_xhat
-    dx *= rstd
+    dx *= cache.rstd
     return dx, dscale, dshift

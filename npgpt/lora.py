@@ -29,6 +29,7 @@ gptcore/lora.py.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -40,10 +41,20 @@ from gptcore.lora import (A_SUFFIX, B_SUFFIX, SCALING_SUFFIX, LoRAConfig, adapte
 # the adapter: forward and backward of delta = s * (x A^T) B^T
 # ---------------------------------------------------------------------------------------------------
 
+class LoRACache(NamedTuple):
+    """What lora_backward needs: the input, the rank-r bottleneck h = x A^T, both factors and s."""
+    x: np.ndarray                    # (..., in)
+    h: np.ndarray                    # (N, r)
+    lora_A: np.ndarray               # (r, in)
+    lora_B: np.ndarray               # (out, r)
+    scaling: float                   # s = alpha / r
+
+
+
 def lora_forward(x, lora_A, lora_B, scaling):
     """The adapter's term, delta = s * (x A^T) B^T, added to the base layer's output.
 
-    x: (..., in); lora_A: (r, in); lora_B: (out, r); scaling: s = alpha / r -> delta: (..., out).
+    x: (..., in); lora_A: (r, in); lora_B: (out, r); scaling: s = alpha / r -> delta: (..., out), LoRACache.
     Two thin GEMMs through the rank-r bottleneck h = x A^T (N, r); B A is never formed.
     """
     scaling = float(scaling)                         # a Python float keeps float32 float32 (NumPy 2 promotion)
@@ -51,7 +62,7 @@ def lora_forward(x, lora_A, lora_B, scaling):
     h = x2d @ lora_A.T                               # (N, r)
     delta = h @ lora_B.T                             # (N, out)
     delta *= scaling
-    cache = (x, h, lora_A, lora_B, scaling)
+    cache = LoRACache(x=x, h=h, lora_A=lora_A, lora_B=lora_B, scaling=scaling)
     return delta.reshape(*x.shape[:-1], lora_B.shape[0]), cache
 
 
@@ -65,15 +76,14 @@ def lora_backward(ddelta, cache):
         dx = dh A                  (N, in)
     With B = 0 (the start of training) dA and dx are 0 and only B moves on the first step.
     """
-    x, h, lora_A, lora_B, scaling = cache
     ddelta2d = ddelta.reshape(-1, ddelta.shape[-1])  # (N, out)
-    x2d = x.reshape(-1, x.shape[-1])                 # (N, in)
-    dB = ddelta2d.T @ h                              # (out, r)
-    dB *= scaling
-    dh = ddelta2d @ lora_B                           # (N, r)
-    dh *= scaling
+    x2d = cache.x.reshape(-1, cache.x.shape[-1])     # (N, in)
+    dB = ddelta2d.T @ cache.h                        # (out, r)
+    dB *= cache.scaling
+    dh = ddelta2d @ cache.lora_B                     # (N, r)
+    dh *= cache.scaling
     dA = dh.T @ x2d                                  # (r, in)
-    dx = (dh @ lora_A).reshape(x.shape)              # (N, in) -> (..., in)
+    dx = (dh @ cache.lora_A).reshape(cache.x.shape)  # (N, in) -> (..., in)
     return dx, dA, dB
 
 

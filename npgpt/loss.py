@@ -7,6 +7,7 @@ themselves when the caller allows it), and the fused cross_entropy_loss_and_grad
 into dlogits without further full passes.
 """
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -17,6 +18,15 @@ IGNORE_INDEX = -100
 # Rows of the (N, V) logits per block of the row-parallel softmax: a few rows of V = 50257 (~200 KiB
 # each) keep the five passes over a block in the CPU cache and the Python overhead per block small.
 SOFTMAX_BLOCK_ROWS = 4
+
+
+class CrossEntropyCache(NamedTuple):
+    """What cross_entropy_backward needs; probs is the buffer the backward turns into dlogits in place."""
+    probs: np.ndarray                # (N, V) softmax(logits), N = every position
+    targets: np.ndarray              # (N,) target ids, ignored rows set to 0 (safe to index with)
+    kept: np.ndarray                 # (N,) bool, False where the target was ignore_index
+    n_kept: int                      # kept.sum(): the mean's denominator
+    logits_shape: tuple              # (..., V), the shape dlogits is returned in
 
 
 def _flatten_and_check(logits, targets, ignore_index):
@@ -72,7 +82,7 @@ def cross_entropy_forward(logits, targets, ignore_index=IGNORE_INDEX, *, overwri
     """loss = -mean over kept positions of log softmax(logits)[target].
 
     logits: (..., V); targets: (...) integer, entries equal to ignore_index are left out of the mean.
-    Returns (loss as a Python float, cache). With every target ignored the loss is nan, as in torch.
+    Returns (loss as a Python float, CrossEntropyCache). With every target ignored the loss is nan, as in torch.
     overwrite_logits=True computes the probabilities into the logits' own buffer (saves a 196 MiB
     allocation at GPT-2 size); the caller must not use the logits afterwards.
     """
@@ -81,7 +91,8 @@ def cross_entropy_forward(logits, targets, ignore_index=IGNORE_INDEX, *, overwri
     probs = logits2d if overwrite_logits else np.empty_like(logits2d)             # (N, V)
     row_max, row_sum = _softmax_rows(logits2d, probs)
     loss = _mean_nll(target_logits, row_max, row_sum, kept)
-    cache = (probs, safe_targets, kept, int(kept.sum()), logits.shape)
+    cache = CrossEntropyCache(probs=probs, targets=safe_targets, kept=kept, n_kept=int(kept.sum()),
+                              logits_shape=logits.shape)
     return loss, cache
 
 
@@ -90,18 +101,17 @@ def cross_entropy_backward(cache, dloss=1.0):
 
     Returns dlogits with the logits' shape. Reuses the forward's probability buffer: call it once per forward.
     """
-    probs, safe_targets, kept, n_kept, logits_shape = cache
-    dlogits = probs                                  # (N, V), overwritten in place
-    dlogits[np.arange(dlogits.shape[0]), safe_targets] -= 1.0
-    if not kept.all():
-        dlogits[~kept] = 0.0
-    scale = dloss / max(n_kept, 1)
+    dlogits = cache.probs                            # (N, V), overwritten in place
+    dlogits[np.arange(dlogits.shape[0]), cache.targets] -= 1.0
+    if not cache.kept.all():
+        dlogits[~cache.kept] = 0.0
+    scale = dloss / max(cache.n_kept, 1)
 
     def scale_block(start, stop):
         dlogits[start:stop] *= scale
 
     parallel_for(scale_block, dlogits.shape[0], SOFTMAX_BLOCK_ROWS)
-    return dlogits.reshape(logits_shape)
+    return dlogits.reshape(cache.logits_shape)
 
 
 def cross_entropy_loss_and_grad(logits, targets, ignore_index=IGNORE_INDEX, *, dloss=1.0, overwrite_logits=False):

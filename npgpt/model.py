@@ -1,26 +1,56 @@
-"""The GPT-2 model in NumPy: parameter layout, initialization, forward and backward.
+"""The model API in NumPy, the same for every architecture: parameters, forward, backward, loss.
 
     forward(params, idx, config) -> (logits, cache)        backward(dlogits, cache) -> grads
 
-    x = dropout(tok_emb[idx] + pos_emb[:T])                 (B, T, C)
-    x = block_i(x)  for i in 0 .. L-1                       (B, T, C)
-    logits = final_norm(x) @ out_head.weight^T              (B, T, V)
+    x, trunk_cache = trunk_forward(params, idx, config)     (B, T, C)  the architecture's trunk
+    logits = x @ out_head.weight^T                          (B, T, V)  the language-model head
 
-The backward is the forward read in reverse. With tie_weights, out_head.weight IS tok_emb.weight (one array
-under two names) and its gradient is the sum of the head's and the embedding's contributions.
+config.arch picks the trunk from ARCHITECTURES (GPT-2's is npgpt/gpt2.py: embeddings with a learned
+position table, blocks, final LayerNorm); nothing here knows how a trunk embeds positions or normalizes.
+The head, the loss, the parameter checks and the initialization are shared: the names, shapes and init
+rule come from the architecture's spec in gptcore.arch. Adding an architecture = one trunk module here
+(trunk_forward, trunk_backward, block_params) and one line in ARCHITECTURES.
+
+The backward is the forward read in reverse. With tie_weights, out_head.weight IS the token embedding
+(one array under two names) and its gradient is the sum of the head's and the embedding's contributions:
+the trunk's backward adds its part into the head's gradient array.
 """
+from typing import NamedTuple
+
 import numpy as np
 
-from gptcore.arch import block_param_shapes, count_params_for, param_shapes, spec_for  # noqa: F401 (model API)
+from gptcore.arch import block_param_shapes, count_params_for, param_shapes, spec_for
 from gptcore.config import GPTConfig
-from gptcore.params import check_param_shapes, prefixed, subdict, unique_arrays
-from npgpt.block import block_backward, block_forward
-from npgpt.dropout import dropout_backward, dropout_forward
-from npgpt.embedding import embedding_backward, embedding_forward, pos_embedding_backward, pos_embedding_forward
-from npgpt.layernorm import layernorm_backward, layernorm_forward
-from npgpt.linear import linear_layer_backward, linear_layer_forward
+from gptcore.params import check_param_shapes, unique_arrays
+from npgpt import gpt2
+from npgpt.linear import LinearLayerCache, linear_layer_backward, linear_layer_forward
 from npgpt.loss import cross_entropy_loss_and_grad
 
+__all__ = ["ARCHITECTURES", "ModelCache", "architecture", "init_params", "param_shapes", "block_param_shapes",
+           "count_params", "count_params_for", "check_params", "check_token_ids", "block_params",
+           "trunk_forward", "trunk_backward", "forward", "backward", "loss_and_grads"]
+
+# config.arch -> the module with that architecture's trunk_forward / trunk_backward / block_params.
+ARCHITECTURES = {"gpt2": gpt2}
+
+
+class ModelCache(NamedTuple):
+    """forward's cache: the trunk's (an architecture's TrunkCache, which carries config and params) and the
+    language-model head's."""
+    trunk: tuple                     # the architecture's TrunkCache (npgpt.gpt2.TrunkCache for GPT-2)
+    out_head: LinearLayerCache       # input: the final-normed hidden states (B, T, C)
+
+
+def architecture(config: GPTConfig):
+    """The module that composes config.arch's trunk (npgpt/gpt2.py for "gpt2")."""
+    if config.arch not in ARCHITECTURES:
+        raise ValueError(f"npgpt has no model for architecture {config.arch!r}; it has {sorted(ARCHITECTURES)}")
+    return ARCHITECTURES[config.arch]
+
+
+# ---------------------------------------------------------------------------------------------------
+# parameters
+# ---------------------------------------------------------------------------------------------------
 
 def init_params(config: GPTConfig, seed=0, dtype=np.float32):
     """A fresh parameter dict by the architecture's init rule (gptcore.arch; GPT-2: weights ~ N(0, std),
@@ -74,13 +104,18 @@ def check_token_ids(idx, config: GPTConfig):
 
 
 def block_params(params, config: GPTConfig):
-    """Each block's parameters under their names inside the block: [subdict(params, "blocks.i.") for each i]."""
-    return [subdict(params, f"blocks.{i}.") for i in range(config.n_layers)]
+    """Each block's parameters under their names inside the block (GPT-2: subdict(params, "blocks.i."))."""
+    return architecture(config).block_params(params, config)
 
+
+# ---------------------------------------------------------------------------------------------------
+# the trunk: everything but the output head
+# ---------------------------------------------------------------------------------------------------
 
 def trunk_forward(params, idx, config: GPTConfig, *, train=False, rng=None, kv_cache=None, attention_mask=None,
                   blocks=None):
-    """Everything but the output head: idx (B, T) -> final-normed hidden states x (B, T, C), cache.
+    """Everything but the output head: idx (B, T) -> final-normed hidden states x (B, T, C), the
+    architecture's TrunkCache.
 
     The classification head and LoRA reuse it; forward() adds the language-model head.
     kv_cache: an npgpt.kvcache.KVCache (decoding, inference only): idx are the NEW tokens, placed after the
@@ -90,31 +125,14 @@ def trunk_forward(params, idx, config: GPTConfig, *, train=False, rng=None, kv_c
     the flat dict costs more than a decoding step's small operations.
     """
     idx = check_token_ids(idx, config)
-    T = idx.shape[1]
-    drop_rate = config.drop_rate if train else 0.0
-    if drop_rate > 0 and rng is None:
+    if train and config.drop_rate > 0 and rng is None:
         raise ValueError("forward(train=True) with drop_rate > 0 needs rng=np.random.default_rng(seed)")
     if kv_cache is None and attention_mask is not None:
         raise ValueError("attention_mask (left padding) needs a kv_cache; see npgpt.generate for batches")
     if kv_cache is not None and train:
         raise ValueError("a KV cache is for inference: call trunk_forward(train=False)")
-    tok, tok_cache = embedding_forward(params["tok_emb.weight"], idx)            # (B, T, C)
-    if kv_cache is None:
-        pos, pos_cache = pos_embedding_forward(params["pos_emb.weight"], T)      # (T, C)
-    else:
-        positions = kv_cache.begin(T, attention_mask)                           # (B, T), after the cached ones
-        pos, pos_cache = embedding_forward(params["pos_emb.weight"], positions)  # (B, T, C)
-    tok += pos
-    x, drop_cache = dropout_forward(tok, drop_rate, rng=rng)
-    block_caches = []
-    for i, p in enumerate(blocks if blocks is not None else block_params(params, config)):
-        x, block_cache = block_forward(x, p, config, train=train, rng=rng,
-                                       kv_cache=None if kv_cache is None else kv_cache.layer(i))
-        block_caches.append(block_cache)
-    if kv_cache is not None:
-        kv_cache.commit()
-    x, norm_cache = layernorm_forward(x, params["final_norm.scale"], params["final_norm.shift"])
-    return x, (config, params, tok_cache, pos_cache, drop_cache, block_caches, norm_cache)
+    return architecture(config).trunk_forward(params, idx, config, train=train, rng=rng, kv_cache=kv_cache,
+                                              attention_mask=attention_mask, blocks=blocks)
 
 
 def trunk_backward(dx, cache, grads, first_block=0):
@@ -125,31 +143,22 @@ def trunk_backward(dx, cache, grads, first_block=0):
     first_block > 0 stops the backward after block `first_block` (finetuning only the last blocks):
     the earlier blocks and the embeddings get no entry in `grads`, and their backward is never computed.
     """
-    config, params, tok_cache, pos_cache, drop_cache, block_caches, norm_cache = cache
-    if not 0 <= first_block <= config.n_layers:
-        raise ValueError(f"first_block must be in [0, {config.n_layers}], got {first_block}")
-    dx, grads["final_norm.scale"], grads["final_norm.shift"] = layernorm_backward(dx, norm_cache)
-    for i in reversed(range(first_block, config.n_layers)):
-        dx, block_grads = block_backward(dx, block_caches[i])
-        grads.update(prefixed(block_grads, f"blocks.{i}."))
-    if first_block > 0:
-        return grads
-    dx = dropout_backward(dx, drop_cache)
-    grads["pos_emb.weight"] = pos_embedding_backward(dx, pos_cache)
-    tied = params.get("out_head.weight") is params["tok_emb.weight"] and "out_head.weight" in grads
-    grads["tok_emb.weight"] = embedding_backward(dx, tok_cache, dweight=grads["out_head.weight"] if tied else None)
-    return grads
+    return architecture(cache.config).trunk_backward(dx, cache, grads, first_block=first_block)
 
+
+# ---------------------------------------------------------------------------------------------------
+# the language model: trunk + head
+# ---------------------------------------------------------------------------------------------------
 
 def forward(params, idx, config: GPTConfig, *, train=False, rng=None):
-    """idx: (B, T) int token ids -> logits: (B, T, V), cache for backward.
+    """idx: (B, T) int token ids -> logits: (B, T, V), ModelCache(trunk, out_head) for backward.
 
-    train=True applies dropout (config.drop_rate) with masks drawn from rng in a fixed order: the embedding
-    dropout, then per block the attention-weight, post-attention and post-feed-forward dropouts.
+    train=True applies dropout (config.drop_rate) with masks drawn from rng in a fixed order: for GPT-2 the
+    embedding dropout, then per block the attention-weight, post-attention and post-feed-forward dropouts.
     """
     x, trunk_cache = trunk_forward(params, idx, config, train=train, rng=rng)   # (B, T, C)
     logits, head_cache = linear_layer_forward(x, params, "out_head")            # (B, T, V), out_head.weight (V, C)
-    return logits, (trunk_cache, head_cache)
+    return logits, ModelCache(trunk=trunk_cache, out_head=head_cache)
 
 
 def backward(dlogits, cache):
@@ -158,11 +167,9 @@ def backward(dlogits, cache):
     With LoRA adapters in params (npgpt/lora.py), an adapted layer's frozen weight and bias get no
     gradient and its lora_A / lora_B do; the adapters' constant lora_scaling gets none either.
     """
-    trunk_cache, head_cache = cache
-    params = trunk_cache[1]
-    dx, grads = linear_layer_backward(dlogits, head_cache)                       # dx (B, T, C); dW (V, C)
-    trunk_backward(dx, trunk_cache, grads)
-    return {name: grads[name] for name in params if name in grads}
+    dx, grads = linear_layer_backward(dlogits, cache.out_head)                  # dx (B, T, C); dW (V, C)
+    trunk_backward(dx, cache.trunk, grads)
+    return {name: grads[name] for name in cache.trunk.params if name in grads}
 
 
 def loss_and_grads(params, idx, targets, config: GPTConfig, *, train=False, rng=None):

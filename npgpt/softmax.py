@@ -3,9 +3,17 @@
 Along the last axis the rows are computed in blocks on all cores (npgpt.speed.parallel): the attention
 softmax of GPT-2 124M at B=4, T=256 is 3M numbers per layer, and np.exp runs on one core.
 """
+from typing import NamedTuple
+
 import numpy as np
 
 from npgpt.speed.parallel import parallel_for, rows_per_block
+
+
+class SoftmaxCache(NamedTuple):
+    """What softmax_backward needs: the output y (the Jacobian is diag(y) - y y^T) and the axis."""
+    probs: np.ndarray                # y, the softmax output (the very array the forward returned)
+    axis: int
 
 
 def _softmax_into(x, out, axis):
@@ -28,6 +36,7 @@ def softmax_forward(x, axis=-1, *, out=None):
     """out = exp(x - max x) / sum exp(x - max x) along `axis`.  x: any shape -> out: same.
 
     out: optional array to write into (may be x itself, for an in-place softmax).
+    Returns out, SoftmaxCache(probs=out, axis).
     Rows that are all -inf are not supported (every causal row keeps its diagonal).
     """
     if out is None:
@@ -39,7 +48,7 @@ def softmax_forward(x, axis=-1, *, out=None):
         x2d, out2d = rows                            # (N, n)
         parallel_for(lambda start, stop: _softmax_into(x2d[start:stop], out2d[start:stop], -1),
                      x2d.shape[0], rows_per_block(x2d.shape[1]))
-    return out, (out, axis)
+    return out, SoftmaxCache(probs=out, axis=axis)
 
 
 def _softmax_backward_into(dout, y, dx, axis):
@@ -54,7 +63,7 @@ def softmax_backward(dout, cache, *, out=None):
 
     out: optional array to write dx into (may be dout itself).
     """
-    y, axis = cache
+    y, axis = cache.probs, cache.axis
     dx = np.empty(y.shape, dtype=np.result_type(dout, y)) if out is None else out
     rows = _last_axis_rows((np.ascontiguousarray(dout), y, dx), axis)
     if rows is None:

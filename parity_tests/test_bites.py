@@ -16,9 +16,9 @@ import npgpt.block
 import npgpt.embedding
 import npgpt.feedforward
 import npgpt.gelu
+import npgpt.gpt2
 import npgpt.layernorm
 import npgpt.loss
-import npgpt.model
 import npgpt.optim
 import parity_tests.test_clipping
 from gptcore.config import GPTConfig
@@ -47,8 +47,7 @@ CONFIG = GPTConfig(vocab_size=13, context_length=6, emb_dim=8, n_heads=2, n_laye
 def layernorm_backward_without_variance_term(real):
     def broken(dout, cache):
         dx, dscale, dshift = real(dout, cache)
-        xhat, rstd, scale = cache
-        return dx + rstd * xhat * (dout * scale * xhat).mean(-1, keepdims=True), dscale, dshift
+        return dx + cache.rstd * cache.xhat * (dout * cache.scale * cache.xhat).mean(-1, keepdims=True), dscale, dshift
     return broken
 
 
@@ -65,7 +64,7 @@ def scaled(real, factor=1.0 + 1e-4):
 def gelu_backward_without_power_rule(real):
     """d/dx of 0.044715 x^3 written as 0.044715 x^2 (the factor 3 forgotten)."""
     def broken(dout, cache):
-        x, tanh_u = cache
+        x, tanh_u = cache.x, cache.tanh_u
         du_dx = SQRT_2_OVER_PI * (1.0 + GELU_CUBIC * x * x)
         return dout * (0.5 * (1.0 + tanh_u) + 0.5 * x * (1.0 - tanh_u * tanh_u) * du_dx)
     return broken
@@ -74,7 +73,7 @@ def gelu_backward_without_power_rule(real):
 def embedding_backward_with_assignment(real):
     """dW[idx] += dout: with repeated ids only one of the gradients lands."""
     def broken(dout, cache, dweight=None):
-        idx, shape = cache
+        idx, shape = cache.idx, cache.weight_shape
         dweight = np.zeros(shape, dout.dtype) if dweight is None else dweight
         dweight[idx.reshape(-1)] += dout.reshape(-1, shape[1])
         return dweight
@@ -93,13 +92,13 @@ def tied_gradient_overwritten(real):
 
 
 def dropout_backward_without_rescale(real):
-    return lambda dout, cache: dout if cache is None else dout * cache[0]
+    return lambda dout, cache: dout if cache is None else dout * cache.mask
 
 
 def cross_entropy_backward_mean_over_all_rows(real):
     """Divides by every position instead of the kept (non-ignored) ones."""
     def broken(cache, dloss=1.0):
-        kept, n_kept = cache[2], cache[3]
+        kept, n_kept = cache.kept, cache.n_kept
         return real(cache, dloss) * (max(n_kept, 1) / kept.size)
     return broken
 
@@ -159,7 +158,7 @@ CASES = {
         npgpt.embedding, "embedding_backward", embedding_backward_with_assignment,
         lambda: check_embedding(2, 8, 4, 3, PLAIN, np.float64)),
     "model: tied head gradient overwritten, not summed": (
-        npgpt.model, "embedding_backward", tied_gradient_overwritten,
+        npgpt.gpt2, "embedding_backward", tied_gradient_overwritten,
         lambda: check_model(CONFIG, 2, 5, np.float64)),
     "block: residual dropout backward without 1/(1-p)": (
         npgpt.block, "dropout_backward", dropout_backward_without_rescale,

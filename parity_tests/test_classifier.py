@@ -200,7 +200,7 @@ def test_planted_bug_reading_position_minus_one_is_caught(monkeypatch):
     record_example()
 
     def read_last_position(x, lengths):
-        return x[:, -1], (x.shape, x.dtype, np.full(x.shape[0], x.shape[1] - 1))
+        return x[:, -1], npcls.LastTokenCache(x.shape, x.dtype, np.full(x.shape[0], x.shape[1] - 1))
 
     monkeypatch.setattr(npcls, "last_token_forward", read_last_position)
     with planted_bug("classifier head reads position -1, padding included", match="head logits"):

@@ -131,6 +131,68 @@ def test_float64_init_starts_from_the_float32_numbers():
 
 
 # ---------------------------------------------------------------------------------------------
+# The architecture seam: npgpt.model dispatches on config.arch, the caches are named
+# ---------------------------------------------------------------------------------------------
+
+def test_model_runs_the_trunk_registered_for_config_arch(monkeypatch):
+    """forward, backward, block_params and the classifier's trunk go through model.ARCHITECTURES: a
+    trunk registered under "gpt2" that records its calls and delegates to npgpt.gpt2 gives the same
+    logits and gradients, with every call routed through it."""
+    from types import SimpleNamespace
+
+    from npgpt import classifier, gpt2
+
+    assert model.ARCHITECTURES["gpt2"] is gpt2
+    config = get_config("tiny", vocab_size=50, context_length=8, n_layers=2)
+    params = model.init_params(config, seed=0)
+    idx = np.random.default_rng(0).integers(0, 50, (2, 5))
+    logits, cache = model.forward(params, idx, config)
+    grads = model.backward(np.ones_like(logits), cache)
+
+    calls = []
+
+    def recorded(name):
+        def call(*args, **kwargs):
+            calls.append(name)
+            return getattr(gpt2, name)(*args, **kwargs)
+        return call
+
+    spy = SimpleNamespace(**{name: recorded(name) for name in ("trunk_forward", "trunk_backward", "block_params")})
+    monkeypatch.setitem(model.ARCHITECTURES, "gpt2", spy)
+    logits2, cache2 = model.forward(params, idx, config)
+    grads2 = model.backward(np.ones_like(logits2), cache2)
+    assert len(model.block_params(params, config)) == 2
+    classifier.forward({**params, **classifier.init_head(config, 2)}, idx, np.array([5, 3]), config)
+    assert calls == ["trunk_forward", "trunk_backward", "block_params", "trunk_forward"]
+    np.testing.assert_array_equal(logits2, logits)
+    assert grads2.keys() == grads.keys() == params.keys()
+    for name in grads:
+        np.testing.assert_array_equal(grads2[name], grads[name], err_msg=name)
+
+
+def test_an_architecture_without_a_numpy_model_is_named(monkeypatch):
+    config = get_config("tiny", vocab_size=50)
+    params = model.init_params(config)
+    monkeypatch.delitem(model.ARCHITECTURES, "gpt2")
+    with pytest.raises(ValueError, match=r"npgpt has no model for architecture 'gpt2'"):
+        model.forward(params, np.zeros((1, 2), np.int64), config)
+
+
+def test_model_caches_are_named_and_hold_the_forward_arrays():
+    """The caches are NamedTuples read by field; they keep the forward's own arrays (no copies)."""
+    config = get_config("tiny", vocab_size=50, context_length=8, n_layers=1)
+    params = model.init_params(config, seed=0)
+    logits, cache = model.forward(params, np.zeros((1, 4), np.int64), config)
+    assert cache.trunk.config is config and cache.trunk.params is params
+    block = cache.trunk.blocks[0]
+    assert block._fields == ("norm1", "att", "drop1", "norm2", "ff", "drop2")
+    assert block.att.core.att is block.att.core.att_dropped           # no dropout: one array, not a copy
+    assert block.norm1.scale is params["blocks.0.norm1.scale"]
+    assert cache.out_head.base.weight is params["out_head.weight"]
+    assert cache.trunk.final_norm.xhat.shape == (1, 4, config.emb_dim) and cache.trunk.final_norm.rstd.shape == (1, 4, 1)
+
+
+# ---------------------------------------------------------------------------------------------
 # Learning-rate schedules: known values
 # ---------------------------------------------------------------------------------------------
 

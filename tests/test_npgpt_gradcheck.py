@@ -114,8 +114,8 @@ def test_simple_attention():
     L = projection_loss(lambda: attention.simple_attention(x), R)
     check_all(L, {"x": (x, dx)})
     # x feeds queries, keys and values: a backward that forgets the key path (dscores^T x) is caught
-    _, (weights, _) = cache
-    dscores = softmax.softmax_backward(R @ x.T, (weights, -1))
+    weights = cache.softmax.probs
+    dscores = softmax.softmax_backward(R @ x.T, cache.softmax)
     without_keys = weights.T @ R + dscores @ x
     with pytest.raises(AssertionError, match="relative error"):
         check_gradient(L, x, without_keys, tol=TOL, name="x")
@@ -290,10 +290,9 @@ def test_whole_model_every_parameter(tie_weights, qkv_bias, drop_rate):
 def test_the_check_catches_a_layernorm_backward_without_its_variance_term(monkeypatch):
     """Proof the checks can fail: drop the `xhat * mean(dxhat * xhat)` term and the x-gradient must be rejected."""
     def broken_backward(dout, cache):
-        xhat, rstd, scale = cache
-        dxhat = dout * scale
-        dx = rstd * (dxhat - dxhat.mean(-1, keepdims=True))           # variance term missing
-        return dx, (dout * xhat).sum(axis=(0, 1)), dout.sum(axis=(0, 1))
+        dxhat = dout * cache.scale
+        dx = cache.rstd * (dxhat - dxhat.mean(-1, keepdims=True))     # variance term missing
+        return dx, (dout * cache.xhat).sum(axis=(0, 1)), dout.sum(axis=(0, 1))
 
     rng = np.random.default_rng(20)
     x, scale, shift = rand(rng, 2, 3, 8), rand(rng, 8), rand(rng, 8)
