@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from gpt2cli.errors import INTERRUPTED_EXIT_CODE, USER_ERROR_EXIT_CODE, USER_ERRORS, UserError, user_errors
-from gpt2cli.options import add_threads_option, limited_threads
+from gpt2cli.options import add_data_alias, add_threads_option, limited_threads
 
 
 def register(subparsers):
@@ -37,6 +37,7 @@ def register(subparsers):
     a("--out", metavar="DIR", help="the run folder (default runs/train-<time>; with --resume the run's own)")
     a("--data", nargs="+", metavar="PATH_OR_NAME", help="text files, folders of them, or data set names "
                                                        "(default the-verdict)")
+    add_data_alias(p, nargs="+")
     a("--data-dir", help="where manifest data sets live (default $GPT2_DATA_DIR or data/cache)")
     a("--token-cache", metavar="DIR", help="where tokenized corpora are kept (default $GPT2_TOKEN_CACHE or "
                                            "data/cache/tokens)")
@@ -66,11 +67,11 @@ def register(subparsers):
                                                               "(default), float32 elsewhere")
     a("--compile", action="store_true", default=None, help="torch.compile the model")
     a("--sdpa", action="store_true", default=None, help="fused scaled_dot_product_attention (default on CUDA)")
-    a("--no-sdpa", dest="sdpa", action="store_false", help="explicit attention (the reference twin)")
+    a("--no-sdpa", dest="sdpa", action="store_false", help="explicit attention (the reference twin; default off CUDA)")
     a("--sample-prompt", metavar="TEXT", help="log a greedy continuation of TEXT at each evaluation")
     a("--sample-tokens", type=int, help="tokens generated for --sample-prompt (default 20)")
     a("--peak-tflops", type=float, help="the GPU's peak TFLOP/s for the MFU figure (default: known GPUs' bf16)")
-    a("--nproc", type=int, default=1, help="data-parallel processes: launches torchrun (torch backend)")
+    a("--nproc", type=int, default=1, help="data-parallel processes: launches torchrun (torch backend; default 1)")
     add_threads_option(p)
     a("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
