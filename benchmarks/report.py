@@ -88,11 +88,12 @@ def _measured_cell(target: dict) -> str:
 def targets_table(result: dict) -> list[str]:
     if not result.get("targets"):
         return []
-    lines = ["## Targets", "", "| target | issue | limit | measured | met | stated on | on the stated shape |",
+    lines = ["## Targets", "",
+             "| target | set by project issue | limit | measured | met | stated on | on the stated shape |",
              "| --- | --- | --- | ---: | --- | --- | --- |"]
     for t in result["targets"]:
         met = "-" if t["met"] is None else ("yes" if t["met"] else "NO")
-        lines.append(f"| {t['target']} | {t['issue']} | {t['limit']} | {_measured_cell(t)} | {met} | "
+        lines.append(f"| {t['target']} | #{t['issue']} | {t['limit']} | {_measured_cell(t)} | {met} | "
                      f"{t['stated_shape']} | {'yes' if t['headline_shape'] else 'no'} |")
     return lines + [""]
 

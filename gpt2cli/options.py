@@ -5,6 +5,7 @@ building the parser for `gpt2 --help` stays fast.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import sys
 import warnings
@@ -14,13 +15,26 @@ DEVICE_HELP = "torch device: auto, cpu, cuda, cuda:N, mps (default auto)"
 
 def add_threads_option(parser) -> None:
     parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="CPU threads for torch and NumPy's BLAS (default: the libraries' own choice). "
-                             "On a busy shared machine 1 can be many times faster than the default")
+                        help="CPU threads for torch and NumPy's BLAS (default: the libraries' own choice, "
+                             "usually one per core). On a busy shared machine 1 can be many times faster")
+
+
+def add_data_file_option(parser, help: str) -> None:
+    """--data FILE (one name for the training data across commands), and --data-file, its older spelling, kept
+    working but left out of --help. Both fill args.data_file."""
+    parser.add_argument("--data", dest="data_file", metavar="FILE", default=None, help=help)
+    parser.add_argument("--data-file", dest="data_file", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def add_data_alias(parser, dest: str = "data", **kwargs) -> None:
+    """--data-file accepted as another spelling of a command's --data (left out of --help)."""
+    parser.add_argument("--data-file", dest=dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
 
 
 def add_backend_and_device_options(parser) -> None:
     """--backend torch|numpy (default torch) and --device, as the classification commands spell them."""
-    parser.add_argument("--backend", choices=("torch", "numpy"), default="torch")
+    parser.add_argument("--backend", choices=("torch", "numpy"), default="torch",
+                        help="torch (default) or numpy, the reference written by hand")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
 
 

@@ -198,3 +198,26 @@ def test_cli_errors_are_one_line(http_server, tmp_path, capsys):
     (tmp_path / "junk" / "a.txt").write_text("x")
     assert main(["weights", "convert", str(tmp_path / "junk"), str(tmp_path / "out")]) == 2
     assert "unknown weights layout" in capsys.readouterr().err
+
+
+def test_a_failed_download_leaves_no_empty_folder(tmp_path, monkeypatch, capsys):
+    """Offline (nothing listens): `gpt2 weights download` fails and leaves neither gpt2/124M/ nor gpt2/."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(pretrained.MODELS_DIR_ENV, raising=False)
+    assert main(["weights", "download", "--size", "124M", "--timeout", "2", "--quiet"]) == 2
+    assert "124M/checkpoint" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    kept = tmp_path / "kept"                          # a folder that was there before is left in place
+    kept.mkdir()
+    with pytest.raises(DownloadError):
+        download_gpt2("124M", kept / "a" / "b", progress=False, timeout=2)
+    assert kept.is_dir() and list(kept.iterdir()) == []
+
+
+def test_a_failed_download_keeps_the_files_it_completed(http_server, tmp_path):
+    files = fake_release()
+    base = serve(http_server, "/openai", {name: body for name, body in files.items() if name == "checkpoint"})
+    folder = tmp_path / "gpt2" / "124M"
+    with pytest.raises(DownloadError):
+        download_gpt2("124M", folder, base_urls=[base], progress=False, expected_sizes=sizes_of(files), timeout=2)
+    assert [p.name for p in folder.iterdir()] == ["checkpoint"]     # a rerun goes on from here

@@ -8,7 +8,6 @@ difference, saves a plot of both curves, and ends by letting each model continue
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from gpt2cli.errors import UserError
@@ -24,25 +23,24 @@ def register(subparsers):
     parser = subparsers.add_parser(
         "demo", help="train a small GPT in NumPy and in torch side by side",
         description="Train the same small GPT in NumPy and in PyTorch from identical weights on the-verdict, "
-                    "compare the losses step by step, plot them and generate with both.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--steps", type=int, default=150, help="optimizer steps in each backend")
-    parser.add_argument("--model", default="tiny", help="model preset (tiny, gpt2-small, ...)")
+                    "compare the losses step by step, plot them and generate with both.")
+    parser.add_argument("--steps", type=int, default=150, help="optimizer steps in each backend (default %(default)s)")
+    parser.add_argument("--model", default="tiny", help="model preset (tiny, gpt2-small, ...; default %(default)s)")
     parser.add_argument("--context-length", type=int, default=None,
                         help="tokens per training window (default: the preset's, at most 64)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=4e-3, help="AdamW learning rate (constant)")
-    parser.add_argument("--weight-decay", type=float, default=0.1)
-    parser.add_argument("--seed", type=int, default=0, help="initial weights, batch order and sampling")
+    parser.add_argument("--batch-size", type=int, default=8, help="windows per step (default %(default)s)")
+    parser.add_argument("--lr", type=float, default=4e-3, help="AdamW learning rate, constant (default %(default)s)")
+    parser.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="initial weights, batch order and sampling (default %(default)s)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float64",
                         help="float64: the curves agree to ~1e-9 and both models write the same text; float32 "
                              "is twice as fast, and its rounding differences grow over the steps (see the note "
-                             "it prints)")
-    parser.add_argument("--print-every", type=int, default=10, help="print a row every N steps")
-    parser.add_argument("--eval-interval", type=int, default=25, help="validation loss every N steps")
-    parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="text both models continue at the end")
-    parser.add_argument("--max-new-tokens", type=int, default=30)
-    parser.add_argument("--out", default="runs/demo", help="folder for the plot and the metrics")
+                             "it prints); default %(default)s")
+    parser.add_argument("--print-every", type=int, default=10, help="print a row every N steps (default %(default)s)")
+    parser.add_argument("--eval-interval", type=int, default=25, help="validation loss every N steps (default %(default)s)")
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="text both models continue at the end (default %(default)r)")
+    parser.add_argument("--max-new-tokens", type=int, default=30, help="tokens each model adds (default %(default)s)")
+    parser.add_argument("--out", default="runs/demo", help="folder for the plot and the metrics (default %(default)s)")
     parser.add_argument("--data-dir", default=None, help="data folder (default: $GPT2_DATA_DIR or data/cache)")
     parser.set_defaults(func=run)
 

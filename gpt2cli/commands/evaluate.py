@@ -44,6 +44,9 @@ def run(args) -> int:
     from gptcore.tasks.judge import JudgeError, JudgeSettings, OllamaClient, judge_responses, validate_responses
 
     responses = Path(args.responses)
+    if not responses.is_file():
+        raise UserError(f"no responses file {responses}: `gpt2 finetune instruct --out RUN` writes the model's "
+                        f"answers to the test records as RUN/test_responses.json; pass that file to --responses")
     records = validate_responses(read_records(responses), source=str(responses))
     if not records:
         raise UserError(f"{responses} holds no records to judge")

@@ -22,23 +22,28 @@ from gpt2cli.errors import UserError
 def register(subparsers):
     parser = subparsers.add_parser("generate", help="continue a prompt (greedy, sampling, top-k/top-p, beam search)")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--weights", help="OpenAI checkpoint folder, Hugging Face folder/.safetensors, or ours")
-    source.add_argument("--checkpoint", help="one of our checkpoints (gpt2 training runs, save_checkpoint)")
+    source.add_argument("--weights", metavar="PATH",
+                        help="OpenAI checkpoint folder, Hugging Face folder/.safetensors, one of our checkpoints "
+                             "(folder or model.safetensors) or run folders (its newest checkpoint)")
+    source.add_argument("--checkpoint", metavar="PATH",
+                        help="the same as --weights: a run folder (--out of gpt2 train), a checkpoint folder in "
+                             "it, or a model.safetensors file")
     source.add_argument("--model", help="a preset (gpt2-small, tiny, ...) with random weights from --seed "
                                         "(demos and benchmarks)")
-    parser.add_argument("--backend", choices=("numpy", "torch"), default="numpy")
+    parser.add_argument("--backend", choices=("numpy", "torch"), default="numpy",
+                        help="numpy (default) or torch; the same tokens for the same --seed")
     parser.add_argument("--prompt", required=True, help="the text to continue (<|endoftext|> allowed)")
-    parser.add_argument("--max-new-tokens", type=int, default=50)
+    parser.add_argument("--max-new-tokens", type=int, default=50, help="tokens to add (default %(default)s)")
     parser.add_argument("--temperature", type=float, default=0.0,
                         help="0 = greedy (default; so is anything below 1e-6); > 0 samples")
-    parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
-    parser.add_argument("--top-p", type=float, default=None, help="sample from the smallest set with mass >= p")
-    parser.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams (greedy only)")
-    parser.add_argument("--length-penalty", type=float, default=1.0, help="beam score / length ** this")
-    parser.add_argument("--seed", type=int, default=None, help="sampling seed (and the random weights of --model)")
+    parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens (default: all)")
+    parser.add_argument("--top-p", type=float, default=None, help="sample from the smallest set with mass >= p (default: no cut)")
+    parser.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams (greedy only; default 1: no beam search)")
+    parser.add_argument("--length-penalty", type=float, default=1.0, help="beam score / length ** this (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=None, help="sampling seed (and the random weights of --model; default: fresh randomness, weights seed 0)")
     parser.add_argument("--no-stop", action="store_true", help="do not stop at <|endoftext|>")
     parser.add_argument("--no-cache", action="store_true", help="recompute every position each step (slow; checks)")
-    parser.add_argument("--device", default="auto", help="torch backend: auto, cpu, cuda, cuda:N, mps")
+    parser.add_argument("--device", default="auto", help="torch backend: auto (default), cpu, cuda, cuda:N, mps")
     parser.add_argument("--verbose", action="store_true", help="print the speed (tokens/s) at the end, on stderr")
     parser.set_defaults(func=run)
 
@@ -59,14 +64,11 @@ def load_model(args):
 
 
 def _load_numpy_params(args):
-    """(config, params) of --weights, --checkpoint or --model as npgpt arrays."""
-    if args.weights:
-        from gptcore.formats.weights import load_weights
-        return load_weights(args.weights)
-    if args.checkpoint:
-        from gptcore.formats.checkpoint import load_checkpoint
-        config, params, _ = load_checkpoint(args.checkpoint, load_training_state=False)
-        return config, params
+    """(config, params) of --weights, --checkpoint or --model as npgpt arrays. --weights and --checkpoint go
+    through the one weights resolver (a run folder, a checkpoint folder or file, released weights)."""
+    if args.weights or args.checkpoint:
+        from gptcore.formats.weights import load_language_model
+        return load_language_model(args.weights or args.checkpoint)
     from gptcore.config import get_config
     from npgpt.model import init_params
     config = get_config(args.model)
@@ -76,7 +78,9 @@ def _load_numpy_params(args):
 def _load_torch_model(args):
     """A torchgpt.GPTModel in eval mode on --device: loaded directly, or from npgpt's random weights."""
     if not args.model:
+        from gptcore.formats.weights import check_language_model
         from torchgpt.checkpoint import load_model as load_torch_model
+        check_language_model(args.weights or args.checkpoint)      # load_model reads through load_weights too
         return load_torch_model(args.weights or args.checkpoint, args.device, use_sdpa=True)
     from torchgpt import GPTModel, load_numpy_params, pick_device
     config, params = _load_numpy_params(args)

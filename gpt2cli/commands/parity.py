@@ -143,7 +143,11 @@ def tolerance_lines(tolerances: dict) -> list[str]:
             f"in float64)",
             "  magnitude: the tensor's largest entry, at least 1e-3 of the largest tensor's; results that cancel "
             "are measured against their terms (float32 attention: 3% of them)",
-            "  'worst' is the check that used most of its tolerance"]
+            "  'worst' is the check that used most of its tolerance",
+            "  why a float32 'max abs' can be large (1e+03 and more) and still fine: float32 keeps about 7 "
+            "significant digits, so a tensor whose entries reach 1e+09 carries rounding of about 1e+02 in each; "
+            "errors are judged relative to the magnitude (the 'max rel' columns, against rtol), 'max abs' is "
+            "shown for reference only"]
 
 
 def run(args) -> int:

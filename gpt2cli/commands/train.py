@@ -12,11 +12,13 @@ See docs/training.md. Options left out on --resume come from the run's config.js
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
 
 from gpt2cli.errors import INTERRUPTED_EXIT_CODE, USER_ERROR_EXIT_CODE, USER_ERRORS, UserError, user_errors
+from gpt2cli.options import add_data_alias, add_threads_option, limited_threads
 
 
 def register(subparsers):
@@ -35,6 +37,7 @@ def register(subparsers):
     a("--out", metavar="DIR", help="the run folder (default runs/train-<time>; with --resume the run's own)")
     a("--data", nargs="+", metavar="PATH_OR_NAME", help="text files, folders of them, or data set names "
                                                        "(default the-verdict)")
+    add_data_alias(p, nargs="+")
     a("--data-dir", help="where manifest data sets live (default $GPT2_DATA_DIR or data/cache)")
     a("--token-cache", metavar="DIR", help="where tokenized corpora are kept (default $GPT2_TOKEN_CACHE or "
                                            "data/cache/tokens)")
@@ -64,11 +67,12 @@ def register(subparsers):
                                                               "(default), float32 elsewhere")
     a("--compile", action="store_true", default=None, help="torch.compile the model")
     a("--sdpa", action="store_true", default=None, help="fused scaled_dot_product_attention (default on CUDA)")
-    a("--no-sdpa", dest="sdpa", action="store_false", help="explicit attention (the reference twin)")
+    a("--no-sdpa", dest="sdpa", action="store_false", help="explicit attention (the reference twin; default off CUDA)")
     a("--sample-prompt", metavar="TEXT", help="log a greedy continuation of TEXT at each evaluation")
     a("--sample-tokens", type=int, help="tokens generated for --sample-prompt (default 20)")
     a("--peak-tflops", type=float, help="the GPU's peak TFLOP/s for the MFU figure (default: known GPUs' bf16)")
-    a("--nproc", type=int, default=1, help="data-parallel processes: launches torchrun (torch backend)")
+    a("--nproc", type=int, default=1, help="data-parallel processes: launches torchrun (torch backend; default 1)")
+    add_threads_option(p)
     a("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -144,6 +148,10 @@ def train_command(args) -> int:
     options = run_setup.merged_options(resumed.saved_options if resumed else None, given)
     if options["backend"] == "numpy":
         run_setup.check_numpy_backend_options(given)
+    idle = run_setup.nothing_to_do(checkpoint, options)
+    if idle:                          # before anything is written: config.json only changes when a run trains
+        print(idle)
+        return 0
     context, device = _start_processes(options)
     try:
         note(run_setup.keep_global_batch(options, saved, given, context.world_size), context)
@@ -158,7 +166,8 @@ def train_command(args) -> int:
         run_setup.absolute_paths(options)
         corpus, data_info = _prepare_data_once(options, progress and context.is_main, context)
         note(run_setup.data_change_note(saved, data_info["key"]), context)
-        config, params = run_setup.model_config_and_params(options, checkpoint)
+        with loading_resume_checkpoint(resumed):
+            config, params = run_setup.model_config_and_params(options, checkpoint)
         context_length = options["context_length"] or config.context_length
         if context_length > config.context_length:
             raise ValueError(f"--context-length {context_length} exceeds the model's context length "
@@ -173,24 +182,43 @@ def train_command(args) -> int:
             note(f"the validation text has {corpus.val_tokens().size} tokens, less than one window of "
                  f"{context_length}; no validation loss (raise --val-fraction or lower --context-length)", context)
         run_log = RunLog(out, enabled=context.is_main)
-        if resumed and resumed.same_folder:
-            run_log.continue_from(run_setup.checkpoint_step(checkpoint))
-        run_log.write_config({"options": options, "backend": options["backend"], "model": config.to_dict(),
-                              "data": data_info, "settings": settings_dict(settings),
-                              "world_size": context.world_size, "device": str(device),
-                              "resumed_from": str(checkpoint) if checkpoint else None,
-                              "command": sys.argv[1:],
-                              "history": run_setup.run_history(saved, checkpoint, context.world_size, sys.argv[1:])})
+
+        def start_run():
+            """The run folder's metrics and config.json, written once the checkpoint has loaded: a run that
+            fails before training leaves its folder as it was."""
+            if resumed and resumed.run_dir is not None:      # in place, or a branch from the run's metrics
+                run_log.continue_from(run_setup.checkpoint_step(checkpoint), source_run=resumed.run_dir)
+            run_log.write_config({
+                "options": options, "backend": options["backend"], "model": config.to_dict(), "data": data_info,
+                "settings": settings_dict(settings), "world_size": context.world_size, "device": str(device),
+                "resumed_from": str(checkpoint) if checkpoint else None, "command": sys.argv[1:],
+                "history": run_setup.run_history(saved, checkpoint, context.world_size, sys.argv[1:])})
         # Saved in every checkpoint, so one copied out of its run folder still resumes exactly (see
         # gptcore.engine.run_setup.checkpoint_run_source).
         metadata = {"run": str(run_log.run_dir), "options": options, "data_key": data_info["key"]}
-        if options["backend"] == "numpy":
-            return _train_numpy(config, params, checkpoint, train_set, val_set, settings, run_log, progress, metadata,
-                                options)
-        return _train_torch(config, params, checkpoint, train_set, val_set, settings, run_log, options, context,
-                            device, progress, metadata)
+        with limited_threads(args.threads):
+            if options["backend"] == "numpy":
+                return _train_numpy(config, params, resumed, train_set, val_set, settings, run_log, progress,
+                                    metadata, options, start_run)
+            return _train_torch(config, params, resumed, train_set, val_set, settings, run_log, options, context,
+                                device, progress, metadata, start_run)
     finally:
         shutdown_distributed()
+
+
+@contextlib.contextmanager
+def loading_resume_checkpoint(resumed):
+    """Errors of a --resume checkpoint that does not load, as one line offering the run's older good one."""
+    from gptcore.engine.run_setup import corrupt_resume_message
+    from gptcore.formats.checkpoint import CheckpointError
+    from gptcore.formats.safetensors import WeightsError
+    if resumed is None:
+        yield
+        return
+    try:
+        yield
+    except (CheckpointError, WeightsError, FileNotFoundError) as error:
+        raise UserError(corrupt_resume_message(error, resumed)) from error
 
 
 def sample_function(options: dict, backend: str, config=None):
@@ -237,18 +265,21 @@ def _prepare_data_once(options: dict, progress: bool, context):
     return _prepare_data(options, False)
 
 
-def _train_numpy(config, params, checkpoint, train_set, val_set, settings, run_log, progress, metadata,
-                 options) -> int:
+def _train_numpy(config, params, resumed, train_set, val_set, settings, run_log, progress, metadata,
+                 options, start_run) -> int:
     import npgpt.model
     from gptcore.formats.checkpoint import load_checkpoint
     from npgpt.train import train
     resume_state = None
-    if checkpoint is not None:
-        config, params, resume_state = load_checkpoint(checkpoint)
+    if resumed is not None:
+        with loading_resume_checkpoint(resumed):
+            config, params, resume_state = load_checkpoint(resumed.checkpoint)
         if resume_state is None:
-            raise ValueError(f"{checkpoint} holds no training state; use --init-from to start from its weights")
+            raise ValueError(f"{resumed.checkpoint} holds no training state; use --init-from to start from its "
+                             f"weights")
     elif params is None:
         params = npgpt.model.init_params(config, seed=settings.seed)
+    start_run()
     history = train(params, config, train_set, val_set, settings, progress=progress, run_log=run_log,
                     resume_state=resume_state, metadata=metadata,
                     sample_fn=sample_function(options, "numpy", config))
@@ -261,8 +292,8 @@ def _train_numpy(config, params, checkpoint, train_set, val_set, settings, run_l
     return 0
 
 
-def _train_torch(config, params, checkpoint, train_set, val_set, settings, run_log, options, context, device,
-                 progress, metadata) -> int:
+def _train_torch(config, params, resumed, train_set, val_set, settings, run_log, options, context, device,
+                 progress, metadata, start_run) -> int:
     import torch
     from torchgpt import GPTModel, load_numpy_params
     from torchgpt.train import RuntimeOptions, TokenBatches, Trainer, ordered_batches
@@ -281,8 +312,11 @@ def _train_torch(config, params, checkpoint, train_set, val_set, settings, run_l
                       runtime=runtime, device=device, context=context, run_log=run_log,
                       metadata=metadata, sample_fn=sample_fn, progress=progress,
                       peak_flops_per_device=options["peak_tflops"] * 1e12 if options["peak_tflops"] else None)
-    if checkpoint is not None:
-        trainer.restore(checkpoint)
+    if resumed is not None:
+        with loading_resume_checkpoint(resumed):
+            trainer.restore(resumed.checkpoint)
+    if context.is_main:
+        start_run()
     history = trainer.fit()
     if context.is_main:
         summary = trainer.summary()

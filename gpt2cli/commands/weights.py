@@ -29,11 +29,13 @@ def register(subparsers):
     download.set_defaults(func=run_download)
 
     info = actions.add_parser("info", help="detected format, config and parameter count of a weights path")
-    info.add_argument("path", help="an OpenAI folder, a Hugging Face folder or .safetensors file, or our checkpoint")
+    info.add_argument("path", help="an OpenAI folder, a Hugging Face folder or .safetensors file, one of our "
+                                   "checkpoints or a run folder")
     info.set_defaults(func=run_info)
 
     convert = actions.add_parser("convert", help="convert any weights path to our checkpoint format")
-    convert.add_argument("source", help="an OpenAI folder, a Hugging Face folder or .safetensors file")
+    convert.add_argument("source", help="an OpenAI folder, a Hugging Face folder or .safetensors file, one of our "
+                                     "checkpoints or a run folder")
     convert.add_argument("dest", help="the checkpoint folder to write (replaced atomically if it is one)")
     convert.set_defaults(func=run_convert)
 
@@ -51,47 +53,52 @@ def run_download(args) -> int:
         print(f"note: no recorded size for {', '.join(unchecked)} of {size}; those files were checked for a "
               f"complete transfer only")
     print(f"GPT-2 {size}: {folder}")
-    print(f"load it with `gpt2 weights info {folder}` or npgpt.load_weights({str(folder)!r})")
+    print(f"describe it with `gpt2 weights info {folder}`; generate with `gpt2 generate --weights {folder} "
+          f"--prompt TEXT`")
     return 0
 
 
 def run_info(args) -> int:
-    from gptcore.formats.checkpoint import read_checkpoint_metadata
-    from npgpt.model import count_params
+    from gptcore.formats.checkpoint import STATE_JSON_FILE, read_checkpoint_metadata
+    from gptcore.formats.runs import resolve_weights
     from gptcore.formats.weights import detect_format, load_weights
-    from pathlib import Path
+    from npgpt.model import count_params
 
-    path = Path(args.path)
-    kind = detect_format(path)
-    config, params = load_weights(path)     # reads every tensor, so `info` also checks the files
+    source = resolve_weights(args.path)        # a run folder stands for its checkpoint, as everywhere
+    kind = detect_format(source.path)
+    config, params = load_weights(args.path)   # reads every tensor, so `info` also checks the files
     dtypes = sorted({str(value.dtype) for value in params.values()})
-    print(f"path:        {path}")
+    print(f"path:        {args.path}")
+    if source.run_dir is not None:
+        print(f"run:         {source.run_dir}")
+        print(f"checkpoint:  {source.path}" + (f" (step {source.step})" if source.step is not None else ""))
     print(f"format:      {FORMAT_NAMES[kind]}")
     print(f"config:      vocab_size={config.vocab_size} context_length={config.context_length} "
           f"emb_dim={config.emb_dim} n_heads={config.n_heads} n_layers={config.n_layers} "
           f"qkv_bias={config.qkv_bias} tie_weights={config.tie_weights} drop_rate={config.drop_rate}")
     print(f"parameters:  {count_params(params):,} ({', '.join(dtypes)})")
     if kind == "checkpoint":
-        from gptcore.formats.checkpoint import STATE_JSON_FILE
-        has_state = path.is_dir() and (path / STATE_JSON_FILE).is_file()
+        has_state = source.path.is_dir() and (source.path / STATE_JSON_FILE).is_file()
         print(f"training state: {'yes' if has_state else 'no'}")
-        metadata = read_checkpoint_metadata(path)
+        metadata = read_checkpoint_metadata(source.path)
         if metadata:
             print(f"metadata:    {metadata}")
     return 0
 
 
 def run_convert(args) -> int:
-    from npgpt.model import count_params
+    from gptcore.formats.runs import resolve_weights
     from gptcore.formats.weights import detect_format, load_weights, save_weights
-    from pathlib import Path
+    from npgpt.model import count_params
 
-    source = Path(args.source)
-    kind = detect_format(source)
-    config, params = load_weights(source)
-    dest = save_weights(args.dest, config, params, format="checkpoint",
-                        metadata={"converted_from": str(source), "source_format": kind})
-    print(f"{FORMAT_NAMES[kind]} {source} -> checkpoint {dest} ({count_params(params):,} parameters)")
+    source = resolve_weights(args.source)
+    kind = detect_format(source.path)
+    config, params = load_weights(args.source)
+    metadata = {"converted_from": str(args.source), "source_format": kind}
+    if source.run_dir is not None:
+        metadata.update(run=str(source.run_dir), checkpoint=str(source.path), step=source.step)
+    dest = save_weights(args.dest, config, params, format="checkpoint", metadata=metadata)
+    print(f"{FORMAT_NAMES[kind]} {source.describe()} -> checkpoint {dest} ({count_params(params):,} parameters)")
     return 0
 
 

@@ -16,9 +16,9 @@ from gptcore.config import GPTConfig, get_config
 from gptcore.corpus import prepare_corpus, resolve_sources
 from gptcore.data import SlidingWindowDataset
 from gptcore.engine.training import TrainSettings
-from gptcore.formats.checkpoint import CONFIG_FILE, STATE_JSON_FILE, read_checkpoint_metadata
-from gptcore.formats.runs import RUN_CONFIG_FILE, resolve_resume
-from gptcore.formats.weights import load_weights
+from gptcore.formats.checkpoint import CONFIG_FILE, CheckpointError, STATE_JSON_FILE, read_checkpoint_metadata
+from gptcore.formats.runs import RUN_CONFIG_FILE, later_checkpoints, older_good_checkpoint, resolve_resume
+from gptcore.formats.weights import load_language_model
 
 # Defaults of every option that --resume may take from the run's config.json instead.
 DEFAULTS = {
@@ -64,11 +64,14 @@ class ResumeSource:
                  checkpoint says in that shape, see checkpoint_run_source
     out:         the run folder of the continuation
     same_folder: True when the continuation appends to the run folder it came from
+    run_dir:     the run folder the checkpoint belongs to (None: a checkpoint outside any run folder); a
+                 continuation elsewhere (a branch) starts with its metrics up to the checkpoint's step
     """
     checkpoint: Path
     run_config: dict
     out: Path
     same_folder: bool
+    run_dir: Path | None = None
 
     @property
     def saved_options(self) -> dict:
@@ -76,16 +79,50 @@ class ResumeSource:
 
 
 def resume_source(target: str | Path, out: str | Path | None) -> ResumeSource:
-    """--resume TARGET (a run folder or a checkpoint) with --out OUT or None (a run folder continues in itself)."""
+    """--resume TARGET (a run folder or a checkpoint) with --out OUT or None (a run folder continues in itself).
+
+    A run's history stays linear: continuing in its own folder from a checkpoint older than the run's newest
+    is refused (the later checkpoints and metrics would be mixed with the new ones); --out NEW_FOLDER
+    branches instead, leaving the run untouched."""
     checkpoint, run_dir = resolve_resume(target)
     if run_dir is not None:
         run_config = json.loads((run_dir / RUN_CONFIG_FILE).read_text(encoding="utf-8"))
         out = Path(out) if out else run_dir
-        return ResumeSource(checkpoint, run_config, out, same_folder=out.resolve() == run_dir.resolve())
+        same_folder = out.resolve() == run_dir.resolve()
+        if same_folder:
+            check_linear_history(target, checkpoint, run_dir)
+        return ResumeSource(checkpoint, run_config, out, same_folder=same_folder, run_dir=run_dir)
     if not out:
         raise ValueError(f"--resume {target} is a checkpoint outside a run folder; give --out DIR for the continued "
                          f"run")
     return ResumeSource(checkpoint, checkpoint_run_source(checkpoint), Path(out), same_folder=False)
+
+
+def check_linear_history(target: str | Path, checkpoint: Path, run_dir: Path) -> None:
+    """ValueError when resuming in `run_dir` from `checkpoint` would fork the run: the run has checkpoints
+    saved after it. The message says why and offers the branch (--out NEW_FOLDER)."""
+    later = later_checkpoints(run_dir, checkpoint)
+    if later:
+        step = checkpoint_step(checkpoint)
+        raise ValueError(f"--resume {target}: the run {run_dir} went on past step {step} (its checkpoints "
+                         f"{', '.join(p.name for p in later)}); continuing it in place from step {step} would mix "
+                         f"two histories in one folder and prune the later checkpoints. Branch instead: "
+                         f"--resume {target} --out NEW_FOLDER (the new folder starts with the run's metrics up "
+                         f"to step {step}; {run_dir} is not touched), or continue the run where it stopped with "
+                         f"--resume {run_dir}")
+
+
+def corrupt_resume_message(error: Exception, source: ResumeSource) -> str:
+    """The error for a checkpoint that does not load on --resume, offering the run's older good checkpoint."""
+    message = f"--resume: cannot load {source.checkpoint} ({error})"
+    if source.run_dir is None:
+        return message + "; the checkpoint is corrupt: resume from another checkpoint"
+    older = older_good_checkpoint(source.run_dir, checkpoint_step(source.checkpoint))
+    if older is None:
+        return message + f"; the run {source.run_dir} has no older checkpoint that loads"
+    return (f"{message}; the run's older checkpoint {older} (step {checkpoint_step(older)}) loads: branch from it "
+            f"with --resume {older} --out NEW_FOLDER, or delete the corrupt {source.checkpoint} and run "
+            f"--resume {source.run_dir} again")
 
 
 def checkpoint_run_source(checkpoint: Path) -> dict:
@@ -236,7 +273,12 @@ def window_datasets(corpus, context_length: int, stride: int):
 
 def checkpoint_model_config(checkpoint: Path) -> GPTConfig:
     """The model config saved in one of our checkpoints (without reading its tensors)."""
-    return GPTConfig.from_dict(json.loads((Path(checkpoint) / CONFIG_FILE).read_text(encoding="utf-8"))["config"])
+    file = Path(checkpoint) / CONFIG_FILE
+    try:
+        return GPTConfig.from_dict(json.loads(file.read_text(encoding="utf-8"))["config"])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
+        raise CheckpointError(f"{file} is not a valid checkpoint config ({error}); the checkpoint is "
+                              f"corrupt") from error
 
 
 def model_config_and_params(options: dict, checkpoint: Path | None):
@@ -246,7 +288,7 @@ def model_config_and_params(options: dict, checkpoint: Path | None):
         return checkpoint_model_config(checkpoint), None
     overrides = {key: options[key] for key in SHAPE_OPTIONS if options[key] is not None}
     if options["init_from"]:
-        config, params = load_weights(options["init_from"])
+        config, params = load_language_model(options["init_from"])
         if overrides.keys() - {"drop_rate"}:
             raise ValueError(f"--init-from fixes the model's sizes; drop {sorted(overrides.keys() - {'drop_rate'})}")
         return (config.replace(**overrides) if overrides else config), params
@@ -270,7 +312,23 @@ def checkpoint_state_json(checkpoint: Path) -> dict:
 
 def checkpoint_step(checkpoint: Path) -> int:
     """The optimizer step a checkpoint was saved after."""
-    return int(checkpoint_state_json(checkpoint)["step"])
+    try:
+        return int(checkpoint_state_json(checkpoint)["step"])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
+        raise ValueError(f"{Path(checkpoint) / STATE_JSON_FILE} is not a valid training state ({error}); the "
+                         f"checkpoint is corrupt: resume from an earlier one") from error
+
+
+def nothing_to_do(checkpoint: Path | None, options: dict) -> str | None:
+    """The message when a resumed run is already at --max-steps or beyond (nothing is trained, and nothing
+    in the run folder is written), else None."""
+    if checkpoint is None:
+        return None
+    step = checkpoint_step(checkpoint)
+    if step < options["max_steps"]:
+        return None
+    return (f"nothing to do: {checkpoint} is at step {step} >= --max-steps {options['max_steps']}; nothing was "
+            f"written (give a larger --max-steps to train on)")
 
 
 def run_history(saved: dict | None, checkpoint: Path | None, world_size: int, command: list[str],

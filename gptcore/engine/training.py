@@ -353,7 +353,7 @@ class TrainingLoop:
         if self.run_log is None or not self.backend.is_main:
             return None
         path = self.backend.write_checkpoint(checkpoint_path(self.run_log.run_dir, self.step), state)
-        prune_checkpoints(self.run_log.run_dir, self.settings.keep_checkpoints)
+        prune_checkpoints(self.run_log.run_dir, self.settings.keep_checkpoints, newest_step=self.step)
         self.last_checkpoint = path
         return path
 

@@ -294,7 +294,8 @@ def _read_header(path: Path) -> tuple[dict, Path]:
     if not isinstance(values, dict) or values.get("format") != CHECKPOINT_FORMAT:
         values = values if isinstance(values, dict) else {}
         raise CheckpointError(f"{file} is not one of our checkpoints (format {values.get('format')!r}); "
-                              f"load released weights with npgpt.load_weights")
+                              f"give released weights (OpenAI, Hugging Face) with --weights, or convert them with "
+                              f"`gpt2 weights convert`")
     if values.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(f"{file} has format_version {values['format_version']}, newer than this code "
                               f"reads ({FORMAT_VERSION}); update the package")

@@ -81,15 +81,40 @@ def download_gpt2(size: str = "124M", dest_dir: str | os.PathLike | None = None,
 
     size = normalize_size(size)
     folder = Path(dest_dir) if dest_dir is not None else default_models_dir() / size
-    folder.mkdir(parents=True, exist_ok=True)
     expected = GPT2_FILES[size] if expected_sizes is None else expected_sizes
     unknown = sorted(set(expected) - set(_ORDER))
     if unknown:
         raise ValueError(f"expected_sizes names files {unknown} that are not part of a GPT-2 release; "
                          f"the files are {list(_ORDER)}")
-    for file in _ORDER:
-        download_file(gpt2_file_urls(size, file, base_urls), folder / file, expected_size=expected.get(file),
-                      timeout=timeout, progress=progress,
-                      hint=f"check your network connection and run the command again (it resumes), or put "
-                           f"OpenAI's {size}/{file} at {folder / file} yourself")
+    created = missing_folders(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        for file in _ORDER:
+            download_file(gpt2_file_urls(size, file, base_urls), folder / file, expected_size=expected.get(file),
+                          timeout=timeout, progress=progress,
+                          hint=f"check your network connection and run the command again (it resumes), or put "
+                               f"OpenAI's {size}/{file} at {folder / file} yourself")
+    except BaseException:
+        remove_empty_folders(created)
+        raise
     return folder
+
+
+def missing_folders(folder: Path) -> list[Path]:
+    """The folders that mkdir(parents=True) would create for `folder`, deepest first."""
+    missing = []
+    for candidate in (folder, *folder.parents):
+        if candidate.exists():
+            break
+        missing.append(candidate)
+    return missing
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Removes those of `folders` (deepest first) that are still empty: a failed download leaves no empty
+    folder behind, while the files it did complete (or its .part files, which a rerun resumes) stay."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:      # not empty (or already gone): keep it and its parents
+            return

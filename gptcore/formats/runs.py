@@ -15,16 +15,19 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
 import re
 import shutil
 import signal
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 from gptcore.fileio import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
-from gptcore.formats.checkpoint import is_checkpoint
+from gptcore.formats.checkpoint import STATE_JSON_FILE, is_checkpoint, load_checkpoint
+from gptcore.formats.safetensors import WeightsError
 from gptcore.plots import plot_curves
 
 RUN_CONFIG_FILE = "config.json"
@@ -60,14 +63,19 @@ class RunLog:
         if self.enabled:
             atomic_write_json(self.run_dir / RUN_CONFIG_FILE, {"format": RUN_FORMAT, **values})
 
-    def continue_from(self, step: int) -> None:
+    def continue_from(self, step: int, source_run: str | os.PathLike | None = None) -> None:
         """Resuming at `step`: keep the logged records up to it (a crash may have logged steps after the last
-        checkpoint, which the resumed run repeats) and rewrite metrics.jsonl and metrics.csv to match."""
+        checkpoint, which the resumed run repeats) and rewrite metrics.jsonl and metrics.csv to match.
+        source_run: the run folder the records come from when it is another one (a branch: `--resume
+        RUN/checkpoints/step-N --out NEW`); that folder is only read."""
         if not self.enabled:
             return
-        records = read_jsonl(self.metrics_path) if self.metrics_path.is_file() else []
+        source = Path(source_run) if source_run is not None else self.run_dir
+        source_metrics = source / METRICS_JSONL
+        records = read_jsonl(source_metrics) if source_metrics.is_file() else []
         self.records = [r for r in records if r.get("step", 0) <= step]
-        if len(self.records) != len(records) or not (self.run_dir / METRICS_CSV).is_file():
+        if (source != self.run_dir or len(self.records) != len(records)
+                or not (self.run_dir / METRICS_CSV).is_file()):
             text = "".join(_json_line(r) for r in self.records)
             atomic_write_text(self.metrics_path, text)
             atomic_write_text(self.run_dir / METRICS_CSV, self._csv_text(self.records, header=True))
@@ -105,7 +113,6 @@ class RunLog:
 
 
 def _json_line(record: dict) -> str:
-    import json
     return json.dumps(record, allow_nan=True) + "\n"
 
 
@@ -135,12 +142,104 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     return found[-1][1] if found else None
 
 
-def prune_checkpoints(run_dir: str | os.PathLike, keep: int) -> None:
-    """Deletes all but the newest `keep` checkpoints (keep <= 0 keeps everything)."""
+def prune_checkpoints(run_dir: str | os.PathLike, keep: int, newest_step: int | None = None) -> None:
+    """Deletes all but the newest `keep` checkpoints (keep <= 0 keeps everything).
+
+    newest_step: the step of the checkpoint just written. Only checkpoints up to it count and can go: one
+    from a later step (which a linear run never has, see later_checkpoints) is never deleted in its favour,
+    and neither is the checkpoint a run resumed from before a newer one is complete (it is among the newest
+    `keep` until then).
+    """
     if keep <= 0:
         return
-    for _, folder in list_checkpoints(run_dir)[:-keep]:
+    found = [(step, folder) for step, folder in list_checkpoints(run_dir)
+             if newest_step is None or step <= newest_step]
+    for _, folder in found[:-keep]:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def later_checkpoints(run_dir: str | os.PathLike, checkpoint: str | os.PathLike) -> list[Path]:
+    """The run's checkpoints saved after `checkpoint` (one of its checkpoints/step-N), oldest first."""
+    found = list_checkpoints(run_dir)
+    steps = [saved for saved, folder in found if folder.resolve() == Path(checkpoint).resolve()]
+    if not steps:
+        return []
+    return [folder for saved, folder in found if saved > steps[0]]
+
+
+def saved_step(checkpoint: str | os.PathLike) -> int | None:
+    """The optimizer step a checkpoint was saved after: its training state's "step", else the step in its
+    folder name (step-00000200), else None (a final model/ without training state)."""
+    checkpoint = Path(checkpoint)
+    folder = checkpoint.parent if checkpoint.is_file() else checkpoint
+    try:
+        return int(json.loads((folder / STATE_JSON_FILE).read_text(encoding="utf-8"))["state"]["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        match = CHECKPOINT_NAME.match(folder.name)
+        return int(match.group(1)) if match else None
+
+
+def older_good_checkpoint(run_dir: str | os.PathLike, step: int) -> Path | None:
+    """The newest checkpoint of the run before `step` that loads completely (weights and training state),
+    or None. For the error about a corrupt checkpoint: what the user can go back to."""
+    for saved, folder in reversed(list_checkpoints(run_dir)):
+        if saved >= step:
+            continue
+        try:
+            load_checkpoint(folder)
+        except (ValueError, OSError, WeightsError):
+            continue
+        return folder
+    return None
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """What a weights path given on the command line stands for (resolve_weights).
+
+    path:    what to read: a checkpoint folder or file, or released weights (OpenAI, Hugging Face)
+    run_dir: the run folder the weights belong to (given, or the one holding the checkpoint), else None
+    step:    the optimizer step of a run's checkpoint, None for a final model/ or released weights
+    """
+    path: Path
+    run_dir: Path | None = None
+    step: int | None = None
+
+    def describe(self) -> str:
+        """'run R, checkpoint C (step N)' for a run's weights, else the path."""
+        if self.run_dir is None:
+            return str(self.path)
+        step = f" (step {self.step})" if self.step is not None else ""
+        return f"run {self.run_dir}, checkpoint {self.path}{step}"
+
+
+def resolve_weights(path: str | os.PathLike) -> WeightsSource:
+    """The one resolver of a weights path, whatever the command and the backend: a run folder stands for its
+    weights (run_weights), a checkpoint inside <run>/checkpoints/ or <run>/model/ (or its model.safetensors)
+    belongs to <run>; anything else is read as it is."""
+    path = Path(path)
+    weights = run_weights(path)
+    if weights is not None:
+        return WeightsSource(weights, path, saved_step(weights))
+    folder = path.parent if path.is_file() else path
+    if is_checkpoint(path):
+        if folder.parent.name == CHECKPOINTS_DIR and is_run_dir(folder.parent.parent):
+            return WeightsSource(path, folder.parent.parent, saved_step(path))
+        if folder.name == FINAL_MODEL_DIR and is_run_dir(folder.parent):
+            return WeightsSource(path, folder.parent, saved_step(path))
+    return WeightsSource(path)
+
+
+def corrupt_checkpoint_hint(source: WeightsSource) -> str:
+    """For the error of a run's checkpoint that does not load: '; the run's older checkpoint ... loads ...',
+    or '' when there is none (or the weights are not a run's)."""
+    if source.run_dir is None or source.step is None:
+        return ""
+    older = older_good_checkpoint(source.run_dir, source.step)
+    if older is None:
+        return ""
+    return (f"; the run's older checkpoint {older} (step {saved_step(older)}) loads: give that folder instead, "
+            f"or delete the corrupt {source.path} and give the run folder {source.run_dir} again")
 
 
 def run_weights(path: str | os.PathLike) -> Path | None:
@@ -164,7 +263,6 @@ def run_weights(path: str | os.PathLike) -> Path | None:
 
 
 def is_run_dir(path: str | os.PathLike) -> bool:
-    import json
     try:
         values = json.loads((Path(path) / RUN_CONFIG_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -183,6 +281,12 @@ def resolve_resume(target: str | os.PathLike) -> tuple[Path, Path | None]:
                                 f"earlier run) or one of its checkpoints")
     if is_run_dir(target):
         checkpoint = latest_checkpoint(target)
+        if checkpoint is None and is_checkpoint(target / FINAL_MODEL_DIR):
+            raise ValueError(f"--resume {target}: this is a finetuning run (its model is {target / FINAL_MODEL_DIR}, "
+                             f"a classifier when `gpt2 finetune classify` wrote it), not a pretraining run; "
+                             f"`gpt2 train --resume` continues `gpt2 train` runs only. Label messages with "
+                             f"`gpt2 classify --checkpoint {target}`, or finetune again with `gpt2 finetune "
+                             f"classify --init-from {target} --out NEW_FOLDER`")
         if checkpoint is None:
             raise FileNotFoundError(f"--resume {target}: the run folder has no checkpoint yet (none in "
                                     f"{target / CHECKPOINTS_DIR}); start the run again without --resume")

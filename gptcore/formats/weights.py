@@ -36,8 +36,9 @@ from gptcore.arch import spec_for
 from gptcore.config import GPTConfig
 from gptcore.fileio import atomic_write_json
 from gptcore.formats import gpt2_release
-from gptcore.formats.checkpoint import is_checkpoint, load_checkpoint, recover_interrupted_save, save_checkpoint
-from gptcore.formats.runs import run_weights
+from gptcore.formats.checkpoint import (CheckpointError, is_checkpoint, load_checkpoint, read_checkpoint_metadata,
+                                       recover_interrupted_save, save_checkpoint)
+from gptcore.formats.runs import WeightsSource, corrupt_checkpoint_hint, resolve_weights
 from gptcore.formats.safetensors import SafetensorsFile, WeightsError, _first_line, write_safetensors
 
 HPARAMS_FILE = "hparams.json"
@@ -57,23 +58,59 @@ BARE_HF_LAYOUT = gpt2_release
 
 def load_weights(path: str | os.PathLike) -> tuple[GPTConfig, dict[str, np.ndarray]]:
     """(config, params) from an OpenAI folder, a Hugging Face folder/file, one of our checkpoints or runs."""
-    path = resolve_weights_path(path)
-    kind = detect_format(path)
+    source = resolve_weights(path)
+    kind = detect_format(source.path)
     if kind == "openai":
-        return load_openai_checkpoint(path)
+        return load_openai_checkpoint(source.path)
     if kind == "huggingface":
-        return load_hf_safetensors(path)
-    config, params, _ = load_checkpoint(path, load_training_state=False)
+        return load_hf_safetensors(source.path)
+    return _load_our_checkpoint(source)
+
+
+def _load_our_checkpoint(source: WeightsSource) -> tuple[GPTConfig, dict[str, np.ndarray]]:
+    """load_checkpoint's weights; a run's checkpoint that does not load names the run's older good one."""
+    try:
+        config, params, _ = load_checkpoint(source.path, load_training_state=False)
+    except (CheckpointError, WeightsError, FileNotFoundError) as error:
+        hint = corrupt_checkpoint_hint(source)
+        if not hint:
+            raise
+        raise CheckpointError(f"{error}{hint}") from error
     return config, params
 
 
+def load_language_model(path: str | os.PathLike) -> tuple[GPTConfig, dict[str, np.ndarray]]:
+    """load_weights for what predicts tokens (generation, pretraining, instruction finetuning): a classifier
+    is refused first (check_language_model), with the command that uses it."""
+    check_language_model(path)
+    return load_weights(path)
+
+
+def check_language_model(path: str | os.PathLike) -> None:
+    """WeightsError when `path` (any path load_weights takes) holds one of our classifiers: its head predicts
+    labels, not tokens. Reads only the checkpoint's header."""
+    source = resolve_weights(path)
+    if not is_checkpoint(source.path):
+        return
+    try:
+        metadata = read_checkpoint_metadata(source.path)
+    except (CheckpointError, OSError):
+        return    # a corrupt header: load_weights says what is wrong
+    if metadata.get("task") == "classification":
+        labels = ", ".join(map(str, metadata.get("labels", [])))
+        raise WeightsError(f"{source.describe()} is a text classifier (labels: {labels}) made by `gpt2 finetune "
+                           f"classify`, not a language model; label messages with it through "
+                           f"`gpt2 classify --checkpoint {path}`, or give the weights of a language model")
+
+
 def resolve_weights_path(path: str | os.PathLike) -> Path:
-    """A run folder -> the checkpoint it stands for (gptcore.formats.runs.run_weights); any other path as it is.
+    """A run folder -> the checkpoint it stands for (gptcore.formats.runs.resolve_weights); any other path as
+    it is.
 
     Needed before detect_format: a run folder holds a config.json (the run's settings) that would
     otherwise pass for a Hugging Face folder.
     """
-    return run_weights(path) or Path(path)
+    return resolve_weights(path).path
 
 
 def detect_format(path: Path) -> str:

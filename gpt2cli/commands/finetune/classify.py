@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from gpt2cli.errors import user_errors
-from gpt2cli.options import (add_backend_and_device_options, add_threads_option, classifier_backend,
-                             limited_threads, one_line_warnings)
+from gpt2cli.options import (add_backend_and_device_options, add_data_file_option, add_threads_option,
+                             classifier_backend, limited_threads, one_line_warnings)
 
 DEFAULT_PRESET = "gpt2-small"
 ACCURACY_KEYS = ("train_accuracy", "val_accuracy", "test_accuracy")
@@ -55,8 +55,8 @@ def register(actions):
     model.add_argument("--drop-rate", type=float, default=0.0, help="dropout while finetuning (default 0.0)")
 
     data = parser.add_argument_group("data")
-    data.add_argument("--data-file", metavar="PATH", default=None,
-                      help="a `label<TAB>text` file (default: the SMS Spam Collection from the data manifest)")
+    add_data_file_option(data, help="a `label<TAB>text` file (default: the SMS Spam Collection from the data "
+                                    "manifest)")
     data.add_argument("--data-dir", default=None, help="data folder for the manifest's files "
                                                        "(default: $GPT2_DATA_DIR, else <repo>/data/cache)")
     data.add_argument("--no-balance", action="store_true",
@@ -66,13 +66,14 @@ def register(actions):
                       help="pad/truncate messages to this many tokens (default: the longest training message, "
                            "at most the model's context length)")
     data.add_argument("--seed", type=int, default=123,
-                      help="seed of the balancing, the split, the initialization, batch order and dropout")
+                      help="seed of the balancing, the split, the initialization, batch order and dropout "
+                           "(default %(default)s)")
 
     train = parser.add_argument_group("training")
-    train.add_argument("--epochs", type=int, default=5)
-    train.add_argument("--batch-size", type=int, default=8)
+    train.add_argument("--epochs", type=int, default=5, help="passes over the training split (default %(default)s)")
+    train.add_argument("--batch-size", type=int, default=8, help="messages per step (default %(default)s)")
     train.add_argument("--lr", type=float, default=5e-5, help="AdamW learning rate (default 5e-5)")
-    train.add_argument("--weight-decay", type=float, default=0.1)
+    train.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (default %(default)s)")
     train.add_argument("--grad-clip", type=float, default=None, metavar="NORM",
                        help="clip the global gradient norm (default: no clipping, as the book)")
     train.add_argument("--eval-interval", type=int, default=50, metavar="STEPS",

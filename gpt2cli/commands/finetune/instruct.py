@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from gpt2cli.errors import UserError, user_errors
+from gpt2cli.options import add_data_alias
 
 RESPONSES_FILE = "test_responses.json"
 SUMMARY_FILE = "summary.json"
@@ -28,6 +29,7 @@ def register(actions):
     a = p.add_argument
     a("--data", default="instruction-data", metavar="FILE_OR_NAME",
       help="JSON/JSONL records with instruction, input, output, or a manifest name (default %(default)s)")
+    add_data_alias(p)
     a("--data-dir", help="where manifest data sets live (default $GPT2_DATA_DIR or data/cache)")
     a("--init-from", metavar="WEIGHTS", help="start from weights: OpenAI folder, Hugging Face folder/.safetensors "
                                              "or one of our checkpoints (the book: GPT-2 355M)")
