@@ -8,7 +8,8 @@ each attention layer can store its keys and values and the model runs on the new
     x, _ = trunk_forward(params, prompt_ids, config, kv_cache=cache)     # prefill: stores T_prompt keys
     x, _ = trunk_forward(params, next_id, config, kv_cache=cache)        # one step: 1 position, 1 key more
 
-Per layer, keys and values are preallocated (B, H, T_cap, D) arrays; positions [0, length) are filled.
+Per layer, keys and values are preallocated (B, KV, T_cap, D) arrays (KV = n_kv_heads: H for GPT-2; Llama's
+grouped-query attention caches only its key/value heads, after RoPE); positions [0, length) are filled.
 
 Left padding (a batch of prompts of different lengths): the new tokens' `attention_mask` (B, T) marks real
 tokens 1 and padding 0. Padding keys are hidden from every query, and positions count real tokens only,
@@ -68,7 +69,7 @@ class KVCache:
         if not 0 < capacity <= config.context_length:
             raise ValueError(f"KV cache capacity must be in [1, {config.context_length}] (the context length), "
                              f"got {capacity}")
-        shape = (batch_size, config.n_heads, capacity, config.head_dim)
+        shape = (batch_size, config.n_kv_heads, capacity, config.head_dim)   # GQA: one per key/value head
         self.keys = [np.zeros(shape, dtype=dtype) for _ in range(config.n_layers)]
         self.values = [np.zeros(shape, dtype=dtype) for _ in range(config.n_layers)]
         self.valid = np.ones((batch_size, capacity), dtype=bool)   # False at left padding

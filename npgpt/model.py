@@ -22,7 +22,7 @@ import numpy as np
 from gptcore.arch import block_param_shapes, count_params_for, param_shapes, spec_for
 from gptcore.config import GPTConfig
 from gptcore.params import check_param_shapes, unique_arrays
-from npgpt import gpt2
+from npgpt import gpt2, llama
 from npgpt.linear import LinearLayerCache, linear_layer_backward, linear_layer_forward
 from npgpt.loss import cross_entropy_loss_and_grad
 
@@ -31,7 +31,7 @@ __all__ = ["ARCHITECTURES", "ModelCache", "architecture", "init_params", "param_
            "trunk_forward", "trunk_backward", "forward", "backward", "loss_and_grads"]
 
 # config.arch -> the module with that architecture's trunk_forward / trunk_backward / block_params.
-ARCHITECTURES = {"gpt2": gpt2}
+ARCHITECTURES = {"gpt2": gpt2, "llama": llama}
 
 
 class ModelCache(NamedTuple):

@@ -42,7 +42,8 @@ def test_config_edges_that_are_fine():
 
 def test_unknown_preset_lists_the_choices():
     with pytest.raises(ConfigError, match=r"unknown model preset 'gpt2-tiny'; choose one of: gpt2-small, "
-                                          r"gpt2-medium, gpt2-large, gpt2-xl, tiny, 124M, 355M, 774M, 1558M"):
+                                          r"gpt2-medium, gpt2-large, gpt2-xl, tiny, smollm2-135m, tiny-llama, 124M, 355M, 774M, "
+                                          r"1558M"):
         get_config("gpt2-tiny")
 
 

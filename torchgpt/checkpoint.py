@@ -35,8 +35,9 @@ import torch
 from gptcore.formats.checkpoint import load_checkpoint, save_checkpoint
 from gptcore.formats.weights import load_weights
 import torchgpt.gpt2
+import torchgpt.llama
 from torchgpt import pick_device
-from torchgpt.model import GPTModel, load_numpy_params, to_numpy_params
+from torchgpt.model import GPTModel, build_model, load_numpy_params, to_numpy_params
 
 OPTIMIZER_KEY = "optimizer"
 
@@ -217,15 +218,16 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", *, u
 def _no_random_init():
     """Within the block, building a GPTModel allocates its parameters without filling them.
 
-    The layers' own reset_parameters (torch.nn.init.*) and GPT-2's init_weights (the name GPTModel calls, in
-    torchgpt.gpt2) become no-ops, so the parameters stay uninitialized torch.empty memory, which the OS does
+    The layers' own reset_parameters (torch.nn.init.*) and the spec's init_weights (the name each model calls,
+    in torchgpt.gpt2 and torchgpt.llama) become no-ops, so the parameters stay uninitialized torch.empty memory, which the OS does
     not even back with pages until written. (Building on the meta device instead would avoid the allocation
     too, but torch runs meta ops through its Python decompositions, whose first use imports torch._dynamo:
     seconds.) Not thread-safe: it swaps module attributes for the duration.
     """
     swapped = {(torch.nn.init, name): getattr(torch.nn.init, name)
                for name in ("normal_", "uniform_", "kaiming_uniform_", "zeros_", "ones_")}
-    swapped[(torchgpt.gpt2, "init_weights")] = torchgpt.gpt2.init_weights
+    for architecture in (torchgpt.gpt2, torchgpt.llama):      # each model module calls init_weights by name
+        swapped[(architecture, "init_weights")] = architecture.init_weights
     try:
         for (module, name) in swapped:
             setattr(module, name, lambda tensor, *args, **kwargs: tensor)
@@ -245,7 +247,7 @@ def _model_holding(config, params: dict, device, use_sdpa: bool) -> GPTModel:
     is restored (two names, one Parameter). Then the model moves to `device` (a no-op for the CPU).
     """
     with _no_random_init():
-        model = GPTModel(config, use_sdpa=use_sdpa)
+        model = build_model(config, use_sdpa=use_sdpa)      # config.arch's model
     expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
     wrong = {name for name in expected if tuple(np.shape(params.get(name, ()))) != expected[name]}
     if wrong or set(params) != set(expected):

@@ -6,7 +6,8 @@
     loss = F.cross_entropy(logits, y, weight=class_weights)      a weighted mean over the batch
 
 GPTClassifier is a GPTModel whose language-model head `out_head` is replaced by `cls_head`, an
-nn.Linear(C, K) with bias; its state_dict holds exactly gptcore.tasks.classification.classifier_param_shapes'
+nn.Linear(C, K) with bias; LlamaClassifier the same for a LlamaModel; build_classifier(config, K) picks the
+one of config.arch. The state_dict holds exactly gptcore.tasks.classification.classifier_param_shapes'
 names (the trunk's canonical names + cls_head.weight, cls_head.bias), so one parameter dict loads into
 both backends. The prediction is read at the last real token, never at position -1 (see npgpt's
 module docstring for why).
@@ -21,6 +22,7 @@ from torch import nn
 from gptcore.tasks.classification import HEAD_INIT_STD, check_num_classes
 from gptcore.config import GPTConfig
 from torchgpt.gpt2 import GPTModel
+from torchgpt.llama import LlamaModel
 
 
 def last_token(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -42,15 +44,16 @@ def class_weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
     return F.cross_entropy(logits, labels.to(logits.device).long(), weight=class_weights)
 
 
-class GPTClassifier(GPTModel):
-    """GPTModel with `out_head` removed and `cls_head` (Linear(C, num_classes), with bias) added.
+class ClassifierHead:
+    """What turns a language model class into a classifier: `out_head` removed, `cls_head` (Linear(C, K), with
+    bias) added, forward(idx, lengths) -> logits (B, K) read at each row's last real token. Mixed in before the
+    model class (GPTClassifier, LlamaClassifier), whose trunk() it calls.
 
-    forward(idx, lengths) -> logits (B, num_classes), read at each row's last real token.
     config.tie_weights is ignored (there is no LM head to tie); self.config has tie_weights=False.
     """
 
     def __init__(self, config: GPTConfig, num_classes: int, use_sdpa: bool = False, seed: int | None = None):
-        # Built tied so GPTModel allocates and initializes no separate (V, C) head, which is dropped anyway.
+        # Built tied so the model allocates and initializes no separate (V, C) head, which is dropped anyway.
         super().__init__(config.replace(tie_weights=True), use_sdpa=use_sdpa, seed=seed)
         del self.out_head
         self.config = config.replace(tie_weights=False)
@@ -67,6 +70,25 @@ class GPTClassifier(GPTModel):
         if not isinstance(lengths, torch.Tensor):
             lengths = torch.as_tensor(np.asarray(lengths))
         return self.cls_head(last_token(x, lengths))                     # (B, K)
+
+
+class GPTClassifier(ClassifierHead, GPTModel):
+    """GPT-2 as a classifier: GPTModel with `out_head` removed and `cls_head` added (see ClassifierHead)."""
+
+
+class LlamaClassifier(ClassifierHead, LlamaModel):
+    """Llama as a classifier: LlamaModel with `out_head` removed and `cls_head` added (see ClassifierHead)."""
+
+
+# config.arch -> the classifier class (twin of torchgpt.model.ARCHITECTURES)
+CLASSIFIERS = {"gpt2": GPTClassifier, "llama": LlamaClassifier}
+
+
+def build_classifier(config: GPTConfig, num_classes: int, **kwargs) -> nn.Module:
+    """The classifier of config.arch (GPT-2: GPTClassifier), built with kwargs (use_sdpa, seed)."""
+    if config.arch not in CLASSIFIERS:
+        raise ValueError(f"torchgpt has no classifier for architecture {config.arch!r}; it knows {sorted(CLASSIFIERS)}")
+    return CLASSIFIERS[config.arch](config, num_classes, **kwargs)
 
 
 def set_trainable(model: nn.Module, trainable_names) -> int:

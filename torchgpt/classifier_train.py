@@ -10,7 +10,7 @@ import torch
 
 from gptcore.tasks.classification import check_classifier_params
 from gptcore.lora import split_lora
-from torchgpt.classifier import GPTClassifier, class_weighted_cross_entropy, set_trainable
+from torchgpt.classifier import build_classifier, class_weighted_cross_entropy, set_trainable
 from torchgpt.lora import attach_lora
 from torchgpt.model import load_numpy_params, to_numpy_params
 from torchgpt.optim import clip_grad_norm, make_adamw
@@ -28,7 +28,7 @@ class TorchClassifierBackend:
         self.config, self.num_classes, self.device = config, num_classes, torch.device(device)
         # Built on the meta device: no time spent drawing initial weights that the params replace at once.
         with torch.device("meta"):
-            model = GPTClassifier(config, num_classes, use_sdpa=use_sdpa)
+            model = build_classifier(config, num_classes, use_sdpa=use_sdpa)
         model = model.to_empty(device="cpu")
         model = load_numpy_params(model, base)
         if adapters:

@@ -4,7 +4,7 @@
     x = model.trunk(prompt_ids, kv_cache=cache)      # prefill
     x = model.trunk(next_id, kv_cache=cache)         # one step
 
-Per layer, keys and values are preallocated (B, H, T_cap, D) tensors on the model's device.
+Per layer, keys and values are preallocated (B, KV, T_cap, D) tensors (KV = n_kv_heads) on the model's device.
 """
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ class KVCache:
         if not 0 < capacity <= config.context_length:
             raise ValueError(f"KV cache capacity must be in [1, {config.context_length}] (the context length), "
                              f"got {capacity}")
-        shape = (batch_size, config.n_heads, capacity, config.head_dim)
+        shape = (batch_size, config.n_kv_heads, capacity, config.head_dim)   # GQA: one per key/value head
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
         self.valid = torch.ones((batch_size, capacity), dtype=torch.bool, device=device)

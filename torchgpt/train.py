@@ -44,7 +44,7 @@ from torchgpt.checkpoint import load_training_checkpoint, save_training_checkpoi
 from torchgpt.distributed import COUNT_REDUCES_ENV, DistContext, all_reduce_mean, any_process, count_grad_reduces, \
     gather_objects
 from torchgpt.loss import cross_entropy, perplexity
-from torchgpt.model import GPTModel, load_numpy_params
+from torchgpt.model import build_model, load_numpy_params
 from torchgpt.optim import clip_grad_norm, make_adamw, set_lr
 
 AUTOCAST_CHOICES = ("auto", "float32", "bfloat16")
@@ -467,7 +467,7 @@ class TorchTwin:
 
     def __init__(self, params: dict, config, settings: LockstepSettings, dtype=torch.float32):
         self.config = config
-        self.model = load_numpy_params(GPTModel(config).to(dtype), params).train()
+        self.model = load_numpy_params(build_model(config).to(dtype), params).train()
         self.optimizer = make_adamw(self.model, lr=settings.lr, weight_decay=settings.weight_decay)
         self.grad_clip = settings.grad_clip
 

@@ -295,11 +295,11 @@ def _train_numpy(config, params, resumed, train_set, val_set, settings, run_log,
 def _train_torch(config, params, resumed, train_set, val_set, settings, run_log, options, context, device,
                  progress, metadata, start_run) -> int:
     import torch
-    from torchgpt import GPTModel, load_numpy_params
+    from torchgpt import build_model, load_numpy_params
     from torchgpt.train import RuntimeOptions, TokenBatches, Trainer, ordered_batches
     torch.manual_seed(settings.seed + context.rank)      # dropout masks differ per process
     use_sdpa = options["sdpa"] if options["sdpa"] is not None else device.type == "cuda"
-    model = GPTModel(config, use_sdpa=use_sdpa, seed=settings.seed)
+    model = build_model(config, use_sdpa=use_sdpa, seed=settings.seed)
     if params is not None:
         load_numpy_params(model, params)
     runtime = RuntimeOptions(device=str(device), dtype=options["dtype"], compile=bool(options["compile"]),

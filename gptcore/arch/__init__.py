@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import math
 
-from gptcore.arch import gpt2
+from gptcore.arch import gpt2, llama
 from gptcore.config import GPTConfig
 
-SPECS = {gpt2.NAME: gpt2}
+SPECS = {gpt2.NAME: gpt2, llama.NAME: llama}
 
 
 def spec_for(config: GPTConfig):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gptcore.arch import param_shapes
+from gptcore.arch import embedding_names, param_shapes
 from gptcore.config import GPTConfig
 from gptcore.params import check_param_shapes
 
@@ -59,14 +59,15 @@ def trainable_param_names(config: GPTConfig, trainable: str = "last-k", last_k: 
 
 
 def first_trained_block(config: GPTConfig, trainable_names) -> int | None:
-    """Lowest block index the backward must reach: 0 when the embeddings train, None when only the head does."""
+    """Lowest block index the backward must reach: 0 when an embedding of the architecture trains (GPT-2's
+    token and position tables, Llama's token table), None when only the head does."""
     names = set(trainable_names)
-    if names & {"tok_emb.weight", "pos_emb.weight"}:
+    if names & set(embedding_names(config)):
         return 0
     blocks = [i for i in range(config.n_layers) if any(n.startswith(f"blocks.{i}.") for n in names)]
     if blocks:
         return min(blocks)
-    return config.n_layers if names & {"final_norm.scale", "final_norm.shift"} else None
+    return config.n_layers if any(n.startswith("final_norm.") for n in names) else None
 
 
 def balanced_class_weights(labels, num_classes: int) -> np.ndarray:

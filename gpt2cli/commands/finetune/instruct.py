@@ -85,7 +85,7 @@ def build_model(args, device):
     """(GPTModel, config, lora_config or None) from --init-from or --model, LoRA added when asked."""
     from gptcore.engine.run_setup import model_config_and_params
     from gptcore.lora import LoRAConfig
-    from torchgpt import GPTModel, load_numpy_params
+    from torchgpt import build_model, load_numpy_params
     from torchgpt.lora import add_lora
     options = {"model": args.model, "init_from": args.init_from, "drop_rate": args.drop_rate, "emb_dim": None,
                "n_layers": None, "n_heads": None, "context_length": None}
@@ -93,7 +93,7 @@ def build_model(args, device):
     if params is None:
         print(f"note: no --init-from: finetuning a randomly initialised {args.model!r} model (for tests and "
               f"smoke runs); the book starts from GPT-2 355M", file=sys.stderr)
-    model = GPTModel(config, use_sdpa=device.type == "cuda", seed=args.seed)
+    model = build_model(config, use_sdpa=device.type == "cuda", seed=args.seed)
     if params is not None:
         load_numpy_params(model, params)
         del params

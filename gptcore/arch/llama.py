@@ -1,0 +1,79 @@
+"""The Llama architecture's spec: canonical parameter names and shapes, the init rule, which linear layers
+LoRA may wrap, and the FLOPs per token. Both twins, every loader (GGUF, Hugging Face Llama folders),
+checkpoint validation and LoRA read these instead of typing the names.
+
+    tok_emb.weight (V, C)                                   no position table: RoPE rotates queries and keys
+    blocks.{i}.norm1.scale (C)                              RMSNorm before attention (no shift)
+    blocks.{i}.att.W_query.weight (C, C)                    H query heads of width D = C / H
+    blocks.{i}.att.W_key.weight (KV*D, C)   blocks.{i}.att.W_value.weight (KV*D, C)   KV = n_kv_heads
+    blocks.{i}.att.out_proj.weight (C, C)
+    blocks.{i}.norm2.scale (C)                              RMSNorm before the feed-forward
+    blocks.{i}.ff.gate.weight (F, C)   blocks.{i}.ff.up.weight (F, C)   blocks.{i}.ff.down.weight (C, F)
+    final_norm.scale (C)   out_head.weight (V, C)           (tied to tok_emb.weight when tie_weights)
+
+No biases anywhere. Linear weights are stored (out, in), as torch stores them. Hugging Face's names map
+one to one: model.embed_tokens -> tok_emb, model.layers.N.input_layernorm -> blocks.N.norm1,
+self_attn.{q,k,v,o}_proj -> att.{W_query, W_key, W_value, out_proj}, post_attention_layernorm -> norm2,
+mlp.{gate,up,down}_proj -> ff.{gate,up,down}, model.norm -> final_norm, lm_head -> out_head.
+"""
+from __future__ import annotations
+
+import math
+
+from gptcore.config import GPTConfig
+from gptcore.params import prefixed
+
+NAME = "llama"
+HAS_POSITION_TABLE = False               # positions enter as rotations of the queries and keys (RoPE)
+EMBEDDINGS = ("tok_emb.weight",)         # looked up by rows, not multiplied
+TIED_HEAD = ("out_head.weight", "tok_emb.weight")     # (head, embedding) when config.tie_weights
+INIT_STD = 0.02                          # Hugging Face's initializer_range for Llama
+
+# The linear layers LoRA may wrap, by group (names as they end: blocks.{i}.att.W_query, ...).
+LORA_TARGET_GROUPS = {
+    "attention": ("att.W_query", "att.W_key", "att.W_value", "att.out_proj"),
+    "feedforward": ("ff.gate", "ff.up", "ff.down"),
+    "head": ("out_head", "cls_head"),       # the language-model head, or a classifier's head
+}
+
+
+def block_param_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
+    """Shapes of one block's parameters under their names inside the block."""
+    C, F, KVD = config.emb_dim, config.ff_dim, config.kv_dim
+    return {
+        "norm1.scale": (C,),
+        "att.W_query.weight": (C, C),
+        "att.W_key.weight": (KVD, C),
+        "att.W_value.weight": (KVD, C),
+        "att.out_proj.weight": (C, C),
+        "norm2.scale": (C,),
+        "ff.gate.weight": (F, C),
+        "ff.up.weight": (F, C),
+        "ff.down.weight": (C, F),
+    }
+
+
+def param_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
+    """Every canonical parameter name -> shape, in a fixed order (the order of initialization)."""
+    V, C = config.vocab_size, config.emb_dim
+    shapes = {"tok_emb.weight": (V, C)}
+    for i in range(config.n_layers):
+        shapes.update(prefixed(block_param_shapes(config), f"blocks.{i}."))
+    shapes.update({"final_norm.scale": (C,), "out_head.weight": (V, C)})
+    return shapes
+
+
+def init_rule(name: str, config: GPTConfig) -> tuple[str, float]:
+    """How parameter `name` starts, as Hugging Face's LlamaPreTrainedModel starts it: ("ones", 1) for the
+    RMSNorm scales, else ("normal", 0.02) for every matrix and the embedding (no residual rescaling)."""
+    if name.endswith(".scale"):
+        return "ones", 1.0
+    return "normal", INIT_STD
+
+
+def flops_per_token(config: GPTConfig, context_length: int) -> float:
+    """Training FLOPs per token, 6 N + 12 L C T: N counts the matrices that multiply (the head once; an untied
+    token embedding is a lookup and is left out), 12 L C T is attention's score and weighted-sum matmuls
+    (grouped-query attention shares keys and values, but every query head still scores T keys of width D)."""
+    n = sum(math.prod(shape) for name, shape in param_shapes(config).items() if name != "tok_emb.weight")
+    return 6.0 * n + 12.0 * config.n_layers * config.emb_dim * context_length

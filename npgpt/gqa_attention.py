@@ -1,0 +1,87 @@
+"""Grouped-query attention (Llama): H query heads share KV = n_kv_heads key/value heads, causal, no biases,
+queries and keys rotated by RoPE.
+
+    q = x Wq^T (B, T, H*D),  k = x Wk^T, v = x Wv^T (B, T, KV*D)      split into heads
+    q, k = rope(q), rope(k)                                           rotated at their positions
+    k, v repeated G = H / KV times along the heads (B, H, S, D)       query head h reads kv head h // G
+    context = softmax(q k^T / sqrt(D) + causal mask) v               (B, H, T, D), attention.py's core
+    out = merge(context) Wo^T                                         (B, T, C)
+
+KV = H is multi-head attention, KV = 1 multi-query attention. The backward is the forward read in reverse;
+the repeat is a copy, so its backward sums the gradients of the G query heads that read one kv head.
+"""
+from typing import NamedTuple
+
+import numpy as np
+
+from npgpt.attention import (AttentionCoreCache, QKVCache, _attention_core_backward, _attention_core_forward,
+                             _merge_heads, _project_qkv, _project_qkv_backward, _split_heads)
+from npgpt.linear import LinearLayerCache, linear_layer_backward, linear_layer_forward
+from npgpt.rope import RopeCache, rope_backward, rope_forward
+
+
+class GQACache(NamedTuple):
+    """The projections' caches, the two rotations', the attention core's over the repeated heads, out_proj's."""
+    n_heads: int
+    n_kv_heads: int
+    qkv: QKVCache
+    rope_q: RopeCache
+    rope_k: RopeCache
+    core: AttentionCoreCache         # per query head: arrays (B, H, T, D) and (B, H, T, S)
+    out_proj: LinearLayerCache
+
+
+def repeat_kv(t, group):
+    """(B, KV, S, D) -> (B, KV * G, S, D), head h a copy of head h // G (Hugging Face's repeat_kv)."""
+    return t if group == 1 else np.repeat(t, group, axis=1)
+
+
+def sum_over_groups(dt, group):
+    """repeat_kv's backward: (B, KV * G, S, D) -> (B, KV, S, D), the G copies' gradients summed."""
+    if group == 1:
+        return dt
+    B, H, S, D = dt.shape
+    return dt.reshape(B, H // group, group, S, D).sum(axis=2)
+
+
+def gqa_attention_forward(x, p, n_heads, n_kv_heads, cos, sin, *, kv_cache=None):
+    """x: (B, T, C); p: W_query.weight (C, C), W_key.weight, W_value.weight (KV*D, C), out_proj.weight (C, C)
+    (+ LoRA adapters); cos, sin: npgpt.rope.rope_tables for the T new positions (absolute: after a KV cache's)
+    kv_cache: optional npgpt.kvcache.LayerKV (decoding, inference only): the new rotated keys and the values
+    are stored per kv head after the cached ones; no backward through this path
+    -> out: (B, T, C), GQACache.
+    """
+    group = n_heads // n_kv_heads
+    (q, k, v), qkv_cache = _project_qkv(x, p)                     # (B, T, C), (B, T, KV*D) x 2
+    q, k, v = _split_heads(q, n_heads), _split_heads(k, n_kv_heads), _split_heads(v, n_kv_heads)
+    q, rope_q = rope_forward(q, cos, sin)                         # (B, H, T, D)
+    k, rope_k = rope_forward(k, cos, sin)                         # (B, KV, T, D)
+    hide = None
+    if kv_cache is not None:
+        k, v = kv_cache.append(k, v)                              # (B, KV, S, D): cached, then the new ones
+        hide = kv_cache.hide
+    context, core_cache = _attention_core_forward(
+        q, repeat_kv(k, group), repeat_kv(v, group), causal=kv_cache is None, drop_rate=0.0, rng=None,
+        dropout_mask=None, hide=hide)                             # (B, H, T, D)
+    out, out_cache = linear_layer_forward(_merge_heads(context), p, "out_proj")
+    return out, GQACache(n_heads=n_heads, n_kv_heads=n_kv_heads, qkv=qkv_cache, rope_q=rope_q, rope_k=rope_k,
+                         core=core_cache, out_proj=out_cache)
+
+
+def gqa_attention_backward(dout, cache):
+    """dout: (B, T, C) -> dx: (B, T, C), grads under p's keys.
+
+        dcontext = dout Wo                            (B, T, C) -> heads (B, H, T, D)
+        dq, dk_rep, dv_rep = attention core backward  (B, H, T, D) each
+        dk = sum over the G query heads of a group of dk_rep    (B, KV, T, D), likewise dv
+        dq, dk = rope_backward(dq), rope_backward(dk)           rotation by -angle
+        dx = dq Wq + dk Wk + dv Wv
+    """
+    group = cache.n_heads // cache.n_kv_heads
+    dcontext, grads = linear_layer_backward(dout, cache.out_proj)             # (B, T, C)
+    dq, dk, dv = _attention_core_backward(_split_heads(dcontext, cache.n_heads), cache.core)
+    dk, dv = sum_over_groups(dk, group), sum_over_groups(dv, group)           # (B, KV, T, D)
+    dq = rope_backward(dq, cache.rope_q)
+    dk = rope_backward(dk, cache.rope_k)
+    dx = _project_qkv_backward(*(_merge_heads(t) for t in (dq, dk, dv)), cache.qkv, grads)
+    return dx, grads

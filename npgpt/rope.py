@@ -1,0 +1,67 @@
+"""Rotary position embedding (RoPE), the rotate-half convention of Hugging Face's Llama.
+
+A query or key vector of width D is cut into its two halves (x1, x2) = (x[:D/2], x[D/2:]); pair j of
+the position-p vector, (x1_j, x2_j), is rotated by the angle p * inv_freq_j:
+
+    inv_freq_j = theta^(-2j / D)                  j = 0 .. D/2 - 1   (theta: the config's rope_theta)
+    out1 = x1 cos - x2 sin                        out2 = x2 cos + x1 sin
+    i.e. out = x * cos + rotate_half(x) * sin,    rotate_half(x) = (-x2, x1),  cos/sin tables (T, D)
+
+Queries and keys are both rotated, so their dot product depends only on the positions' difference.
+The rotation is orthogonal: its backward is the rotation by -angle (sin -> -sin).
+Positions are absolute: with a KV cache the new tokens sit after the cached ones (rope_tables(positions)).
+"""
+from typing import NamedTuple
+
+import numpy as np
+
+
+class RopeCache(NamedTuple):
+    """The tables the forward rotated with; the backward rotates back with the same ones."""
+    cos: np.ndarray                  # broadcastable to x: (T, D) or (B, 1, T, D)
+    sin: np.ndarray
+
+
+def rope_inverse_frequencies(head_dim, theta):
+    """inv_freq_j = theta^(-2j / D), j = 0 .. D/2 - 1, in float64: (D/2,)."""
+    if head_dim % 2:
+        raise ValueError(f"the rotary position embedding needs an even head width, got {head_dim}")
+    return 1.0 / (float(theta) ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+
+
+def rope_tables(positions, head_dim, theta, dtype=np.float32):
+    """cos and sin of every (position, frequency) angle, each half of D repeated (the rotate-half layout).
+
+    positions: (T,) or (B, T) integers -> cos, sin: (T, D), or (B, 1, T, D) (broadcast over the heads) in
+    `dtype`. The angles are computed in float64 and rounded once, so both twins get the same tables.
+    """
+    positions = np.asarray(positions)
+    angles = positions[..., None].astype(np.float64) * rope_inverse_frequencies(head_dim, theta)   # (..., T, D/2)
+    angles = np.concatenate([angles, angles], axis=-1)                                          # (..., T, D)
+    if angles.ndim == 3:
+        angles = angles[:, None]                     # (B, 1, T, D): one row of positions per batch row
+    return np.cos(angles).astype(dtype), np.sin(angles).astype(dtype)
+
+
+def _rotate(x, cos, sin):
+    """x * cos + rotate_half(x) * sin for x (..., T, D): out1 = x1 cos - x2 sin, out2 = x2 cos + x1 sin."""
+    half = x.shape[-1] // 2
+    out = x * cos
+    out[..., :half] -= x[..., half:] * sin[..., :half]
+    out[..., half:] += x[..., :half] * sin[..., half:]
+    return out
+
+
+def rope_forward(x, cos, sin):
+    """x: (B, H, T, D) queries or keys; cos, sin: rope_tables(...) for these T positions
+    -> out: (B, H, T, D), RopeCache(cos, sin)."""
+    return _rotate(x, cos, sin), RopeCache(cos=cos, sin=sin)
+
+
+def rope_backward(dout, cache):
+    """dout: (B, H, T, D) -> dx: (B, H, T, D).
+
+    The forward is out = R(angle) x with R orthogonal (each pair rotated in its plane), so
+        dx = R(angle)^T dout = R(-angle) dout:   dx1 = d1 cos + d2 sin,   dx2 = d2 cos - d1 sin
+    """
+    return _rotate(dout, cache.cos, -cache.sin)

@@ -1,0 +1,76 @@
+"""The SwiGLU feed-forward of Llama: a gated unit with its own hidden width F (config.ff_dim).
+
+    g = x Wg^T,  u = x Wu^T                       (B, T, F)   gate and up projections, no biases
+    h = silu(g) * u,  silu(g) = g * sigmoid(g)    (B, T, F)
+    out = h Wd^T                                  (B, T, C)   down projection
+"""
+from typing import NamedTuple
+
+import numpy as np
+
+from npgpt.linear import LinearLayerCache, linear_layer_backward, linear_layer_forward
+
+
+class SiLUCache(NamedTuple):
+    """silu_backward's inputs: the pre-activation and its sigmoid."""
+    g: np.ndarray                    # (..., F)
+    sig: np.ndarray                  # (..., F) sigmoid(g)
+
+
+class SwiGLUCache(NamedTuple):
+    """The three projections' caches, the SiLU's, and the up projection's output (the gate's other factor)."""
+    gate: LinearLayerCache
+    up: LinearLayerCache
+    silu: SiLUCache
+    silu_out: np.ndarray             # (B, T, F) silu(g)
+    u: np.ndarray                    # (B, T, F)
+    down: LinearLayerCache
+
+
+def sigmoid(g):
+    """1 / (1 + exp(-g)) without overflow: exp of -|g| only, in g's dtype."""
+    z = np.exp(-np.abs(g))                           # in (0, 1]
+    return np.where(g >= 0, 1.0 / (1.0 + z), z / (1.0 + z)).astype(g.dtype, copy=False)
+
+
+def silu_forward(g):
+    """silu(g) = g * sigmoid(g).   g: (..., F) -> out: (..., F), SiLUCache(g, sig)."""
+    sig = sigmoid(g)
+    return g * sig, SiLUCache(g=g, sig=sig)
+
+
+def silu_backward(dout, cache):
+    """dout: (..., F) -> dg: (..., F).
+
+        silu'(g) = sig + g sig (1 - sig) = sig (1 + g (1 - sig))
+    """
+    sig = cache.sig
+    return dout * sig * (1.0 + cache.g * (1.0 - sig))
+
+
+def swiglu_forward(x, p):
+    """x: (B, T, C); p: {"gate.weight" (F, C), "up.weight" (F, C), "down.weight" (C, F)} (+ LoRA adapters)
+    -> out: (B, T, C), SwiGLUCache."""
+    g, gate_cache = linear_layer_forward(x, p, "gate")          # (B, T, F)
+    u, up_cache = linear_layer_forward(x, p, "up")              # (B, T, F)
+    s, silu_cache = silu_forward(g)                             # (B, T, F)
+    out, down_cache = linear_layer_forward(s * u, p, "down")    # (B, T, C)
+    return out, SwiGLUCache(gate=gate_cache, up=up_cache, silu=silu_cache, silu_out=s, u=u, down=down_cache)
+
+
+def swiglu_backward(dout, cache):
+    """dout: (B, T, C) -> dx: (B, T, C), grads under p's keys.
+
+        dh = dout Wd                 dWd = dout^T h,  h = silu(g) * u
+        du = dh * silu(g)            dg = dh * u * silu'(g)
+        dx = dg Wg + du Wu           dWg = dg^T x,  dWu = du^T x
+    """
+    dh, grads = linear_layer_backward(dout, cache.down)         # (B, T, F)
+    du = dh * cache.silu_out
+    dg = silu_backward(dh * cache.u, cache.silu)
+    dx, gate_grads = linear_layer_backward(dg, cache.gate)
+    dx_up, up_grads = linear_layer_backward(du, cache.up)
+    dx += dx_up
+    grads.update(gate_grads)
+    grads.update(up_grads)
+    return dx, grads
