@@ -35,7 +35,9 @@ import numpy as np
 from gptcore.arch import spec_for
 from gptcore.config import GPTConfig
 from gptcore.fileio import atomic_write_json
-from gptcore.formats import gpt2_release
+from gptcore.datasets import fetch, weights_names
+from gptcore.formats import gpt2_release, llama_release
+from gptcore.formats.gguf import is_gguf, load_gguf
 from gptcore.formats.checkpoint import is_checkpoint, load_checkpoint, recover_interrupted_save, save_checkpoint
 from gptcore.formats.runs import run_weights
 from gptcore.formats.safetensors import SafetensorsFile, WeightsError, _first_line, write_safetensors
@@ -56,12 +58,17 @@ BARE_HF_LAYOUT = gpt2_release
 
 
 def load_weights(path: str | os.PathLike) -> tuple[GPTConfig, dict[str, np.ndarray]]:
-    """(config, params) from an OpenAI folder, a Hugging Face folder/file, one of our checkpoints or runs."""
+    """(config, params) from an OpenAI folder, a Hugging Face folder/file (GPT-2 or Llama), a GGUF file, one of
+    our checkpoints or runs, or a pretrained model's manifest name (smollm2-135m-instruct)."""
     path = resolve_weights_path(path)
     kind = detect_format(path)
     if kind == "openai":
         return load_openai_checkpoint(path)
+    if kind == "gguf":
+        return load_gguf(path)
     if kind == "huggingface":
+        if llama_release.is_hf_llama(path):
+            return llama_release.load_hf_llama(path)
         return load_hf_safetensors(path)
     config, params, _ = load_checkpoint(path, load_training_state=False)
     return config, params
@@ -71,13 +78,16 @@ def resolve_weights_path(path: str | os.PathLike) -> Path:
     """A run folder -> the checkpoint it stands for (gptcore.formats.runs.run_weights); any other path as it is.
 
     Needed before detect_format: a run folder holds a config.json (the run's settings) that would
-    otherwise pass for a Hugging Face folder.
+    otherwise pass for a Hugging Face folder. A pretrained model's name in the data manifest
+    (`smollm2-135m-instruct`) stands for its verified file in the data dir (`gpt2 weights download NAME`).
     """
+    if not Path(path).exists() and str(path) in weights_names():
+        return fetch(str(path), download=False)
     return run_weights(path) or Path(path)
 
 
 def detect_format(path: Path) -> str:
-    """'openai', 'huggingface' or 'checkpoint' (ours), from the files present; WeightsError otherwise."""
+    """'openai', 'huggingface', 'gguf' or 'checkpoint' (ours), from the files present; WeightsError otherwise."""
     path = Path(path)
     if recover_interrupted_save(path):   # a save of ours stopped between its two renames: put it back
         return "checkpoint"
@@ -87,6 +97,8 @@ def detect_format(path: Path) -> str:
     if is_checkpoint(path):
         return "checkpoint"
     if path.is_file():
+        if is_gguf(path):
+            return "gguf"
         if path.suffix == ".safetensors":
             return "huggingface"
         if path.name.startswith(TF_PREFIX) or path.name in (HPARAMS_FILE, TF_POINTER_FILE):
@@ -95,7 +107,8 @@ def detect_format(path: Path) -> str:
                            f"{HPARAMS_FILE} + {TF_PREFIX}.* or {HF_CONFIG_FILE} + {HF_WEIGHTS_FILE}")
     if (path / HPARAMS_FILE).is_file() or any(path.glob(TF_PREFIX + ".*")):
         return "openai"
-    if (path / HF_WEIGHTS_FILE).is_file() or (path / HF_CONFIG_FILE).is_file():
+    if (path / HF_WEIGHTS_FILE).is_file() or (path / HF_CONFIG_FILE).is_file() \
+            or (path / llama_release.HF_INDEX_FILE).is_file():
         return "huggingface"
     found = sorted(p.name for p in path.iterdir())[:10]
     raise WeightsError(f"unknown weights layout in {path}: expected {HPARAMS_FILE} + {TF_PREFIX}.* (OpenAI) or "
@@ -304,6 +317,8 @@ def save_hf_safetensors(folder: str | os.PathLike, config: GPTConfig, params: di
     """Write `params` as a Hugging Face folder: config.json + model.safetensors under the names
     transformers' model class of the architecture saves (GPT2LMHeadModel: transformer.h.0.attn.c_attn.weight,
     ...), the head as lm_head.weight only when untied. Each file is written atomically; returns the folder."""
+    if config.arch == llama_release.ARCH:
+        return llama_release.save_hf_llama(folder, config, params)
     layout = RELEASE_LAYOUTS.get(config.arch)
     if layout is None:
         raise WeightsError(f"no Hugging Face layout for architecture {config.arch!r} here")
