@@ -156,12 +156,12 @@ def dequantize_tensor(tensor, source) -> np.ndarray:
     return out
 
 
-def load_gguf(path: str | os.PathLike) -> tuple[GPTConfig, dict[str, np.ndarray]]:
+def load_gguf(path: str | os.PathLike, reader=None) -> tuple[GPTConfig, dict[str, np.ndarray]]:
     """(config, params) of a llama GGUF: float32, C-contiguous, canonical names and order, query/key rows in
     Hugging Face's rotate-half order, out_head.weight the same array as tok_emb.weight when the file has no
-    output.weight."""
+    output.weight. reader: an open gguf.GGUFReader of `path` to reuse (parsing the metadata costs seconds)."""
     path = Path(path)
-    reader = open_gguf(path)
+    reader = reader if reader is not None else open_gguf(path)
     metadata = read_gguf_metadata(reader)
     tensors = {tensor.name: tensor for tensor in reader.tensors}
     if "rope_freqs.weight" in tensors:
