@@ -300,3 +300,10 @@ def test_sentencepiece_and_unknown_pre_tokenizers_are_refused_by_name(tmp_path):
         load_gguf_tokenizer(write_tokenizer_gguf(tmp_path / "sp.gguf", model="llama"))
     with pytest.raises(WeightsError, match="pre-tokenizer 'qwen2' .* is not implemented"):
         load_gguf_tokenizer(write_tokenizer_gguf(tmp_path / "q.gguf", pre="qwen2"))
+
+
+def test_cli_tokenize_with_weights_uses_the_models_tokenizer(capsys):
+    from gpt2cli.main import main
+
+    assert main(["tokenize", "--weights", "smollm2-135m-instruct", "--allow-special", " 2024<|im_end|>"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "[216, 34, 32, 34, 36, 2]"
