@@ -10,7 +10,7 @@ import pytest
 
 from gptcore.arch import param_shapes
 from gptcore.config import GPTConfig
-from gptcore.formats.llama_release import HF_NAMES, expand_names, save_hf_llama
+from gptcore.formats.llama_release import HF_NAMES, expand_names
 from gptcore.formats.safetensors import SafetensorsFile, WeightsError, write_safetensors
 from gptcore.formats.weights import load_weights, save_weights
 from gpt2cli.main import main
