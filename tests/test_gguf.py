@@ -307,3 +307,18 @@ def test_cli_tokenize_with_weights_uses_the_models_tokenizer(capsys):
 
     assert main(["tokenize", "--weights", "smollm2-135m-instruct", "--allow-special", " 2024<|im_end|>"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == "[216, 34, 32, 34, 36, 2]"
+
+
+def test_cli_info_and_convert_of_a_gguf_give_the_same_tensors(tmp_path, capsys):
+    from gpt2cli.main import main
+
+    params = random_params(CONFIG, seed=5)
+    path = write_gguf(tmp_path / "m.gguf", CONFIG, params, qtype=Q.Q8_0)
+    _, expected = load_gguf(path)
+    assert main(["weights", "info", str(path)]) == 0
+    assert "GGUF (llama.cpp)" in capsys.readouterr().out
+    assert main(["weights", "convert", str(path), str(tmp_path / "ckpt")]) == 0
+    config, converted = load_weights(tmp_path / "ckpt")
+    assert config == CONFIG and converted["out_head.weight"] is converted["tok_emb.weight"]
+    for name in expected:
+        np.testing.assert_array_equal(converted[name], expected[name], err_msg=name)
