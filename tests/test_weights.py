@@ -372,8 +372,13 @@ def test_hf_config_problems(tmp_path):
     config_file.write_text(json.dumps({**hf_config(HPARAMS), "n_layer": 3}))
     with pytest.raises(WeightsError, match=r"tensor transformer\.h\.2\.ln_1\.weight is missing"):
         load_weights(folder)
-    config_file.write_text(json.dumps({**hf_config(HPARAMS), "model_type": "llama"}))
+    config_file.write_text(json.dumps({**hf_config(HPARAMS), "model_type": "mistral"}))
     with pytest.raises(WeightsError, match="only GPT-2"):
+        load_weights(folder)
+    # A "llama" model_type now goes to the Llama layout (gptcore/formats/llama_release.py), which names what a
+    # GPT-2 config.json lacks.
+    config_file.write_text(json.dumps({**hf_config(HPARAMS), "model_type": "llama"}))
+    with pytest.raises(WeightsError, match="lacks Llama fields"):
         load_weights(folder)
     config_file.write_text(json.dumps({**hf_config(HPARAMS), "activation_function": "relu"}))
     with pytest.raises(WeightsError, match="activation_function"):

@@ -5,6 +5,7 @@
     gpt2 tokenize --decode "[15496, 995]"            ->  Hello world
     gpt2 tokenize "Hi" | gpt2 tokenize --decode      ->  Hi
     gpt2 tokenize --allow-special "a<|endoftext|>b"  ->  [64, 50256, 65]
+    gpt2 tokenize --weights smollm2-135m-instruct " 2024"  ->  [216, 34, 32, 34, 36]  (the model's own BPE)
 
 The ids are printed as one JSON list (the last line of stdout); --decode prints the text and a newline.
 The tokenizer is gptcore.tokenizer.GPT2Tokenizer (plain Python, the same ids as tiktoken's "gpt2"); it
@@ -36,6 +37,9 @@ def register(subparsers):
     parser.add_argument("--allow-special", action="store_true",
                         help="encode <|endoftext|> in the text as its id 50256 (default: an error, so text "
                              "cannot carry the special token by accident)")
+    parser.add_argument("--weights", default=None, metavar="PATH",
+                        help="use this model's own tokenizer: a GGUF file (its byte-level BPE) or a pretrained "
+                             "model's name such as smollm2-135m-instruct; GPT-2 weights use GPT-2's BPE")
     parser.add_argument("--data-dir", default=None,
                         help="data folder holding the GPT-2 BPE files (default: $GPT2_DATA_DIR, else "
                              "<repo>/data/cache)")
@@ -94,6 +98,26 @@ def load_bpe(data_dir):
         return get_tokenizer("bpe", data_dir=data_dir)
 
 
+def load_tokenizer(args):
+    """The model's tokenizer with --weights (a GGUF's own BPE), else GPT-2's from-scratch BPE."""
+    if args.weights is None:
+        return load_bpe(args.data_dir)
+    from gptcore.datasets import DataError
+    from gptcore.formats.gguf import load_gguf_tokenizer
+    from gptcore.formats.llama_release import is_hf_llama
+    from gptcore.formats.safetensors import WeightsError
+    from gptcore.formats.weights import detect_format, resolve_weights_path
+
+    with user_errors(WeightsError, DataError, FileNotFoundError):
+        path = resolve_weights_path(args.weights)
+        if detect_format(path) == "gguf":
+            return load_gguf_tokenizer(path)
+        if is_hf_llama(path):
+            raise UserError(f"{path} is a Hugging Face Llama folder; reading its tokenizer.json is not implemented: "
+                            f"give the model's GGUF file to --weights")
+    return load_bpe(args.data_dir)
+
+
 def run(args) -> int:
     text = read_input(args.text)
     if args.decode:
@@ -102,7 +126,7 @@ def run(args) -> int:
 
 
 def print_ids(text: str, args) -> int:
-    tokenizer = load_bpe(args.data_dir)
+    tokenizer = load_tokenizer(args)
     found = special_tokens_in(text, tokenizer)
     if found and not args.allow_special:
         raise UserError(f"the text contains the special token {found[0]}; pass --allow-special to encode it as "
@@ -113,7 +137,7 @@ def print_ids(text: str, args) -> int:
 
 def print_text(ids_json: str, args) -> int:
     ids = parse_token_ids(ids_json)             # malformed input fails before the BPE files load
-    tokenizer = load_bpe(args.data_dir)
+    tokenizer = load_tokenizer(args)
     check_token_range(ids, tokenizer.n_vocab)
     print(tokenizer.decode(ids))
     return 0

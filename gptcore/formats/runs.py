@@ -25,6 +25,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from gptcore.datasets import fetch, weights_names
 from gptcore.fileio import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from gptcore.formats.checkpoint import STATE_JSON_FILE, is_checkpoint, load_checkpoint
 from gptcore.formats.safetensors import WeightsError
@@ -216,8 +217,11 @@ class WeightsSource:
 def resolve_weights(path: str | os.PathLike) -> WeightsSource:
     """The one resolver of a weights path, whatever the command and the backend: a run folder stands for its
     weights (run_weights), a checkpoint inside <run>/checkpoints/ or <run>/model/ (or its model.safetensors)
-    belongs to <run>; anything else is read as it is."""
+    belongs to <run>; a pretrained model's name in the data manifest (`smollm2-135m-instruct`) stands for its
+    verified file in the data dir (`gpt2 weights download NAME`); anything else is read as it is."""
     path = Path(path)
+    if not path.exists() and str(path) in weights_names():
+        return WeightsSource(fetch(str(path), download=False))
     weights = run_weights(path)
     if weights is not None:
         return WeightsSource(weights, path, saved_step(weights))

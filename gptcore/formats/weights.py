@@ -35,9 +35,10 @@ import numpy as np
 from gptcore.arch import spec_for
 from gptcore.config import GPTConfig
 from gptcore.fileio import atomic_write_json
-from gptcore.formats import gpt2_release
+from gptcore.formats import gpt2_release, llama_release
 from gptcore.formats.checkpoint import (CheckpointError, is_checkpoint, load_checkpoint, read_checkpoint_metadata,
                                        recover_interrupted_save, save_checkpoint)
+from gptcore.formats.gguf import is_gguf, load_gguf
 from gptcore.formats.runs import WeightsSource, corrupt_checkpoint_hint, resolve_weights
 from gptcore.formats.safetensors import SafetensorsFile, WeightsError, _first_line, write_safetensors
 
@@ -57,12 +58,17 @@ BARE_HF_LAYOUT = gpt2_release
 
 
 def load_weights(path: str | os.PathLike) -> tuple[GPTConfig, dict[str, np.ndarray]]:
-    """(config, params) from an OpenAI folder, a Hugging Face folder/file, one of our checkpoints or runs."""
+    """(config, params) from an OpenAI folder, a Hugging Face folder/file (GPT-2 or Llama), a GGUF file, one of
+    our checkpoints or runs, or a pretrained model's manifest name (smollm2-135m-instruct)."""
     source = resolve_weights(path)
     kind = detect_format(source.path)
     if kind == "openai":
         return load_openai_checkpoint(source.path)
+    if kind == "gguf":
+        return load_gguf(source.path)
     if kind == "huggingface":
+        if llama_release.is_hf_llama(source.path):
+            return llama_release.load_hf_llama(source.path)
         return load_hf_safetensors(source.path)
     return _load_our_checkpoint(source)
 
@@ -108,13 +114,14 @@ def resolve_weights_path(path: str | os.PathLike) -> Path:
     it is.
 
     Needed before detect_format: a run folder holds a config.json (the run's settings) that would
-    otherwise pass for a Hugging Face folder.
+    otherwise pass for a Hugging Face folder. A pretrained model's name in the data manifest
+    (`smollm2-135m-instruct`) stands for its verified file in the data dir (`gpt2 weights download NAME`).
     """
     return resolve_weights(path).path
 
 
 def detect_format(path: Path) -> str:
-    """'openai', 'huggingface' or 'checkpoint' (ours), from the files present; WeightsError otherwise."""
+    """'openai', 'huggingface', 'gguf' or 'checkpoint' (ours), from the files present; WeightsError otherwise."""
     path = Path(path)
     if recover_interrupted_save(path):   # a save of ours stopped between its two renames: put it back
         return "checkpoint"
@@ -124,6 +131,8 @@ def detect_format(path: Path) -> str:
     if is_checkpoint(path):
         return "checkpoint"
     if path.is_file():
+        if is_gguf(path):
+            return "gguf"
         if path.suffix == ".safetensors":
             return "huggingface"
         if path.name.startswith(TF_PREFIX) or path.name in (HPARAMS_FILE, TF_POINTER_FILE):
@@ -132,7 +141,8 @@ def detect_format(path: Path) -> str:
                            f"{HPARAMS_FILE} + {TF_PREFIX}.* or {HF_CONFIG_FILE} + {HF_WEIGHTS_FILE}")
     if (path / HPARAMS_FILE).is_file() or any(path.glob(TF_PREFIX + ".*")):
         return "openai"
-    if (path / HF_WEIGHTS_FILE).is_file() or (path / HF_CONFIG_FILE).is_file():
+    if (path / HF_WEIGHTS_FILE).is_file() or (path / HF_CONFIG_FILE).is_file() \
+            or (path / llama_release.HF_INDEX_FILE).is_file():
         return "huggingface"
     found = sorted(p.name for p in path.iterdir())[:10]
     raise WeightsError(f"unknown weights layout in {path}: expected {HPARAMS_FILE} + {TF_PREFIX}.* (OpenAI) or "
@@ -341,6 +351,8 @@ def save_hf_safetensors(folder: str | os.PathLike, config: GPTConfig, params: di
     """Write `params` as a Hugging Face folder: config.json + model.safetensors under the names
     transformers' model class of the architecture saves (GPT2LMHeadModel: transformer.h.0.attn.c_attn.weight,
     ...), the head as lm_head.weight only when untied. Each file is written atomically; returns the folder."""
+    if config.arch == llama_release.ARCH:
+        return llama_release.save_hf_llama(folder, config, params)
     layout = RELEASE_LAYOUTS.get(config.arch)
     if layout is None:
         raise WeightsError(f"no Hugging Face layout for architecture {config.arch!r} here")
