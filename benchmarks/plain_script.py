@@ -36,6 +36,7 @@ import npgpt.generate  # noqa: E402
 import npgpt.model  # noqa: E402
 
 import argparse  # noqa: E402
+import copy  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
@@ -48,6 +49,7 @@ from benchmarks import harness  # noqa: E402
 from gptcore.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 from npgpt.loss import cross_entropy_loss_and_grad  # noqa: E402
 from npgpt.optim import AdamW  # noqa: E402
+from npgpt.speed import memory  # noqa: E402
 
 FULL = {"model": "gpt2-small", "batch_size": 4, "seq_len": 256, "prompt_tokens": 32, "new_tokens": 100,
         "repeats": 5}
@@ -136,7 +138,6 @@ def train_functions(config, params, torch_model, hf_model, idx, targets):
         opt.step()
         return loss.item()
 
-    import copy
     torch_copy = copy.deepcopy(torch_model)
     torch_opt = torch.optim.AdamW(torch_copy.parameters(), lr=4e-4, weight_decay=0.1)
     fns = {"numpy": numpy_step, "torch": lambda: torch_step(torch_copy, torch_opt)}
@@ -183,8 +184,6 @@ def header() -> dict:
     the BLAS kernel with OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, the allocator setting, the load."""
     import torch
     from threadpoolctl import threadpool_info
-
-    from npgpt.speed import memory
 
     return {"cpu": harness.cpu_model(), "usable_cpus": harness.usable_cpus(), "platform": platform.platform(),
             "python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
