@@ -79,11 +79,16 @@ def load_models(model_name: str, weights: str | None, use_hf: bool, folder: Path
         config, params = npgpt.load_weights(weights)
     else:
         config = get_config(model_name)
+        if use_hf and not config.qkv_bias:           # transformers' GPT-2 always has query/key/value biases
+            config = config.replace(qkv_bias=True)
         params = npgpt.model.init_params(config, seed=0)
     config = config.replace(drop_rate=0.0)
     torch_model = torchgpt.load_numpy_params(torchgpt.GPTModel(config), params)
     hf_model = None
-    if use_hf:
+    if use_hf and not config.qkv_bias:
+        print("these weights have no query/key/value biases, which transformers' GPT-2 always has: running "
+              "without the hf column", file=sys.stderr)
+    elif use_hf:
         from transformers import GPT2LMHeadModel
 
         save_weights(folder, config, params, format="huggingface")

@@ -44,3 +44,21 @@ def test_plain_script_rejects_bad_settings(tmp_path, argv, message):
                           cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 2 and message in done.stderr
+
+
+@pytest.mark.slow
+def test_quick_plain_script_with_transformers(tmp_path):
+    """The hf column: transformers reads npgpt's weights (saved as a Hugging Face folder) and decodes the same
+    greedy tokens (importing transformers takes ~5-12 s here, hence slow)."""
+    pytest.importorskip("transformers")
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "plain_script.py"), "--quick", "--hf",
+                           "--out", str(tmp_path)], cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "plain_script.json").read_text())
+    for task in ("infer", "train_step"):
+        assert set(result[task]["times_s"]) == {"numpy", "torch", "hf"}
+        assert result["ratios"][f"{task} numpy/hf time"] > 0
+    assert result["decode"]["same_tokens_as_numpy"] == {"numpy": True, "numpy_decoding_layout": True,
+                                                        "torchgpt": True, "hf": True}
+    assert result["ratios"]["decode numpy speed-up over hf"] > 0
