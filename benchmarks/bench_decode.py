@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.harness import kernel_line, limited_threads, openblas_kernel
+
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
 
@@ -126,7 +128,6 @@ def run_benchmark(model_name="gpt2-small", prompt_tokens=32, new_tokens=100, rep
     import numpy as np
     import torch
 
-    from benchmarks.harness import limited_threads
 
     config = decode_config(model_name, prompt_tokens, new_tokens)      # a bad name fails before any work
     if use_hf:
@@ -148,6 +149,7 @@ def run_benchmark(model_name="gpt2-small", prompt_tokens=32, new_tokens=100, rep
         "machine": f"{platform.machine()}, {platform.python_implementation()} {platform.python_version()}, "
                    f"numpy {np.__version__}, torch {torch.__version__}"
                    + (f", transformers {__import__('transformers').__version__}" if "hf" in names else ""),
+        "blas_kernel": openblas_kernel(),
         "tokens_per_s": {name: rates[name] for name in names},
         "median_tokens_per_s": {name: statistics.median(rates[name]) for name in names},
         "same_tokens_as_numpy": {name: tokens[name] == tokens["numpy"] for name in names},
@@ -164,6 +166,8 @@ def markdown_table(result: dict) -> str:
              f"prompt + {result['new_tokens']} new tokens, {result['threads']} threads, {result['repeats']} interleaved "
              f"repeats; {result['machine']}; load average {result['load_average_1min']['start']:.1f} -> "
              f"{result['load_average_1min']['end']:.1f} on {result['load_average_1min']['cores']} cores", "",
+             f"NumPy's BLAS kernel: {kernel_line(result['blas_kernel']) if 'blas_kernel' in result else 'not recorded'}",
+             "",
              "| engine | median tokens/s | all runs (tokens/s) |" + (" speedup vs hf (median of per-repeat ratios) |"
                                                                     if has_hf else "") + " same tokens as numpy |",
              "| --- | ---: | --- |" + (" ---: |" if has_hf else "") + " --- |"]

@@ -24,6 +24,8 @@ import statistics
 import tempfile
 import time
 
+from benchmarks.harness import kernel_line, openblas_kernel
+
 
 def build_data(context_length: int):
     from gptcore.corpus import prepare_corpus, resolve_sources
@@ -86,6 +88,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     started = time.time()
     rows = run_benchmark(args)
+    print(f"NumPy's BLAS kernel: {kernel_line(openblas_kernel())}\n")
     print(f"| backend | device | model | T | B | tokens/s (median) | min..max | MFU |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
@@ -97,6 +100,7 @@ def main(argv=None) -> int:
         import torch
         machine = {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                    "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+                   "blas_kernel": openblas_kernel(),
                    "seconds": round(time.time() - started, 1)}
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump({"rows": rows, "machine": machine, "args": vars(args)}, handle, indent=2)

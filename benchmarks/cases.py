@@ -20,8 +20,10 @@ every parameter; direction "update"). With L blocks, a train step is about
     embedding + L * block + layernorm (the final norm) + head_ce  (forward and backward each) + adamw
 (report.step_accounting_table puts the sum beside the measured train step).
 
-Model tasks: "forward" is inference (torch under no_grad, eval mode); "train_step" is forward,
-cross-entropy, backward and AdamW (dropout as the config says).
+Model tasks: "forward" is npgpt.model.forward (which builds the caches a backward needs) against torch
+under no_grad, eval mode; "infer" is npgpt.model.infer (no cache, activations freed as it goes) against the
+same torch no_grad forward; "train_step" is forward, cross-entropy, backward and AdamW (dropout as the
+config says).
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ ATTENTION_COMPONENTS = ("attention", "block")      # the ones torch_sdpa changes
 # The rest of a train step, so the component table adds up to it: timed at the model section's B and T
 # only (their cost is linear in B T, or independent of it for AdamW), at the model's full vocabulary.
 STEP_COMPONENTS = ("embedding", "head_ce", "adamw")
+MODEL_TASKS = ("forward", "infer", "train_step")
 
 
 def size_config(name: str, drop_rate: float | None):
@@ -369,12 +372,18 @@ class ModelCases:
         return ["numpy", "torch", "torch_sdpa"] + (["hf"] if self.hf_model is not None else [])
 
     def flops(self, task: str) -> float:
+        """Model FLOPs of "forward", "infer" (the same count: the causal half infer skips is not subtracted)
+        or "train_step"."""
         return model_flops(self.config, self.batch_size, self.seq_len, train=task == "train_step")
 
     # numpy
     def numpy_forward(self):
         from npgpt import model as npmodel
         return npmodel.forward(self.params, self.idx, self.config)[0]
+
+    def numpy_infer(self):
+        from npgpt import model as npmodel
+        return npmodel.infer(self.params, self.idx, self.config)
 
     def numpy_train_step(self):
         from npgpt import model as npmodel
@@ -411,8 +420,8 @@ class ModelCases:
                 return fn()
             return run
 
-        if task == "forward":
-            fns = {"numpy": self.numpy_forward,
+        if task in ("forward", "infer"):
+            fns = {"numpy": self.numpy_forward if task == "forward" else self.numpy_infer,
                    "torch": with_sdpa(False, lambda: self._torch_forward(self.torch_model, False)),
                    "torch_sdpa": with_sdpa(True, lambda: self._torch_forward(self.torch_model, False))}
             if self.hf_model is not None:
@@ -425,5 +434,5 @@ class ModelCases:
             if self.hf_model is not None:
                 fns["hf"] = lambda: self._torch_train_step(self.hf_model, self.hf_optimizer, True)
         else:
-            raise ValueError(f"unknown model task {task!r}; use 'forward' or 'train_step'")
+            raise ValueError(f"unknown model task {task!r}; use one of {', '.join(MODEL_TASKS)}")
         return fns

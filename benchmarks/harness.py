@@ -141,6 +141,38 @@ def blas_info() -> list[dict]:
             for info in threadpool_info()]
 
 
+# Environment variables that force OpenBLAS's kernel and cache size: a forced older core type changes NumPy's
+# GEMM rate a lot (on one machine the forced Haswell kernel gave ~230 GFLOP/s, the CPU's own ~410).
+OPENBLAS_KERNEL_VARIABLES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+def openblas_kernel() -> dict:
+    """The kernel NumPy's BLAS runs and what may have forced it:
+    {"environment": {OPENBLAS_CORETYPE: value or None, OPENBLAS_L2_SIZE: ...},
+     "blas": [{"internal_api", "version", "architecture", "file"} for each BLAS threadpoolctl sees]}.
+
+    threadpoolctl reports OpenBLAS's architecture (the core type it picked or was forced to, e.g. "Haswell",
+    "SkylakeX"); MKL and BLIS report other fields, kept as they come. Imports NumPy, not torch.
+    """
+    import numpy  # noqa: F401  (loads NumPy's BLAS so threadpoolctl can see it)
+    from threadpoolctl import threadpool_info
+
+    blas = [{key: info.get(key) for key in ("internal_api", "version", "architecture")}
+            | {"file": os.path.basename(info["filepath"])}
+            for info in threadpool_info() if info.get("user_api") == "blas"]
+    return {"environment": {name: os.environ.get(name) for name in OPENBLAS_KERNEL_VARIABLES}, "blas": blas}
+
+
+def kernel_line(kernel: dict) -> str:
+    """One line for a header: 'openblas 0.3.31 (SkylakeX, libscipy_openblas64_.so); OPENBLAS_CORETYPE unset,
+    OPENBLAS_L2_SIZE unset'."""
+    blas = "; ".join(f"{b.get('internal_api')} {b.get('version')} ({b.get('architecture') or 'architecture not reported'}"
+                     f", {b['file']})" for b in kernel["blas"]) or "no BLAS found by threadpoolctl"
+    env = ", ".join(f"{name}={value}" if value is not None else f"{name} unset"
+                    for name, value in kernel["environment"].items())
+    return f"{blas}; {env}"
+
+
 def torch_blas() -> str:
     """torch's BLAS as its build reports it (e.g. 'mkl').
 
@@ -181,6 +213,7 @@ def machine_info(threads: int) -> dict:
         "numpy": np.__version__, "torch": torch.__version__, "torch_blas": torch_blas(),
         "thread_pools": blas_info(), "load_average_start": load_average(),
         "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT"),
+        "blas_kernel": openblas_kernel(),
     }
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from benchmarks.harness import kernel_line
+
 BACKEND_LABELS = {"numpy": "numpy", "torch": "torch eager", "torch_sdpa": "torch sdpa", "hf": "hf transformers"}
 DIRECTION_LABELS = {"forward": "fwd", "backward": "bwd"}
 
@@ -66,6 +68,8 @@ def header(result: dict) -> list[str]:
         f"- torch parallel info (as measured): {'; '.join(machine.get('torch_parallel') or ['not recorded'])}.",
         f"- Native thread pools: {pools}. OPENBLAS_THREAD_TIMEOUT={machine.get('openblas_thread_timeout')} "
         f"(idle OpenBLAS workers sleep after 2^n cycles; npgpt sets 4, see npgpt/__init__.py).",
+        f"- NumPy's BLAS kernel: {kernel_line(machine['blas_kernel']) if machine.get('blas_kernel') else 'not recorded'} "
+        f"(a forced core type changes NumPy's GEMM rate; compare runs with the same kernel, docs/benchmarks.md).",
         f"- Measured GEMM ({gemm['numpy']['n']}^3, float32): numpy {gemm['numpy']['median']:.1f} GFLOP/s "
         f"[{gemm['numpy']['min']:.1f}-{gemm['numpy']['max']:.1f}], torch {gemm['torch']['median']:.1f} GFLOP/s "
         f"[{gemm['torch']['min']:.1f}-{gemm['torch']['max']:.1f}].",
@@ -224,7 +228,7 @@ def markdown(result: dict) -> str:
     settings = result["settings"]
     lines = header(result) + targets_table(result)
     lines += model_table(result.get("models", []),
-                         f"Model forward and train step (B={settings['batch_size']}, T={settings['seq_len']})")
+                         f"Model forward, infer and train step (B={settings['batch_size']}, T={settings['seq_len']})")
     lines += component_table(result.get("components", []), settings["seq_len"])
     lines += step_accounting_table(result)
     lines += model_table(result.get("sweep_t", []),
@@ -259,7 +263,7 @@ def plots(result: dict, out: Path) -> list[Path]:
             rows = [r for r in components if r["component"] == component and r["direction"] == direction]
             if len({r["seq_len"] for r in rows}) >= 2:
                 panels[f"{component} {direction} (B={rows[0]['batch_size']})"] = _series(rows, "seq_len", _backends(rows))
-    for task in ("forward", "train_step"):
+    for task in ("forward", "infer", "train_step"):
         rows = [r for r in sweep if r["task"] == task]
         if len(rows) >= 2:
             panels[f"{rows[0]['size']} {task} (B={rows[0]['batch_size']})"] = _series(rows, "seq_len", _backends(rows))
@@ -287,7 +291,7 @@ def plots(result: dict, out: Path) -> list[Path]:
                                  title=f"NumPy / torch time, {size}, B={result['settings']['batch_size']}, T={seq_len}"))
     models = result.get("models", [])
     size_panels = {}
-    for task in ("forward", "train_step"):
+    for task in ("forward", "infer", "train_step"):
         rows = [r for r in models if r["task"] == task]
         if len(rows) >= 2:
             size_panels[f"{task} (B={rows[0]['batch_size']}, T={rows[0]['seq_len']})"] = _series(rows, "params",

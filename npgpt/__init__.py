@@ -13,6 +13,13 @@ import os
 # set wins.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
+# Freed activations stay with malloc for the next call instead of going back to the kernel (npgpt.speed.memory):
+# a loop over npgpt.model.forward / backward paid 1-2 s of page faults per GPT-2 124M step without it.
+# Process-wide; NPGPT_KEEP_FREED_MEMORY=0 turns it off.
+from npgpt.speed.memory import apply_from_environment  # noqa: E402
+
+apply_from_environment()
+
 from gptcore.config import PRESETS, ConfigError, GPTConfig, get_config  # noqa: E402  (after the setting above)
 from gptcore.formats.weights import WeightsError, load_weights  # noqa: E402
 

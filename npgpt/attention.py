@@ -169,6 +169,32 @@ def _attention_core_backward(dcontext, cache):
     return dq, dk, dv
 
 
+# Query rows per step of the inference attention: rows [start, stop) see only keys [0, stop), so with
+# chunks of 64 rows the masked upper triangle is mostly skipped (at T = 256: 10 of 16 key blocks computed).
+CAUSAL_ROW_CHUNK = 64
+
+
+def _causal_attention_infer(q, k, v):
+    """softmax(q k^T / sqrt(D) + causal mask) v, skipping most of the masked half (inference, no dropout).
+
+    q, k, v: (..., T, D) -> context: (..., T, D). The query rows go in chunks [start, stop): a chunk's
+    scores need only the keys 0..stop-1, as every later key is in the future of all its rows; inside that
+    block the mask hides the keys s > t. A masked weight is exp(-inf) = 0 in the full computation too, so
+    the result is the same sum without its zero terms (equal to ~1e-16 relative: BLAS may add in another order).
+    """
+    T, D = q.shape[-2:]
+    scale = 1.0 / math.sqrt(D)
+    context = np.empty(q.shape, dtype=np.result_type(q, k, v))   # (..., T, D)
+    keys_t = np.swapaxes(k, -1, -2)                               # (..., D, T)
+    future = causal_mask(T)                                       # (T, T), True at s > t
+    for start in range(0, T, CAUSAL_ROW_CHUNK):
+        stop = min(start + CAUSAL_ROW_CHUNK, T)
+        scores = matmul_stack(q[..., start:stop, :], keys_t[..., :stop])       # (..., R, stop)
+        weights = _masked_scaled_softmax(scores, False, scale, hide=future[start:stop, :stop])
+        context[..., start:stop, :] = matmul_stack(weights, v[..., :stop, :])  # (..., R, D)
+    return context
+
+
 def _project_qkv(x, p):
     """The three projections; biases only where p has them (config.qkv_bias), adapters where p has them (LoRA)."""
     q, cache_q = linear_layer_forward(x, p, "W_query")
@@ -243,6 +269,23 @@ def multihead_attention_forward(x, p, n_heads, *, drop_rate=0.0, rng=None, dropo
     )                                                # (B, H, T, D)
     out, out_cache = linear_layer_forward(_merge_heads(context), p, "out_proj")
     return out, MultiheadAttentionCache(n_heads=n_heads, qkv=qkv_cache, core=core_cache, out_proj=out_cache)
+
+
+def multihead_attention_infer(x, p, n_heads, *, kv_cache=None):
+    """multihead_attention_forward's output without a cache and without dropout (inference).
+
+    x: (B, T, C) -> out: (B, T, C). Without a KV cache the causal attention skips most of the masked half
+    (_causal_attention_infer); with one (decoding) the queries attend over the cached and the new keys.
+    """
+    q, k, v = (_split_heads(linear_layer_forward(x, p, name)[0], n_heads)              # (B, H, T, D) each
+               for name in ("W_query", "W_key", "W_value"))
+    if kv_cache is None:
+        context = _causal_attention_infer(q, k, v)
+    else:
+        k, v = kv_cache.append(k, v)                 # (B, H, S, D)
+        context, _ = _attention_core_forward(q, k, v, causal=False, drop_rate=0.0, rng=None, dropout_mask=None,
+                                             hide=kv_cache.hide)
+    return linear_layer_forward(_merge_heads(context), p, "out_proj")[0]            # (B, T, C)
 
 
 def multihead_attention_backward(dout, cache):

@@ -6,10 +6,11 @@
 from typing import NamedTuple, Optional
 
 from gptcore.params import prefixed, subdict
-from npgpt.attention import MultiheadAttentionCache, multihead_attention_backward, multihead_attention_forward
+from npgpt.attention import (MultiheadAttentionCache, multihead_attention_backward, multihead_attention_forward,
+                             multihead_attention_infer)
 from npgpt.dropout import DropoutCache, dropout_backward, dropout_forward
 from npgpt.feedforward import FeedForwardCache, feedforward_backward, feedforward_forward
-from npgpt.layernorm import LayerNormCache, layernorm_backward, layernorm_forward
+from npgpt.layernorm import LayerNormCache, layernorm_backward, layernorm_forward, layernorm_infer
 
 
 class BlockCache(NamedTuple):
@@ -40,6 +41,18 @@ def block_forward(x, p, config, *, train=False, rng=None, kv_cache=None):
     out = x + f                                      # residual 2, (B, T, C)
     return out, BlockCache(norm1=norm1_cache, att=att_cache, drop1=drop1_cache,
                            norm2=norm2_cache, ff=ff_cache, drop2=drop2_cache)
+
+
+def block_infer(x, p, config, *, kv_cache=None):
+    """block_forward's output without caches or dropout (inference): every intermediate is dropped as soon
+    as the next one exists, and the residual sums go into the branch outputs' own buffers (x is not
+    written).   x: (B, T, C) -> out: (B, T, C)."""
+    a = multihead_attention_infer(layernorm_infer(x, p["norm1.scale"], p["norm1.shift"]), subdict(p, "att."),
+                                  config.n_heads, kv_cache=kv_cache)
+    a += x                                           # residual 1: x + attention (a is this call's own array)
+    f = feedforward_forward(layernorm_infer(a, p["norm2.scale"], p["norm2.shift"]), subdict(p, "ff."))[0]
+    f += a                                           # residual 2
+    return f
 
 
 def block_backward(dout, cache):

@@ -19,7 +19,7 @@ from gptcore.engine.decoding import (EOT_ID, Decoder, check_sampling_temperature
 from gptcore.lora import split_lora
 from npgpt.kvcache import KVCache
 from npgpt.linear import linear_layer_forward
-from npgpt.model import block_params, check_params, trunk_forward
+from npgpt.model import block_params, check_params, trunk_infer
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -77,8 +77,10 @@ class NumpyDecoder(Decoder):
         return KVCache(self.config, batch_size, capacity, dtype=self.dtype)
 
     def forward_last(self, ids, attention_mask, cache):
-        x, _ = trunk_forward(self.params, ids, self.config, kv_cache=cache, attention_mask=attention_mask,
-                             blocks=self.blocks)
+        # The inference trunk (npgpt.model.trunk_infer): no caches for a backward, each block's activations
+        # freed as it goes; the prompt pass (and every pass when use_cache=False) is where that counts.
+        x = trunk_infer(self.params, ids, self.config, kv_cache=cache, attention_mask=attention_mask,
+                        blocks=self.blocks)
         # The head only where it is needed: (B, C) @ (C, V), the largest single read of a decoding step;
         # through linear_layer_forward so that a LoRA adapter on out_head applies too.
         logits, _ = linear_layer_forward(x[:, -1], self.params, "out_head")  # (B, V)

@@ -16,11 +16,11 @@ from typing import List, NamedTuple, Optional, Union
 
 from gptcore.config import GPTConfig
 from gptcore.params import prefixed, subdict
-from npgpt.block import BlockCache, block_backward, block_forward
+from npgpt.block import BlockCache, block_backward, block_forward, block_infer
 from npgpt.dropout import DropoutCache, dropout_backward, dropout_forward
 from npgpt.embedding import (EmbeddingCache, PositionCache, embedding_backward, embedding_forward,
                              pos_embedding_backward, pos_embedding_forward)
-from npgpt.layernorm import LayerNormCache, layernorm_backward, layernorm_forward
+from npgpt.layernorm import LayerNormCache, layernorm_backward, layernorm_forward, layernorm_infer
 
 
 class TrunkCache(NamedTuple):
@@ -75,6 +75,17 @@ def trunk_forward(params, idx, config: GPTConfig, *, train=False, rng=None, kv_c
     x, norm_cache = layernorm_forward(x, params["final_norm.scale"], params["final_norm.shift"])
     return x, TrunkCache(config=config, params=params, tok_emb=tok_cache, pos_emb=pos_cache,
                          emb_dropout=drop_cache, blocks=block_caches, final_norm=norm_cache)
+
+
+def trunk_infer(params, idx, config: GPTConfig, *, kv_cache=None, attention_mask=None, blocks=None):
+    """trunk_forward's hidden states without any cache or dropout (inference): each block's input is dropped
+    once its output exists.   idx: (B, T) -> x: (B, T, C)."""
+    x, _, _ = embed(params, idx, kv_cache, attention_mask)
+    for i, p in enumerate(blocks if blocks is not None else block_params(params, config)):
+        x = block_infer(x, p, config, kv_cache=None if kv_cache is None else kv_cache.layer(i))
+    if kv_cache is not None:
+        kv_cache.commit()
+    return layernorm_infer(x, params["final_norm.scale"], params["final_norm.shift"])
 
 
 def trunk_backward(dx, cache, grads, first_block=0):

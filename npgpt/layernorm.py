@@ -27,6 +27,18 @@ def layernorm_forward(x, scale, shift, eps=1e-5):
     return out, LayerNormCache(xhat=xhat, rstd=rstd, scale=scale)
 
 
+def layernorm_infer(x, scale, shift, eps=1e-5):
+    """layernorm_forward's output without its cache (inference): the same operations in one buffer, so the
+    values are equal to the forward's bit for bit.   x: (..., C); scale, shift: (C,) -> out: (..., C)."""
+    mean = x.mean(axis=-1, keepdims=True)            # (..., 1)
+    out = x - mean                                   # (..., C), the only new (..., C) array
+    var = (out * out).mean(axis=-1, keepdims=True)   # (..., 1)
+    out *= 1.0 / np.sqrt(var + eps)                  # xhat
+    out *= scale
+    out += shift
+    return out
+
+
 def layernorm_backward(dout, cache):
     """Gradients of out = scale * xhat + shift, xhat = (x - mean) * rstd.
 

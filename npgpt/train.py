@@ -38,7 +38,7 @@ def evaluate_loss(params, config, dataset, batch_size, max_batches):
     for i, (X, Y) in enumerate(iterate_batches(dataset, batch_size, shuffle=False, drop_last=False)):
         if i >= max_batches:
             break
-        logits, _ = model.forward(params, X, config)
+        logits = model.infer(params, X, config)      # no cache for a backward: each block's activations freed as it goes
         total += float(cross_entropy_forward(logits, Y)[0]) * len(X)
         count += len(X)
     return total / count if count else math.nan

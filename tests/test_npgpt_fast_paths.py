@@ -3,6 +3,11 @@
 Each fast path is compared with the plain formula it replaces; the threaded ones also with a run on one
 thread (the results must be bitwise equal, as each element or row is computed by the same ufunc calls).
 """
+import os
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 
@@ -216,6 +221,50 @@ def test_keep_freed_memory_is_idempotent():
     first = memory.keep_freed_memory()
     assert isinstance(first, bool)
     assert memory.keep_freed_memory() == first
+
+
+# A fresh process imports npgpt (nothing else set up), then allocates, touches and frees a 64 MiB array
+# five times and counts its minor page faults: with freed memory kept, the later arrays reuse the first
+# one's pages (about 0 faults); with glibc's defaults each one is mapped and faulted in again.
+_ALLOCATOR_PROBE = textwrap.dedent("""
+    import resource
+    import npgpt
+    import numpy as np
+    from npgpt.speed import memory
+    def faults():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    a = np.ones(16 << 20, dtype=np.float32); del a
+    before = faults()
+    for _ in range(5):
+        a = np.ones(16 << 20, dtype=np.float32); del a
+    print(memory.is_applied(), faults() - before)
+""")
+
+
+def _probe_allocator(switch):
+    env = {k: v for k, v in os.environ.items() if k != memory.ENV_SWITCH}
+    if switch is not None:
+        env[memory.ENV_SWITCH] = switch
+    done = subprocess.run([sys.executable, "-c", _ALLOCATOR_PROBE], env=env, capture_output=True, text=True,
+                          timeout=120)
+    return done
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings exist on Linux only")
+def test_importing_npgpt_keeps_freed_memory_and_the_switch_turns_it_off():
+    by_default, switched_off = _probe_allocator(None), _probe_allocator("0")
+    assert by_default.returncode == 0 and switched_off.returncode == 0, by_default.stderr + switched_off.stderr
+    applied, faults_kept = by_default.stdout.split()
+    not_applied, faults_off = switched_off.stdout.split()
+    assert (applied, not_applied) == ("True", "False")
+    # 5 x 64 MiB: thousands of faults when every array is mapped anew (2,720 here), ~0 when reused
+    assert int(faults_off) > 500 and int(faults_kept) * 10 < int(faults_off), (faults_kept, faults_off)
+
+
+def test_a_bad_switch_value_names_the_variable():
+    done = _probe_allocator("yes")
+    assert done.returncode != 0
+    assert "NPGPT_KEEP_FREED_MEMORY must be 0" in done.stderr
 
 
 @pytest.mark.parametrize("threshold", [0, parallel.SMALL_STACK_MULTIPLY_ADDS],

@@ -8,20 +8,26 @@ those pages again: measured here 1-2 s of system time per forward (against ~3.5 
 keep_freed_memory() raises both thresholds, so freed arrays go back to malloc's heap and the next step
 reuses them: after the first step the system time is ~0.
 
-It is process-wide: every library in the process (torch too) gets the same malloc behaviour, and the
-heap keeps its peak size instead of shrinking. Call it from programs that train or benchmark (npgpt's
-training loop and `gpt2 bench` do); importing npgpt changes nothing.
+`import npgpt` applies it (npgpt/__init__.py calls apply_from_environment()), so a user's own loop over
+npgpt.model.forward / backward gets the fast path without a set-up call. It is process-wide: every
+library in the process (torch too) gets the same malloc behaviour, and the heap keeps its peak size
+instead of shrinking (freed memory stays with the process until it exits). Set the environment variable
+NPGPT_KEEP_FREED_MEMORY=0 before importing npgpt to leave glibc's defaults alone; keep_freed_memory()
+can still be called by hand afterwards.
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
 
 # mallopt() parameter numbers from glibc's <malloc.h>.
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 _LARGEST = 2**31 - 1          # mallopt takes an int: 2 GiB - 1
+
+ENV_SWITCH = "NPGPT_KEEP_FREED_MEMORY"   # "0": import npgpt leaves malloc alone; "1" (the default): apply
 
 _applied = False
 
@@ -43,3 +49,18 @@ def keep_freed_memory() -> bool:
     mallopt.restype = ctypes.c_int
     _applied = bool(mallopt(M_MMAP_THRESHOLD, _LARGEST)) and bool(mallopt(M_TRIM_THRESHOLD, _LARGEST))
     return _applied
+
+
+def is_applied() -> bool:
+    """True once keep_freed_memory() has put the settings in effect in this process."""
+    return _applied
+
+
+def apply_from_environment() -> bool:
+    """What `import npgpt` does: keep_freed_memory() unless NPGPT_KEEP_FREED_MEMORY=0. Returns whether the
+    settings are in effect. Any value but "0" or "1" is an error naming the variable."""
+    value = os.environ.get(ENV_SWITCH, "1").strip()
+    if value not in ("0", "1"):
+        raise ValueError(f"{ENV_SWITCH} must be 0 (leave glibc malloc alone) or 1 (keep freed memory for reuse, "
+                         f"the default), got {value!r}")
+    return keep_freed_memory() if value == "1" else _applied
