@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from benchmarks import bench_smollm2
 from benchmarks.harness import kernel_line
 
 BACKEND_LABELS = {"numpy": "numpy", "torch": "torch eager", "torch_sdpa": "torch sdpa", "hf": "hf transformers"}
@@ -236,6 +237,11 @@ def markdown(result: dict) -> str:
     lines += component_sweep_table(result.get("components", []))
     if result.get("decode"):
         lines += ["## Decode (KV cache)", "", decode_table(result["decode"]), ""]
+    if result.get("smollm2"):
+        smollm2 = result["smollm2"]
+        lines += model_table(smollm2["models"], f"{smollm2['model']}: forward and train step "
+                                                f"(B={settings['batch_size']}, T={settings['seq_len']})")
+        lines += [f"## {smollm2['model']}: decode (KV cache)", ""] + bench_smollm2.decode_table(smollm2["decode"])
     lines.append(f"Total time of this run: {result.get('seconds', 0):.0f} s.")
     return "\n".join(lines)
 

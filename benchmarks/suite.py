@@ -17,6 +17,9 @@ Sections (all by default):
                  every size of the size ladder up to --model, with achieved model FLOP/s (benchmarks.cases.model_flops)
     sweep_t      --model's forward, infer and train step at batch 1 for every T of --t-values
     decode       batch-1 greedy decoding with KV caches, tokens/s (benchmarks.bench_decode)
+    smollm2      the real SmolLM2-135M (a Llama): forward and train step NumPy vs torch at --batch-size x
+                 --seq-len, decoding tokens/s against transformers reading the same GGUF
+                 (benchmarks.bench_smollm2; --quick: the tiny-llama preset)
 
 Outputs in --out: bench.json (everything, including every repeat's time), bench.md (the tables printed on
 stdout), both rewritten after every section (a crash or Ctrl-C keeps what was measured), and at the end
@@ -32,7 +35,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from benchmarks import cases, harness, report
+from benchmarks import bench_smollm2, cases, harness, report
 from benchmarks.cases import size_config
 
 DEFAULT_OUT = Path("bench_results")
@@ -54,7 +57,7 @@ TARGETS = (  # name, operator, limit, issue, the shape it is stated on
     ("decode numpy tokens/s", ">=", 40.0, "6", DECODE_SHAPE),
     ("decode numpy speed-up over hf", ">=", 1.8, "6, 7, 17", DECODE_SHAPE),
     ("decode torchgpt speed-up over hf", ">=", 1.0, "6", DECODE_SHAPE),
-)
+) + bench_smollm2.TARGETS
 
 
 @dataclass
@@ -68,7 +71,7 @@ class BenchSettings:
     t_values: tuple = (64, 128, 256, 512, 1024)
     sizes: tuple = ("tiny", "C256-L4", "C512-L8", "gpt2-small")
     sweep_t_batch_size: int = 1
-    sections: tuple = ("components", "models", "sweep_t", "decode")
+    sections: tuple = ("components", "models", "sweep_t", "decode", "smollm2")
     use_hf: bool = True
     drop_rate: float | None = None                # None: the preset's (0.1 for the GPT-2 sizes)
     decode_prompt_tokens: int = 32
@@ -88,7 +91,7 @@ class BenchSettings:
         return cls(**values)
 
 
-SECTIONS = ("components", "models", "sweep_t", "decode")
+SECTIONS = ("components", "models", "sweep_t", "decode", "smollm2")
 
 
 def validate(settings: BenchSettings) -> None:
@@ -213,7 +216,7 @@ def _decode_target_values(result: dict) -> dict:
 
 
 def _not_measured_reason(name: str, result: dict) -> str:
-    section = "decode" if name.startswith("decode") else "models"
+    section = name.split()[0] if name.startswith(("decode", "smollm2")) else "models"
     if section not in result:
         return f"{section} section not run"
     if "hf" in name:
@@ -224,11 +227,12 @@ def _not_measured_reason(name: str, result: dict) -> str:
 def check_targets(result: dict, settings: BenchSettings) -> list[dict]:
     """Every target of issues 6 and 7: limit, measured value (None when its section or hf did not run),
     met (None when not measured), the shape it is stated on and whether this run used that shape."""
-    values = _model_target_values(result, settings) | _decode_target_values(result)
+    values = (_model_target_values(result, settings) | _decode_target_values(result)
+              | bench_smollm2.target_values(result))
     on_model = settings.model in HEADLINE_MODELS
     on_shape = {TRAIN_SHAPE: on_model and (settings.batch_size, settings.seq_len) == tuple(HEADLINE.values()),
                 DECODE_SHAPE: on_model and (settings.decode_prompt_tokens, settings.decode_new_tokens)
-                == tuple(HEADLINE_DECODE.values())}
+                == tuple(HEADLINE_DECODE.values())} | bench_smollm2.on_headline_shape(settings)
     checks = []
     for name, op, limit, issue, shape in TARGETS:
         measured = values.get(name)
@@ -274,7 +278,8 @@ def run_sections(settings: BenchSettings, result: dict, out: Path, log) -> None:
     sections = {"components": lambda: run_components(settings, log),
                 "models": lambda: run_models(settings, log, numpy_gemm),
                 "sweep_t": lambda: run_sweep_t(settings, log, numpy_gemm),
-                "decode": lambda: run_decode(settings, log)}
+                "decode": lambda: run_decode(settings, log),
+                "smollm2": lambda: bench_smollm2.run_section(settings, log)}
     for name in (name for name in SECTIONS if name in settings.sections):
         section_start = time.time()
         try:

@@ -94,7 +94,8 @@ def trunk_forward(params, idx, config: GPTConfig, *, train=False, rng=None, kv_c
     T = idx.shape[1]
     x, tok_cache = embedding_forward(params["tok_emb.weight"], idx)       # (B, T, C), its own copy
     positions = np.arange(T) if kv_cache is None else kv_cache.begin(T, attention_mask)   # (T,) or (B, T)
-    cos, sin = rope_tables(positions, config.head_dim, config.rope_theta, x.dtype)
+    cos, sin = rope_tables(positions, config.head_dim, config.rope_theta, x.dtype,
+                           scaling=config.rope_scaling)                                # (T, D) or (B, 1, T, D)
     block_caches = []
     for i, p in enumerate(blocks if blocks is not None else block_params(params, config)):
         x, block_cache = llama_block_forward(x, p, config, cos, sin,

@@ -10,10 +10,14 @@ the position-p vector, (x1_j, x2_j), is rotated by the angle p * inv_freq_j:
 Queries and keys are both rotated, so their dot product depends only on the positions' difference.
 The rotation is orthogonal: its backward is the rotation by -angle (sin -> -sin).
 Positions are absolute: with a KV cache the new tokens sit after the cached ones (rope_tables(positions)).
+Llama 3's "llama3" scaling changes only the frequencies (gptcore.arch.llama.inverse_frequencies, shared with
+the torch twin); the rotation and its backward stay.
 """
 from typing import NamedTuple
 
 import numpy as np
+
+from gptcore.arch.llama import inverse_frequencies
 
 
 class RopeCache(NamedTuple):
@@ -22,21 +26,22 @@ class RopeCache(NamedTuple):
     sin: np.ndarray
 
 
-def rope_inverse_frequencies(head_dim, theta):
-    """inv_freq_j = theta^(-2j / D), j = 0 .. D/2 - 1, in float64: (D/2,)."""
-    if head_dim % 2:
-        raise ValueError(f"the rotary position embedding needs an even head width, got {head_dim}")
-    return 1.0 / (float(theta) ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+def rope_inverse_frequencies(head_dim, theta, scaling=None):
+    """inv_freq_j = theta^(-2j / D), j = 0 .. D/2 - 1, in float64: (D/2,); scaled by Llama 3's rule when
+    `scaling` is a "llama3" dict (config.rope_scaling)."""
+    return inverse_frequencies(head_dim, theta, scaling)
 
 
-def rope_tables(positions, head_dim, theta, dtype=np.float32):
+def rope_tables(positions, head_dim, theta, dtype=np.float32, scaling=None):
     """cos and sin of every (position, frequency) angle, each half of D repeated (the rotate-half layout).
 
     positions: (T,) or (B, T) integers -> cos, sin: (T, D), or (B, 1, T, D) (broadcast over the heads) in
     `dtype`. The angles are computed in float64 and rounded once, so both twins get the same tables.
+    scaling: config.rope_scaling (None, or Llama 3's "llama3" dict).
     """
     positions = np.asarray(positions)
-    angles = positions[..., None].astype(np.float64) * rope_inverse_frequencies(head_dim, theta)   # (..., T, D/2)
+    inv_freq = rope_inverse_frequencies(head_dim, theta, scaling)                                # (D/2,)
+    angles = positions[..., None].astype(np.float64) * inv_freq                                 # (..., T, D/2)
     angles = np.concatenate([angles, angles], axis=-1)                                          # (..., T, D)
     if angles.ndim == 3:
         angles = angles[:, None]                     # (B, 1, T, D): one row of positions per batch row

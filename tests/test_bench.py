@@ -266,12 +266,19 @@ def test_targets_cover_both_issues_with_their_stated_shapes():
     settings = suite.BenchSettings()                           # the stated shapes: 124M, B=4, T=256; 32 + 100
     result = {"models": [_model_row("forward", 0.95), _model_row("infer", 0.81), _model_row("train_step", 0.85, 0.7)],
               "decode": {"median_tokens_per_s": {"numpy": 35.0, "torchgpt": 30.0, "hf": 25.0},
-                         "median_speedup_vs_hf": {"numpy": 1.8, "torchgpt": 0.9, "hf": 1.0}}}
+                         "median_speedup_vs_hf": {"numpy": 1.8, "torchgpt": 0.9, "hf": 1.0}},
+              "smollm2": {"models": [{"task": "forward", "ratio_vs_torch": {"numpy": 0.5}},
+                                     {"task": "train_step", "ratio_vs_torch": {"numpy": 0.9}}],
+                          "decode": {"median_speedup_vs_hf": {"numpy": 2.0, "torchgpt": 1.5, "hf": 1.0}}}}
     targets = {t["target"]: t for t in suite.check_targets(result, settings)}
     expected = {"train_step numpy/torch time": (0.85, True), "forward numpy/torch time": (0.95, False),
                 "infer numpy/torch time": (0.81, False),
                 "train_step model FLOP/s / numpy GEMM FLOP/s": (0.7, True), "decode numpy tokens/s": (35.0, False),
-                "decode numpy speed-up over hf": (1.8, True), "decode torchgpt speed-up over hf": (0.9, False)}
+                "decode numpy speed-up over hf": (1.8, True), "decode torchgpt speed-up over hf": (0.9, False),
+                # issue 15's, on SmolLM2 (benchmarks/bench_smollm2.py)
+                "smollm2 train_step numpy/torch time": (0.9, True),
+                "smollm2 decode numpy speed-up over hf": (2.0, True),
+                "smollm2 decode torchgpt speed-up over hf": (1.5, False)}
     assert {name: (t["measured"], t["met"]) for name, t in targets.items()} == expected
     assert all(t["headline_shape"] for t in targets.values())
     assert targets["decode numpy tokens/s"]["limit"] == ">= 40" and targets["decode numpy tokens/s"]["issue"] == "6"

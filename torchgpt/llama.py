@@ -81,7 +81,8 @@ class LlamaModel(nn.Module):
         else:
             positions = kv_cache.begin(T, attention_mask)                # (B, T), after the cached ones
         x = self.tok_emb(idx)                                            # (B, T, C)
-        cos, sin = rope_tables(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
+        cos, sin = rope_tables(positions, self.config.head_dim, self.config.rope_theta, x.dtype,
+                               scaling=self.config.rope_scaling)
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, kv_cache=None if kv_cache is None else kv_cache.layer(i))
         if kv_cache is not None:

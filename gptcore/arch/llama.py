@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from gptcore.config import GPTConfig
 from gptcore.params import prefixed
 
@@ -77,3 +79,42 @@ def flops_per_token(config: GPTConfig, context_length: int) -> float:
     (grouped-query attention shares keys and values, but every query head still scores T keys of width D)."""
     n = sum(math.prod(shape) for name, shape in param_shapes(config).items() if name != "tok_emb.weight")
     return 6.0 * n + 12.0 * config.n_layers * config.emb_dim * context_length
+
+
+# ---- RoPE's frequencies (one formula for both twins: npgpt.rope and torchgpt.rope build their tables on it) ----
+
+def inverse_frequencies(head_dim: int, theta: float, scaling: dict | None = None) -> np.ndarray:
+    """RoPE's inv_freq_j = theta^(-2j / D), j = 0 .. D/2 - 1, in float64: (D/2,); with Llama 3's "llama3"
+    scaling (llama3_scaled_frequencies) when `scaling` is given."""
+    if head_dim % 2:
+        raise ValueError(f"the rotary position embedding needs an even head width, got {head_dim}")
+    inv_freq = 1.0 / (float(theta) ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+    return inv_freq if scaling is None else llama3_scaled_frequencies(inv_freq, scaling)
+
+
+def llama3_scaled_frequencies(inv_freq: np.ndarray, scaling: dict) -> np.ndarray:
+    """Llama 3.1/3.2's "llama3" rope scaling of the inverse frequencies (D/2,) -> (D/2,), float64.
+
+    With factor s, low_freq_factor l, high_freq_factor h and the pretraining context L
+    (original_max_position_embeddings), each frequency's wavelength w = 2 pi / inv_freq decides:
+        w < L / h   (fast, local)            inv_freq unchanged
+        w > L / l   (slow, beyond L)         inv_freq / s: positions stretched s times, as if the context were s L
+        between     smooth = (L / w - l) / (h - l),  (1 - smooth) inv_freq / s + smooth inv_freq
+    so the rotations the model learnt for nearby tokens stay, while the slow ones reach s times further.
+    The cos/sin tables are not rescaled (llama3's attention factor is 1).
+    """
+    kind = scaling.get("rope_type", scaling.get("type"))
+    if kind != "llama3":
+        raise ValueError(f"rope scaling {kind!r} is not implemented; only 'llama3' is")
+    factor, low, high = float(scaling["factor"]), float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+    context = float(scaling["original_max_position_embeddings"])
+    wavelength = 2.0 * math.pi / inv_freq
+    smooth = (context / wavelength - low) / (high - low)
+    scaled = np.where(wavelength > context / low, inv_freq / factor, inv_freq)
+    medium = (wavelength >= context / high) & (wavelength <= context / low)
+    return np.where(medium, (1.0 - smooth) * inv_freq / factor + smooth * inv_freq, scaled)
+
+
+def rope_inverse_frequencies(config: GPTConfig) -> np.ndarray:
+    """The inverse frequencies (D/2,) float64 of a Llama config: its head width, rope_theta and rope_scaling."""
+    return inverse_frequencies(config.head_dim, config.rope_theta, config.rope_scaling)
