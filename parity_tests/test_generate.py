@@ -221,7 +221,42 @@ def test_left_padding_gives_each_row_its_own_logits(config, seed, data):
 # --------------------------------------------------------------------------------------------------------
 # One sampling step, exact ties included
 # --------------------------------------------------------------------------------------------------------
-@budget(40)
+def sampling_oracle(row, temperature, top_k, top_p):
+    """Steps 1-4 of gptcore.engine.decoding's rule for one row of logits, written out here in float64 with
+    Python sorting: (probabilities, 0 where removed; the ranked kept tokens; the cumulative masses of the
+    top-p prefixes, to tell near-ties at the top_p boundary)."""
+    s = np.asarray(row, np.float64) / temperature
+    ranked = sorted(range(s.size), key=lambda i: (-s[i], i))          # s descending, id ascending
+    kept = ranked[:top_k] if top_k is not None else ranked
+    exp = np.exp(s[kept] - s[kept].max())
+    probs = np.zeros(s.size)
+    probs[kept] = exp / exp.sum()
+    masses = np.cumsum(probs[kept])                                    # in ranked order
+    if top_p is not None and top_p < 1.0:
+        n_keep = int(np.argmax(masses >= top_p)) + 1 if masses[-1] >= top_p else len(kept)
+        probs[kept[n_keep:]] = 0.0
+    return probs, kept, masses
+
+
+def first_id_above(probs, u):
+    """Step 5 written out: the first id whose cumulative probability exceeds u * (kept mass)."""
+    total = sum(probs)
+    running = 0.0
+    for token, p in enumerate(probs):
+        running += p
+        if p > 0 and running > u * total:
+            return token
+    return max(i for i, p in enumerate(probs) if p > 0)
+
+
+def greedy_picks(logits):
+    """The greedy choice of each backend's Decoder (NumpyDecoder.greedy, TorchDecoder.greedy): they only read
+    the logits, so they are called on the classes' methods without a model."""
+    return {"numpy": npgen.NumpyDecoder.greedy(None, logits),
+            "torch": tgen.TorchDecoder.greedy(None, to_torch(logits))}
+
+
+@budget(60)
 @given(recipe=values(scales=(0.1, 1.0, 5.0)), B=st.integers(1, 3), V=st.integers(1, 40),
        temperature=st.sampled_from([0.25, 1.0, 3.0]), top_k=st.one_of(st.none(), st.integers(1, 45)),
        top_p=st.one_of(st.none(), st.sampled_from([0.1, 0.5, 0.9, 1.0])), dtype=st.sampled_from([np.float64, np.float32]))
@@ -232,16 +267,27 @@ def test_sampling_step_same_in_both_backends(recipe, B, V, temperature, top_k, t
     probs_torch = tgen.sampling_probs(to_torch(logits), temperature, top_k, top_p).numpy()
     np.testing.assert_array_equal(probs_np > 0, probs_torch > 0, err_msg="kept sets differ")
     assert_close(probs_torch, probs_np, rtol=1e-6 if dtype == np.float32 else None, name="sampling probabilities")
-    for b in range(B):   # the kept set follows the stated rule: rank by (logit desc, id asc), top-k then top-p
-        ranked = sorted(range(V), key=lambda i: (-logits[b, i], i))
-        if top_k is not None:
-            assert set(np.flatnonzero(top_k_mask(logits[b:b + 1], top_k)[0])) == set(ranked[:top_k])
-        assert set(np.flatnonzero(probs_np[b])) <= set(ranked[:top_k] if top_k else ranked)
+    # float32 softmax: ~1e-7 relative; the boundary of top-p is trusted only where no prefix mass is that close
+    near = 1e-5 if dtype == np.float32 else 1e-12
     uniforms = np.random.default_rng(recipe.seed).random(8)
-    for b in range(B):
-        assert [inverse_cdf(probs_np[b], u) for u in uniforms] == \
-               [inverse_cdf(probs_torch[b], u) for u in uniforms]
-    np.testing.assert_array_equal(np.argmax(logits, -1), torch.argmax(to_torch(logits), -1).numpy())
+    for b in range(B):   # the stated rule, written out above: top-k by (logit desc, id asc), softmax, top-p prefix
+        expected, kept, masses = sampling_oracle(logits[b], temperature, top_k, top_p)
+        assert_close(probs_np[b], expected, rtol=1e-6 if dtype == np.float32 else None,
+                     name="sampling probabilities vs the rule")
+        if top_k is not None:
+            assert set(np.flatnonzero(top_k_mask(logits[b:b + 1], top_k)[0])) == set(kept)
+        chosen = set(np.flatnonzero(probs_np[b]))
+        if top_p is None or not np.any(np.abs(masses - top_p) < near):
+            assert chosen <= set(np.flatnonzero(expected)), "a token the rule removes kept its probability"
+            assert set(np.flatnonzero(expected > 1e-30)) <= chosen, "a token the rule keeps was removed"
+        for u in uniforms:
+            token = inverse_cdf(probs_np[b], u)
+            assert token == inverse_cdf(probs_torch[b], u)
+            assert token == first_id_above(probs_np[b], u), f"inverse_cdf(u={u}) chose {token}"
+    picks = greedy_picks(logits)
+    first_max = [min(np.flatnonzero(row == row.max())) for row in logits]     # equal maxima: the lowest id
+    for name, pick in picks.items():
+        np.testing.assert_array_equal(pick, first_max, err_msg=f"{name} greedy pick")
 
 
 # --------------------------------------------------------------------------------------------------------
