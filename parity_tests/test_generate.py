@@ -262,6 +262,11 @@ def greedy_picks(logits):
        top_p=st.one_of(st.none(), st.sampled_from([0.1, 0.5, 0.9, 1.0])), dtype=st.sampled_from([np.float64, np.float32]))
 def test_sampling_step_same_in_both_backends(recipe, B, V, temperature, top_k, top_p, dtype):
     record_example()
+    check_sampling_step(recipe, B, V, temperature, top_k, top_p, dtype)
+
+
+def check_sampling_step(recipe, B, V, temperature, top_k, top_p, dtype):
+    """Both backends' steps 1-4 agree with each other and with sampling_oracle; inverse_cdf and greedy too."""
     logits = make_array(recipe, (B, V), dtype)
     probs_np = npgen.sampling_probs(logits, temperature, top_k, top_p)
     probs_torch = tgen.sampling_probs(to_torch(logits), temperature, top_k, top_p).numpy()
