@@ -64,7 +64,9 @@ PROFILE = load_profile_from_env()
 
 
 def budget(ci: int, thorough: int | None = None):
-    """Per-test example count for the active profile (expensive tests ask for fewer under "ci")."""
+    """Per-test example count for the active profile: `ci` examples under "ci" (at least 20 per property, so
+    the derandomized run reaches past hypothesis's first, minimal examples; the trajectory bites, 4 training
+    runs per example, take 3), `thorough` (default 16 x ci) under "thorough"."""
     count = ci if PROFILE == "ci" else (thorough if thorough is not None else 16 * ci)
     return settings(max_examples=count)
 

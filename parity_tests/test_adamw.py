@@ -112,7 +112,7 @@ def test_adamw_every_parameter_decayed(shape_list, settings, recipe, dtype):
     check_adamw_all_decayed([(f"p{i}", shape) for i, shape in enumerate(shape_list)], settings, recipe, dtype)
 
 
-@budget(10)
+@budget(25, thorough=160)
 @given(tie=st.booleans(), qkv_bias=st.booleans(), settings=settings_, recipe=values(scales=(1e-3, 1.0, 10.0)),
        dtype=dtypes)
 def test_adamw_matrices_only_vs_make_adamw(tie, qkv_bias, settings, recipe, dtype):

@@ -201,12 +201,15 @@ def thunk(check, *strategies, **keywords):
         lambda drawn: lambda: check(*drawn[0], **drawn[1]))
 
 
-def heads_and_width():
-    return st.tuples(small(1, 3), small(1, 6)).map(lambda hd: (hd[0] * hd[1], hd[0]))
+def heads_and_width(min_head_dim=1):
+    return st.tuples(small(1, 3), small(min_head_dim, 6)).map(lambda hd: (hd[0] * hd[1], hd[0]))
 
 
 def multihead(dtype):
-    return st.tuples(small(1, 3), small(2, 8), heads_and_width(), st.booleans(), recipes).map(
+    """Attention over >= 4 positions with heads of >= 2 dimensions: at T = 2, D = 1 (drawn once) the softmax
+    backward's share of the float32 gradients is below 1e-5 of their magnitude, and a 1e-4 bug in it below
+    float32's budget."""
+    return st.tuples(small(1, 3), small(4, 8), heads_and_width(2), st.booleans(), recipes).map(
         lambda a: lambda: check_multihead(a[0], a[1], a[2][0], a[2][1], a[3], 0.0, a[4], dtype, 1.0))
 
 
@@ -263,10 +266,10 @@ CASES = {
     "multi-head attention: softmax backward x (1 + 1e-4) (float32)": Case(
         [(npgpt.attention, "softmax_backward", scaled)], "multi-head (x|W_query|W_key)", multihead(np.float32)),
     "simple attention: softmax backward x (1 + 1e-4) (float64)": Case(
-        [(npgpt.attention, "softmax_backward", scaled)], "",
+        [(npgpt.attention, "softmax_backward", scaled)], "simple_attention dx",
         thunk(check_simple_attention, small(2, 8), small(1, 8), recipes, f64, st.just(1.0))),
     "simple attention: softmax backward x (1 + 1e-4) (float32)": Case(
-        [(npgpt.attention, "softmax_backward", scaled)], "",
+        [(npgpt.attention, "softmax_backward", scaled)], "simple_attention dx",
         thunk(check_simple_attention, small(2, 8), small(1, 8), recipes, f32, st.just(1.0))),
     "single-head attention: softmax backward x (1 + 1e-4)": Case(
         [(npgpt.attention, "softmax_backward", scaled)], "single-head",
@@ -324,7 +327,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-@budget(4, thorough=40)
+@budget(10, thorough=40)
 @given(data=st.data())
 def test_planted_bug_is_caught(case, monkeypatch, data):
     record_example()
@@ -349,7 +352,7 @@ TRAINING_LOOP_CASES = {
 
 
 @pytest.mark.parametrize("case", list(TRAINING_LOOP_CASES))
-@budget(1, thorough=4)
+@budget(3, thorough=6)
 @given(seed=st.integers(0, 2**16))
 def test_planted_bug_is_caught_by_the_training_trajectory(verdict_ids, monkeypatch, case, seed):  # noqa: F811
     """3 steps in float64 from a drawn seed (batch order and dropout masks); the bug changes the loss (or the

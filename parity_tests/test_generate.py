@@ -84,7 +84,7 @@ def assert_all_equal(outputs):
 
 
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
-@budget(8)
+@budget(20, thorough=128)
 @given(data=st.data())
 def test_strategies_same_tokens_float64(strategy, data):
     record_example()
@@ -95,7 +95,7 @@ def test_strategies_same_tokens_float64(strategy, data):
 
 
 @pytest.mark.parametrize("strategy", ["greedy", "top_k+top_p", "beam"])
-@budget(4)
+@budget(20, thorough=64)
 @given(data=st.data())
 def test_strategies_same_tokens_float32(strategy, data):
     """float32: the two backends' logits differ by rounding (~1e-6), which changes a token only when a
@@ -157,7 +157,7 @@ def check_cached_logits(config, seed, idx, chunks, dtype):
         assert_close(cached, expected_torch, rtol=1e-4 if dtype == np.float32 else None, name=f"numpy cached vs {name}")
 
 
-@budget(15)
+@budget(25, thorough=240)
 @given(case=chunked_batches())
 def test_cached_logits_equal_uncached(case):
     record_example()
@@ -193,7 +193,7 @@ def test_cached_logits_check_bites_on_the_sdpa_path(monkeypatch):
         check_cached_logits(config, 0, idx, [3, 1, 2], np.float64)
 
 
-@budget(10)
+@budget(25, thorough=160)
 @given(config=small_gpt_configs(max_context=10), seed=st.integers(0, 2**32 - 1), data=st.data())
 def test_left_padding_gives_each_row_its_own_logits(config, seed, data):
     """A left-padded row's logits at its real positions equal those of its tokens run alone (both backends)."""
@@ -298,7 +298,7 @@ def check_sampling_step(recipe, B, V, temperature, top_k, top_p, dtype):
 # --------------------------------------------------------------------------------------------------------
 # Batches with left padding
 # --------------------------------------------------------------------------------------------------------
-@budget(8)
+@budget(20, thorough=128)
 @given(config=small_gpt_configs(), seed=st.integers(0, 2**32 - 1), data=st.data())
 def test_batch_same_tokens_in_both_backends(config, seed, data):
     record_example()
