@@ -154,7 +154,12 @@ def check_cached_logits(config, seed, idx, chunks, dtype):
             expected_torch = model(to_torch(idx))
         assert_close(cached_logits_torch(model, idx, chunks), expected_torch,
                      name=f"{name} cached logits vs full forward")
-        assert_close(cached, expected_torch, rtol=1e-4 if dtype == np.float32 else None, name=f"numpy cached vs {name}")
+        if dtype == np.float64 or config.emb_dim >= 3:
+            # float32 across backends only from width 3: at C <= 2 a LayerNorm's output is +-1 switching over
+            # |x0 - x1| ~ sqrt(eps), where float32 rounding moves it (test_model.py, WIDTH_AT_LEAST_3); the
+            # thorough profile measured 1.2e-3 there (C = 2, two layers)
+            assert_close(cached, expected_torch, rtol=1e-4 if dtype == np.float32 else None,
+                         name=f"numpy cached vs {name}")
 
 
 @budget(25, thorough=240)
