@@ -2,7 +2,8 @@
 
 The update is torch.optim.AdamW's, step for step (t counts from 1):
     p <- p * (1 - lr * wd)                                   (decoupled weight decay, decayed params only)
-    m <- m + (1 - beta1) (g - m)        v <- beta2 v + (1 - beta2) g^2
+    m <- lerp(m, g, 1 - beta1)          v <- beta2 v + (1 - beta2) g^2
+         (torch's lerp: m + w (g - m) for w < 0.5, else g - (1 - w)(g - m); the same in exact arithmetic)
     p <- p - (lr / (1 - beta1^t)) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
 """
 import math
@@ -63,6 +64,7 @@ class AdamW:
         """
         beta1, beta2 = self.betas
         eps = self.eps
+        weight = 1.0 - beta1                              # torch: exp_avg.lerp_(grad, 1 - beta1)
         arrays = (p, g, m, v)
         if all(a.flags.c_contiguous for a in arrays):
             flat = [a.reshape(-1) for a in arrays]        # views: writing them writes p, m, v
@@ -76,9 +78,13 @@ class AdamW:
             scratch = np.empty_like(pb)
             if decay_factor != 1.0:
                 pb *= decay_factor                            # p <- p (1 - lr wd)
-            np.subtract(gb, mb, out=scratch)
-            scratch *= 1.0 - beta1
-            mb += scratch                                     # m <- m + (1 - beta1)(g - m)
+            np.subtract(gb, mb, out=scratch)                  # m <- lerp(m, g, w), w = 1 - beta1, as torch:
+            if weight < 0.5:
+                scratch *= weight
+                mb += scratch                                 #   m + w (g - m)
+            else:                                             #   g - (1 - w)(g - m): exact for w = 1 (beta1 = 0),
+                scratch *= 1.0 - weight                       #   where m + (g - m) loses g's low bits next to
+                np.subtract(gb, scratch, out=mb)              #   a large old m
             np.multiply(gb, gb, out=scratch)
             scratch *= 1.0 - beta2
             vb *= beta2

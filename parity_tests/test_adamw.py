@@ -4,8 +4,9 @@ Weight decay on: decay on every parameter (npgpt decay_filter=None vs one torch 
 matrices only (npgpt's default decay_matrices_only vs torchgpt.optim.make_adamw's two param groups, on a
 GPTModel with tied or untied head, where the tied weight must be updated once).
 """
+import numpy as np
 import torch
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 import npgpt.model as npmodel
@@ -14,7 +15,7 @@ from npgpt.optim import AdamW, decay_matrices_only
 from gptcore.params import unique_arrays
 from torchgpt.model import GPTModel, load_numpy_params
 from torchgpt.optim import make_adamw, set_lr
-from parity_tests.conftest import (assert_close, budget, dtypes, make_array, nudged_params, record_example, to_torch,
+from parity_tests.conftest import (Values, assert_close, budget, dtypes, make_array, nudged_params, record_example, to_torch,
                                    torch_with_reference, values)
 
 shapes = st.lists(st.lists(st.integers(1, 6), min_size=1, max_size=3).map(tuple), min_size=1, max_size=4)
@@ -101,12 +102,17 @@ def check_adamw_matrices_only(config, settings, recipe, dtype):
 
 @budget(30)
 @given(shape_list=shapes, settings=settings_, recipe=values(), dtype=dtypes)
+# beta1 = 0 after a large gradient: m + (g - m) lost g's low bits (3e-5 of m in float32) where torch's lerp
+# gives g exactly; npgpt's m update now follows torch's lerp (npgpt/optim.py)
+@example(shape_list=[(6, 2, 1), (1,), (4,), (1,)], settings={"lrs": [1e-3, 3e-2, 3e-2, 1e-4, 1e-4, 3e-2],
+         "betas": (0.0, 0.99), "eps": 1e-3, "weight_decay": 0.01},
+         recipe=Values(seed=2019045585, scale=1000.0, ties=False), dtype=np.float32)
 def test_adamw_every_parameter_decayed(shape_list, settings, recipe, dtype):
     record_example()
     check_adamw_all_decayed([(f"p{i}", shape) for i, shape in enumerate(shape_list)], settings, recipe, dtype)
 
 
-@budget(10)
+@budget(25, thorough=160)
 @given(tie=st.booleans(), qkv_bias=st.booleans(), settings=settings_, recipe=values(scales=(1e-3, 1.0, 10.0)),
        dtype=dtypes)
 def test_adamw_matrices_only_vs_make_adamw(tie, qkv_bias, settings, recipe, dtype):

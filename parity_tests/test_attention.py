@@ -260,7 +260,7 @@ def run_module(module, x, dout, mask, tdtype, *, takes_mask=True):
     return results, key_bias_terms.floors()
 
 
-@budget(15)
+@budget(25, thorough=240)
 @given(T=st.integers(1, 16), C=st.integers(1, 48), recipe=values(), case=dtype_and_score())
 def test_simple_attention(T, C, recipe, case):
     record_example()

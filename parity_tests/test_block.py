@@ -4,13 +4,13 @@ Dropout off, and on with identical masks: npgpt draws its three masks (attention
 after feed-forward) from a RecordingGenerator and torch is fed exactly those through fed_dropout_masks.
 """
 import numpy as np
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 import npgpt.block as npblock
 import torchgpt.block as tblock
 from gptcore.config import GPTConfig
-from parity_tests.conftest import (KeyBiasFloors, RecordingGenerator, assert_grads_close, budget, dtypes,
+from parity_tests.conftest import (KeyBiasFloors, RecordingGenerator, Values, assert_grads_close, budget, dtypes,
                                    fed_dropout_masks, make_array, model_dims, record_example, to_torch,
                                    torch_with_reference, values, weights)
 from gptcore.arch import block_param_shapes
@@ -53,7 +53,11 @@ def check_block(B, T, C, H, qkv_bias, drop_rate, recipe, dtype, mask_seed=0):
         floors.update(keys.floors())
         return {"out": out_t, "x": x_t.grad, **{name: param.grad for name, param in module.named_parameters()}}
 
-    expected, reference = torch_with_reference(run, dtype)
+    # float64 too gets torch's sensitivity to one-ulp input changes added to its budget (nudge_float64): at
+    # width 2 with values at 1e3 and exact ties (rows whose two entries are equal), dx is ill-conditioned:
+    # measured, a one-ulp nudge of the inputs moves torch's own float64 dx by up to 1e-8 of its magnitude
+    # (seed 1: 1.1e-9, NumPy's distance 3.0e-10), beyond the plain 1e-10.
+    expected, reference = torch_with_reference(run, dtype, nudge_float64=True)
     assert_grads_close({"out": out, "x": dx, **grads}, expected, references=reference, floors=floors, prefix="block ")
     return dx, grads
 
@@ -61,6 +65,9 @@ def check_block(B, T, C, H, qkv_bias, drop_rate, recipe, dtype, mask_seed=0):
 @budget(30)
 @given(dims=model_dims(), qkv_bias=st.booleans(), drop_rate=st.sampled_from(DROP_RATES),
        mask_seed=st.integers(0, 2**16), recipe=values(), dtype=dtypes)
+# the thorough profile's counterexample (ill-conditioned dx, see check_block)
+@example(dims=(2, 2, 2, 1), qkv_bias=True, drop_rate=0.0, mask_seed=1, recipe=Values(seed=1, scale=1000.0, ties=True),
+         dtype=np.float64)
 def test_block(dims, qkv_bias, drop_rate, mask_seed, recipe, dtype):
     record_example()
     B, T, C, H = dims

@@ -76,7 +76,7 @@ def test_classifier_head(B, T, C, K, weighted, recipe, dtype):
     check_head(B, T, C, K, weighted, recipe, dtype)
 
 
-@budget(5)
+@budget(25, thorough=80)
 @given(weighted=st.booleans(), recipe=values(scales=(1.0,)))
 def test_classifier_head_finite_differences(weighted, recipe):
     record_example()
@@ -118,7 +118,7 @@ def random_classifier(config, K, seed, dtype):
     return params
 
 
-@budget(10)
+@budget(25, thorough=160)
 @given(dims=model_dims(max_c=24), L=st.integers(1, 3), K=st.integers(2, 4), tie=st.booleans(),
        qkv_bias=st.booleans(), trainable=st.sampled_from(["head", "last-k", "all"]), weighted=st.booleans(),
        seed=st.integers(0, 2**16), dtype=dtypes)

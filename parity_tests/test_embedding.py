@@ -1,5 +1,4 @@
 """Token and positional embeddings: lookup forward and scatter-add backward (repeated ids on purpose)."""
-import numpy as np
 import torch
 from hypothesis import given
 from hypothesis import strategies as st

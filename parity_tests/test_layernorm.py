@@ -58,7 +58,7 @@ def test_layernorm(B, T, C, recipe, dtype):
     check_layernorm(B, T, C, recipe, dtype)
 
 
-@budget(15)
+@budget(25, thorough=240)
 @given(B=st.integers(1, 3), T=st.integers(1, 16), C=st.integers(2, 48), recipe=values())
 def test_written_out_layer_norm_equals_fused(B, T, C, recipe):
     record_example()
@@ -76,7 +76,7 @@ def test_constant_rows():
     check_layernorm(2, 3, 8, Values(seed=0, scale=1.0, ties=True), np.float64, x=x)
 
 
-@budget(5)
+@budget(25, thorough=80)
 @given(recipe=values(scales=(1.0, 1e3)))
 def test_layernorm_finite_differences(recipe):
     record_example()

@@ -51,7 +51,7 @@ def test_linear(B, T, n_in, n_out, with_bias, recipe, dtype):
     check_linear(B, T, n_in, n_out, with_bias, recipe, dtype)
 
 
-@budget(5)
+@budget(25, thorough=80)
 @given(with_bias=st.booleans(), recipe=values(scales=(1.0,)))
 def test_linear_finite_differences(with_bias, recipe):
     record_example()

@@ -83,7 +83,7 @@ def test_lora_linear(B, T, n_in, n_out, rank, alpha, with_bias, recipe, dtype):
     check_lora_linear(B, T, n_in, n_out, rank, alpha, with_bias, recipe, dtype)
 
 
-@budget(5)
+@budget(25, thorough=80)
 @given(with_bias=st.booleans(), rank=st.integers(1, 4), recipe=values(scales=(1.0,)))
 def test_lora_finite_differences(with_bias, rank, recipe):
     record_example()
@@ -125,7 +125,7 @@ def random_adapters(base, lora_config, seed, dtype):
     return adapters
 
 
-@budget(10)
+@budget(25, thorough=160)
 @given(dims=model_dims(max_c=24), V=st.integers(2, 40), L=st.integers(1, 2), tie=st.booleans(),
        qkv_bias=st.booleans(), targets=st.sampled_from(TARGET_CHOICES), rank=st.integers(1, 4),
        seed=st.integers(0, 2**16), dtype=dtypes)

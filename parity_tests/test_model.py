@@ -89,7 +89,7 @@ def test_model(config, drop_rate, B, T_short, seed, emb_scale, ignored, dtype):
     check_model(config.replace(drop_rate=drop_rate), B, T, dtype, seed=seed, emb_scale=emb_scale, ignored=ignored)
 
 
-@budget(10)
+@budget(25, thorough=160)
 @given(config=small_gpt_configs(max_vocab=40), B=st.integers(1, 3), seed=st.integers(0, 2**16), dtype=dtypes)
 def test_model_sdpa_fast_path(config, B, seed, dtype):
     """GPTModel(use_sdpa=True), dropout off, against npgpt (and so against the explicit attention)."""

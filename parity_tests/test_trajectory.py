@@ -4,9 +4,16 @@ torchgpt: DataLoader, make_adamw, clip_grad_norm_, the same schedule), gives the
 
 Everything that can differ is on: dropout (torch is fed the masks npgpt's loop draws, regenerated from the
 loop's seed in npgpt's documented order), weight decay on matrices only, gradient clipping, warmup + cosine.
+The torch side takes nothing from npgpt's loop that both could get wrong together: the learning rates are
+written out below by the formula (linear warmup, then cosine to min_lr), the dropout masks are drawn here
+(keep where a uniform draw from numpy.random.default_rng(seed) is >= p, in npgpt's documented order), and
+every window it trains on is checked against slicing the token array directly (stride-aligned, targets
+shifted by one, no window twice within the epoch, shuffled). The NumPy loop's logged lr must equal the list.
 Tolerances: float64 1e-9 relative (20 steps of rounding differences, each ~1e-13, grow through Adam's
 normalised updates but stay far below), float32 1e-4 (the same growth from ~1e-6 per step).
 """
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -14,7 +21,6 @@ import torch
 import npgpt.model as npmodel
 from gptcore.config import GPTConfig
 from gptcore.data import SlidingWindowDataset
-from npgpt.dropout import dropout_mask
 from gptcore.tokenizer import get_tokenizer
 from gptcore.engine.training import TrainSettings
 from npgpt.train import train
@@ -31,6 +37,32 @@ SETTINGS = TrainSettings(max_steps=20, batch_size=4, lr=1e-2, min_lr=1e-3, warmu
 TRAJECTORY_RTOL = {np.float64: 1e-9, np.float32: 1e-4}
 
 
+def expected_lrs(settings=SETTINGS):
+    """The schedule of SETTINGS written out: lr (s + 1) / warmup for the warmup steps s, then
+    min_lr + (lr - min_lr) (1 + cos(pi (s - warmup) / (max_steps - warmup))) / 2."""
+    lr, low, warmup, steps = settings.lr, settings.min_lr, settings.warmup_steps, settings.max_steps
+    return [lr * (s + 1) / warmup if s < warmup
+            else low + (lr - low) * (1 + math.cos(math.pi * (s - warmup) / (steps - warmup))) / 2
+            for s in range(steps)]
+
+
+def keep_mask(shape, p, rng):
+    """Inverted dropout's keep-mask as npgpt documents it: keep where rng.random() >= p (written here)."""
+    return rng.random(shape) >= p
+
+
+def assert_windows_sliced_from(ids, X, Y, T, seen):
+    """Every row of X is ids[s:s + T] at a stride-aligned start s (stride T), Y the same shifted by one,
+    and no start repeats within the epoch (`seen` collects them)."""
+    for x, y in zip(X.numpy(), Y.numpy()):
+        matches = [s for s in range(0, len(ids) - T, T) if np.array_equal(ids[s:s + T], x)]
+        assert matches, f"window {x[:4]}... is no stride-aligned slice of the token array"
+        start = matches[0]
+        np.testing.assert_array_equal(y, ids[start + 1:start + T + 1], err_msg="targets are not the next tokens")
+        assert start not in seen, f"window at {start} trained on twice in one epoch"
+        seen.append(start)
+
+
 @pytest.fixture(scope="module")
 def verdict_ids(shared_data_dir):
     text = (shared_data_dir / "the-verdict.txt").read_text(encoding="utf-8")
@@ -42,12 +74,14 @@ def model_dropout_masks(config, B, T, rng):
     embedding (B, T, C), then per block: attention weights (B, H, T, T), after attention, after feed-forward."""
     C, H, p = config.emb_dim, config.n_heads, config.drop_rate
     shapes = [(B, T, C)] + [(B, H, T, T), (B, T, C), (B, T, C)] * config.n_layers
-    return [torch.from_numpy(dropout_mask(shape, p, rng)) for shape in shapes]
+    return [torch.from_numpy(keep_mask(shape, p, rng)) for shape in shapes]
 
 
 def numpy_losses(params, ids, settings):
     dataset = SlidingWindowDataset(ids, CONFIG.context_length, CONFIG.context_length)
     history = train(params, CONFIG, dataset, None, settings, progress=False)
+    np.testing.assert_allclose([entry["lr"] for entry in history], expected_lrs(settings), rtol=1e-14,
+                               err_msg="the NumPy loop's learning rates")
     return [entry["train_loss"] for entry in history]
 
 
@@ -59,17 +93,19 @@ def torch_losses(params, ids, settings, dtype):
                                stride=CONFIG.context_length, shuffle=True, drop_last=True, seed=settings.seed)
     assert len(loader) >= settings.max_steps, "the trajectory must stay in epoch 0 (one loader pass)"
     dropout_rng = np.random.default_rng(settings.seed)            # as npgpt.train.train draws its masks
-    losses = []
-    for step, (X, Y) in zip(range(settings.max_steps), loader):
+    losses, starts = [], []
+    for step, (X, Y), lr in zip(range(settings.max_steps), loader, expected_lrs(settings)):
+        assert_windows_sliced_from(ids, X, Y, CONFIG.context_length, starts)
         masks = model_dropout_masks(CONFIG, *X.shape, dropout_rng)
         with fed_dropout_masks(model, masks):
             loss = cross_entropy(model(X), Y)
         optimizer.zero_grad()
         loss.backward()
         clip_grad_norm(model.parameters(), settings.grad_clip)
-        set_lr(optimizer, settings.lr_at(step))
+        set_lr(optimizer, lr)
         optimizer.step()
         losses.append(loss.item())
+    assert starts != sorted(starts), "the windows must come shuffled"
     return losses
 
 

@@ -299,15 +299,20 @@ def test_gradient_accumulation_equals_one_big_batch(dataset):
     np.testing.assert_allclose(losses(accumulated), losses(big), rtol=1e-5)
 
 
-def test_numpy_and_torch_loops_see_the_same_batches_and_agree(dataset):
+@pytest.mark.parametrize("accum, clip", [(1, None), (2, 0.05)])
+def test_numpy_and_torch_loops_see_the_same_batches_and_agree(dataset, accum, clip):
+    """Also with accumulation and a clip far below the gradient norms (tests/test_accumulation.py checks the
+    first such step of each loop against a hand-computed oracle; this checks 4 steps of them agree)."""
     config = CONFIG.replace(drop_rate=0.0)
-    train_settings = settings(4, grad_accum_steps=1, grad_clip=None, eval_interval=100)
+    train_settings = settings(4, grad_accum_steps=accum, grad_clip=clip, eval_interval=100)
     params = npgpt.model.init_params(config, seed=3)
     trainer = make_trainer(dataset, train_settings, config=config)
     load_numpy_params(trainer.model, params)
     torch_losses = losses(trainer.fit())
-    numpy_losses = losses(numpy_train(params, config, dataset, None, train_settings, progress=False))
-    np.testing.assert_allclose(numpy_losses, torch_losses, rtol=1e-5)
+    numpy_history = numpy_train(params, config, dataset, None, train_settings, progress=False)
+    np.testing.assert_allclose(losses(numpy_history), torch_losses, rtol=1e-5)
+    if clip is not None:
+        assert min(entry["grad_norm"] for entry in numpy_history) > 2 * clip, "the clip must act at every step"
 
 
 def test_bfloat16_autocast_and_compile_paths_run_on_cpu(dataset):
