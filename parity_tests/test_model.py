@@ -72,7 +72,9 @@ def check_model(config, B, T, dtype, *, seed=0, emb_scale=1.0, ignored=0.0, use_
     ours = {"logits": logits, "loss": np.asarray(loss, dtype=dtype), **grads}
     assert_close(ours.pop("logits"), expected.pop("logits"), name="logits",
                  reference=None if reference is None else reference.pop("logits"))
-    assert_close(ours.pop("loss"), expected.pop("loss"), name="loss",
+    # the loss, log-sum-exp minus the target's logit, cancels to ~1e-8 for a saturated model (embeddings at 30x,
+    # the thorough profile): measured against the logits it subtracts, it is then one ulp of them
+    assert_close(ours.pop("loss"), expected.pop("loss"), name="loss", floor=float(np.abs(logits).max(initial=0.0)),
                  reference=None if reference is None else reference.pop("loss"))
     assert_grads_close(grads, expected, references=reference, floors=floors, prefix="d ")
     return loss, grads
