@@ -5,12 +5,12 @@ a tied gradient (one array under two names) counts once, as a tied Parameter doe
 """
 import numpy as np
 import torch
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from npgpt.optim import clip_grad_norm, global_grad_norm
 from torchgpt.optim import clip_grad_norm as torch_clip_grad_norm
-from parity_tests.conftest import (assert_close, budget, dtypes, make_array, record_example, to_torch,
+from parity_tests.conftest import (Values, assert_close, budget, dtypes, make_array, record_example, to_torch,
                                    torch_with_reference, values)
 
 shapes = st.lists(st.lists(st.integers(1, 8), min_size=1, max_size=3).map(tuple), min_size=1, max_size=5)
@@ -44,7 +44,10 @@ def check_clipping(shape_list, ratio, tied, recipe, dtype):
         assert_close(grads[name], expected[name], name=f"clipped {name}", reference=ref.get(name))
     if tied:
         assert grads["g0 (tied)"] is grads["g0"]
-    if ratio > 1.0:          # below max_norm: untouched (torch multiplies by exactly 1.0)
+    # below max_norm: untouched (torch multiplies by exactly 1.0). The rule is max_norm / (norm + 1e-6) >= 1,
+    # not ratio > 1: at norm ~1e-3 and ratio 1.001 the 1e-6 makes the factor < 1 (the thorough profile found
+    # it), so only a factor clearly above 1 is asserted untouched
+    if max_norm / (norm64 + 1e-6) > 1.0 + 1e-6:
         assert all(np.array_equal(grads[name], make_array(recipe, shape, dtype, salt=i))
                    for i, (name, shape) in enumerate(zip(unique, shape_list)))
     return norm
@@ -53,6 +56,7 @@ def check_clipping(shape_list, ratio, tied, recipe, dtype):
 @budget(40)
 @given(shape_list=shapes, ratio=st.sampled_from([1e-3, 0.5, 0.999, 1.001, 2.0, 1e3]), tied=st.booleans(),
        recipe=values(), dtype=dtypes)
+@example(shape_list=[(1,)], ratio=1.001, tied=False, recipe=Values(seed=0, scale=0.001, ties=False), dtype=np.float64)
 def test_clipping(shape_list, ratio, tied, recipe, dtype):
     record_example()
     check_clipping(shape_list, ratio, tied, recipe, dtype)
