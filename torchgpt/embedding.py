@@ -49,3 +49,15 @@ def check_token_ids(idx, config: GPTConfig, *, check_range: bool = True) -> torc
             raise ValueError(f"token ids must be in [0, {config.vocab_size}), got values {low}..{high}; "
                              f"use a tokenizer whose vocabulary matches the model's vocab_size")
     return idx
+
+
+def token_positions(idx, kv_cache=None, attention_mask=None) -> torch.Tensor:
+    """The positions of checked token ids idx (B, T): 0..T-1, or with a KV cache (decoding) each new token's
+    place after the cached ones (kv_cache.begin; attention_mask (B, T), 0 at left padding, goes with it).
+    Both architectures' trunks use it: GPT-2 looks the positions up, Llama rotates by them."""
+    T = idx.shape[1]
+    if kv_cache is None and attention_mask is not None:
+        raise ValueError("attention_mask (left padding) needs a kv_cache; see torchgpt.generate for batches")
+    if kv_cache is None:
+        return torch.arange(T, device=idx.device)                        # (T,)
+    return kv_cache.begin(T, attention_mask)                             # (B, T), after the cached ones

@@ -16,7 +16,7 @@ from torch import nn
 from gptcore.config import GPTConfig
 from torchgpt.block import TransformerBlock
 from torchgpt.dropout import Dropout
-from torchgpt.embedding import check_token_ids
+from torchgpt.embedding import check_token_ids, token_positions
 from torchgpt.layernorm import LayerNorm
 from torchgpt.params import init_weights
 
@@ -62,13 +62,7 @@ class GPTModel(nn.Module):
         tokens, placed after the cached ones; attention_mask (B, T), 0 at left padding, goes with it.
         """
         idx = check_token_ids(idx, self.config, check_range=self.check_id_range).to(self.tok_emb.weight.device)
-        T = idx.shape[1]
-        if kv_cache is None and attention_mask is not None:
-            raise ValueError("attention_mask (left padding) needs a kv_cache; see torchgpt.generate for batches")
-        if kv_cache is None:
-            positions = torch.arange(T, device=idx.device)               # (T,)
-        else:
-            positions = kv_cache.begin(T, attention_mask)                # (B, T), after the cached ones
+        positions = token_positions(idx, kv_cache, attention_mask)       # (T,) or (B, T)
         x = self.tok_emb(idx) + self.pos_emb(positions)                  # (B, T, C)
         x = self.drop_emb(x)
         for i, block in enumerate(self.blocks):
