@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "gpt2cli.commands.classify",
     "gpt2cli.commands.weights",
     "gpt2cli.commands.parity",
+    "gpt2cli.commands.notebooks",
 ]
 
 
