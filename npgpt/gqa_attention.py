@@ -15,7 +15,8 @@ from typing import NamedTuple
 import numpy as np
 
 from npgpt.attention import (AttentionCoreCache, QKVCache, _attention_core_backward, _attention_core_forward,
-                             _merge_heads, _project_qkv, _project_qkv_backward, _split_heads)
+                             _causal_attention_infer, _merge_heads, _project_qkv, _project_qkv_backward,
+                             _split_heads)
 from npgpt.linear import LinearLayerCache, linear_layer_backward, linear_layer_forward
 from npgpt.rope import RopeCache, rope_backward, rope_forward
 
@@ -66,6 +67,28 @@ def gqa_attention_forward(x, p, n_heads, n_kv_heads, cos, sin, *, kv_cache=None)
     out, out_cache = linear_layer_forward(_merge_heads(context), p, "out_proj")
     return out, GQACache(n_heads=n_heads, n_kv_heads=n_kv_heads, qkv=qkv_cache, rope_q=rope_q, rope_k=rope_k,
                          core=core_cache, out_proj=out_cache)
+
+
+def gqa_attention_infer(x, p, n_heads, n_kv_heads, cos, sin, *, kv_cache=None):
+    """gqa_attention_forward's output without a cache (inference).   x: (B, T, C) -> out: (B, T, C).
+
+    Without a KV cache the causal attention skips most of the masked half (npgpt.attention's
+    _causal_attention_infer, equal to the full computation to ~1e-16 relative); with one (decoding) the
+    queries attend over the cached and the new keys. No rotation cache, no attention weights kept.
+    """
+    group = n_heads // n_kv_heads
+    q = _split_heads(linear_layer_forward(x, p, "W_query")[0], n_heads)            # (B, H, T, D)
+    k = _split_heads(linear_layer_forward(x, p, "W_key")[0], n_kv_heads)           # (B, KV, T, D)
+    v = _split_heads(linear_layer_forward(x, p, "W_value")[0], n_kv_heads)
+    q, _ = rope_forward(q, cos, sin)
+    k, _ = rope_forward(k, cos, sin)
+    if kv_cache is None:
+        context = _causal_attention_infer(q, repeat_kv(k, group), repeat_kv(v, group))
+    else:
+        k, v = kv_cache.append(k, v)                                                # (B, KV, S, D)
+        context, _ = _attention_core_forward(q, repeat_kv(k, group), repeat_kv(v, group), causal=False,
+                                             drop_rate=0.0, rng=None, dropout_mask=None, hide=kv_cache.hide)
+    return linear_layer_forward(_merge_heads(context), p, "out_proj")[0]           # (B, T, C)
 
 
 def gqa_attention_backward(dout, cache):

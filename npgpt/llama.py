@@ -18,10 +18,10 @@ import numpy as np
 from gptcore.config import GPTConfig
 from gptcore.params import prefixed, subdict
 from npgpt.embedding import EmbeddingCache, embedding_backward, embedding_forward
-from npgpt.gqa_attention import GQACache, gqa_attention_backward, gqa_attention_forward
-from npgpt.rmsnorm import RMSNormCache, rmsnorm_backward, rmsnorm_forward
+from npgpt.gqa_attention import GQACache, gqa_attention_backward, gqa_attention_forward, gqa_attention_infer
+from npgpt.rmsnorm import RMSNormCache, rmsnorm_backward, rmsnorm_forward, rmsnorm_infer
 from npgpt.rope import rope_tables
-from npgpt.swiglu import SwiGLUCache, swiglu_backward, swiglu_forward
+from npgpt.swiglu import SwiGLUCache, swiglu_backward, swiglu_forward, swiglu_infer
 
 
 class LlamaBlockCache(NamedTuple):
@@ -55,6 +55,17 @@ def llama_block_forward(x, p, config: GPTConfig, cos, sin, *, kv_cache=None):
     f, ff_cache = swiglu_forward(h, subdict(p, "ff."))
     out = x + f                                      # residual 2, (B, T, C)
     return out, LlamaBlockCache(norm1=norm1_cache, att=att_cache, norm2=norm2_cache, ff=ff_cache)
+
+
+def llama_block_infer(x, p, config: GPTConfig, cos, sin, *, kv_cache=None):
+    """llama_block_forward's output without caches (inference): every intermediate is dropped as soon as the
+    next step has its input.   x: (B, T, C) -> out: (B, T, C); x itself is not written."""
+    a = gqa_attention_infer(rmsnorm_infer(x, p["norm1.scale"], config.norm_eps), subdict(p, "att."),
+                            config.n_heads, config.n_kv_heads, cos, sin, kv_cache=kv_cache)
+    a += x                                           # residual 1, in the attention output's own buffer
+    f = swiglu_infer(rmsnorm_infer(a, p["norm2.scale"], config.norm_eps), subdict(p, "ff."))
+    f += a                                           # residual 2
+    return f
 
 
 def llama_block_backward(dout, cache):
@@ -106,6 +117,20 @@ def trunk_forward(params, idx, config: GPTConfig, *, train=False, rng=None, kv_c
     x, norm_cache = rmsnorm_forward(x, params["final_norm.scale"], config.norm_eps)
     return x, TrunkCache(config=config, params=params, tok_emb=tok_cache, positions=positions,
                          blocks=block_caches, final_norm=norm_cache)
+
+
+def trunk_infer(params, idx, config: GPTConfig, *, kv_cache=None, attention_mask=None, blocks=None):
+    """trunk_forward's hidden states without any cache (inference): each block's input is dropped once its
+    output exists.   idx: (B, T) -> x: (B, T, C)."""
+    T = idx.shape[1]
+    x, _ = embedding_forward(params["tok_emb.weight"], idx)                       # (B, T, C)
+    positions = np.arange(T) if kv_cache is None else kv_cache.begin(T, attention_mask)
+    cos, sin = rope_tables(positions, config.head_dim, config.rope_theta, x.dtype, scaling=config.rope_scaling)
+    for i, p in enumerate(blocks if blocks is not None else block_params(params, config)):
+        x = llama_block_infer(x, p, config, cos, sin, kv_cache=None if kv_cache is None else kv_cache.layer(i))
+    if kv_cache is not None:
+        kv_cache.commit()
+    return rmsnorm_infer(x, params["final_norm.scale"], config.norm_eps)
 
 
 def trunk_backward(dx, cache, grads, first_block=0):

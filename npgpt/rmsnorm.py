@@ -27,6 +27,15 @@ def rmsnorm_forward(x, scale, eps=1e-5):
     return xhat * scale, RMSNormCache(xhat=xhat, rstd=rstd, scale=scale)
 
 
+def rmsnorm_infer(x, scale, eps=1e-5):
+    """rmsnorm_forward's output without its cache (inference): the same operations in one buffer, so the
+    values equal the forward's bit for bit.   x: (..., C); scale: (C,) -> out: (..., C)."""
+    ms = (x * x).mean(axis=-1, keepdims=True)        # (..., 1)
+    out = x * (1.0 / np.sqrt(ms + eps))              # xhat, the only new (..., C) array
+    out *= scale
+    return out
+
+
 def rmsnorm_backward(dout, cache):
     """Gradients of out = scale * xhat, xhat = x * rstd, rstd = (mean(x^2) + eps)^(-1/2).
 

@@ -48,6 +48,16 @@ def silu_backward(dout, cache):
     return dout * sig * (1.0 + cache.g * (1.0 - sig))
 
 
+def swiglu_infer(x, p):
+    """swiglu_forward's output without its cache (inference): silu(g) * u computed in the gate's buffer, which
+    is dropped before the down projection's output exists.   x: (B, T, C) -> out: (B, T, C), equal to the
+    forward's bit for bit (the same products in the same order)."""
+    h = linear_layer_forward(x, p, "gate")[0]                  # (B, T, F): g
+    h *= sigmoid(h)                                            # silu(g) = g * sigmoid(g), in place
+    h *= linear_layer_forward(x, p, "up")[0]                   # silu(g) * u
+    return linear_layer_forward(h, p, "down")[0]               # (B, T, C)
+
+
 def swiglu_forward(x, p):
     """x: (B, T, C); p: {"gate.weight" (F, C), "up.weight" (F, C), "down.weight" (C, F)} (+ LoRA adapters)
     -> out: (B, T, C), SwiGLUCache."""

@@ -14,7 +14,8 @@ import pytest
 from gptcore.config import GPTConfig, get_config
 from gptcore.data import SlidingWindowDataset
 from gptcore.lora import LoRAConfig
-from npgpt import attention, block, generate, gpt2, layernorm, model, train
+from npgpt import (attention, block, generate, gpt2, gqa_attention, layernorm, llama, model, rmsnorm, rope, swiglu,
+                   train)
 from npgpt.loss import cross_entropy_forward
 from npgpt.lora import add_lora
 
@@ -152,3 +153,83 @@ def test_evaluate_loss_runs_through_infer(monkeypatch):
     expected = float(cross_entropy_forward(model.forward(params, X, CONFIG)[0], Y)[0])
     monkeypatch.setattr(gpt2, "trunk_forward", _no_caching_forward)
     assert train.evaluate_loss(params, CONFIG, dataset, 2, 2) == pytest.approx(expected, rel=1e-12)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Llama: its own inference trunk (npgpt/llama.py trunk_infer), the same oracle (the caching forward)
+# --------------------------------------------------------------------------------------------------------
+LLAMA = GPTConfig(vocab_size=89, context_length=160, emb_dim=48, n_heads=6, n_layers=3, drop_rate=0.0, arch="llama",
+                  n_kv_heads=2, ff_dim=72, qkv_bias=False, tie_weights=False, rope_theta=500.0)
+
+
+@pytest.mark.parametrize("chunk", [7, attention.CAUSAL_ROW_CHUNK], ids=["chunk-7", "chunk-default"])
+@pytest.mark.parametrize("T", [1, 13, 150])
+def test_llama_infer_equals_forward_in_float64(monkeypatch, chunk, T):
+    monkeypatch.setattr(attention, "CAUSAL_ROW_CHUNK", chunk)
+    params = _random_params(LLAMA, 11)
+    idx = _idx(LLAMA, 2, T)
+    expected, _ = model.forward(params, idx, LLAMA)
+    logits = model.infer(params, idx, LLAMA)
+    assert logits.shape == (2, T, LLAMA.vocab_size) and logits.dtype == np.float64
+    np.testing.assert_allclose(logits, expected, rtol=1e-12, atol=1e-12 * np.abs(expected).max())
+
+
+def test_llama_infer_equals_forward_in_float32_on_smollm2_shapes():
+    """SmolLM2-135M's layout (9 query / 3 kv heads of 64, tied head) at two layers, float32 as it runs."""
+    config = get_config("smollm2-135m", n_layers=2, context_length=200)
+    params = _random_params(config, 12, np.float32)
+    idx = _idx(config, 2, 130)
+    expected, _ = model.forward(params, idx, config)
+    logits = model.infer(params, idx, config)
+    assert logits.dtype == np.float32
+    np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
+def test_llama_components_infer_equal_their_forwards():
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((2, 21, LLAMA.emb_dim))
+    p = model.block_params(_random_params(LLAMA, 14), LLAMA)[0]
+    cos, sin = rope.rope_tables(np.arange(21), LLAMA.head_dim, LLAMA.rope_theta, x.dtype)
+    x_before = x.copy()
+    np.testing.assert_array_equal(rmsnorm.rmsnorm_infer(x, p["norm1.scale"], LLAMA.norm_eps),
+                                  rmsnorm.rmsnorm_forward(x, p["norm1.scale"], LLAMA.norm_eps)[0])
+    ff = {k[len("ff."):]: v for k, v in p.items() if k.startswith("ff.")}
+    np.testing.assert_array_equal(swiglu.swiglu_infer(x, ff), swiglu.swiglu_forward(x, ff)[0])
+    att = {k[len("att."):]: v for k, v in p.items() if k.startswith("att.")}
+    np.testing.assert_allclose(
+        gqa_attention.gqa_attention_infer(x, att, LLAMA.n_heads, LLAMA.n_kv_heads, cos, sin),
+        gqa_attention.gqa_attention_forward(x, att, LLAMA.n_heads, LLAMA.n_kv_heads, cos, sin)[0],
+        rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(llama.llama_block_infer(x, p, LLAMA, cos, sin),
+                               llama.llama_block_forward(x, p, LLAMA, cos, sin)[0], rtol=1e-12, atol=1e-13)
+    np.testing.assert_array_equal(x, x_before)                        # the caller's input is not written
+
+
+def test_llama_infer_holds_far_less_memory_than_the_forward_and_its_cache():
+    config = LLAMA.replace(n_layers=8, context_length=128, emb_dim=64, n_heads=4, ff_dim=96)
+    params = model.init_params(config, seed=0)
+    idx = _idx(config, 4, 128)
+
+    def peak(fn):
+        tracemalloc.start()
+        result = fn()
+        peak_bytes = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        del result
+        return peak_bytes
+
+    assert peak(lambda: model.infer(params, idx, config)) * 3 < peak(lambda: model.forward(params, idx, config))
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_llama_generation_runs_through_its_inference_trunk(monkeypatch, use_cache):
+    params = _random_params(LLAMA, 15)
+    prompt = _idx(LLAMA, 1, 11)[0].tolist()
+    expected = generate.generate(params, LLAMA, prompt, 6, stop_ids=(), use_cache=use_cache)
+    ids = list(prompt)                                                # oracle: the full forward, token by token
+    for _ in range(6):
+        logits, _ = model.forward(params, np.array([ids]), LLAMA)
+        ids.append(int(np.argmax(logits[0, -1])))
+    assert expected == ids[len(prompt):]
+    monkeypatch.setattr(llama, "trunk_forward", _no_caching_forward)
+    assert generate.generate(params, LLAMA, prompt, 6, stop_ids=(), use_cache=use_cache) == expected
