@@ -9,7 +9,7 @@ from gptcore.params import prefixed, subdict
 from npgpt.attention import (MultiheadAttentionCache, multihead_attention_backward, multihead_attention_forward,
                              multihead_attention_infer)
 from npgpt.dropout import DropoutCache, dropout_backward, dropout_forward
-from npgpt.feedforward import FeedForwardCache, feedforward_backward, feedforward_forward
+from npgpt.feedforward import FeedForwardCache, feedforward_backward, feedforward_forward, feedforward_infer
 from npgpt.layernorm import LayerNormCache, layernorm_backward, layernorm_forward, layernorm_infer
 
 
@@ -50,7 +50,7 @@ def block_infer(x, p, config, *, kv_cache=None):
     a = multihead_attention_infer(layernorm_infer(x, p["norm1.scale"], p["norm1.shift"]), subdict(p, "att."),
                                   config.n_heads, kv_cache=kv_cache)
     a += x                                           # residual 1: x + attention (a is this call's own array)
-    f = feedforward_forward(layernorm_infer(a, p["norm2.scale"], p["norm2.shift"]), subdict(p, "ff."))[0]
+    f = feedforward_infer(layernorm_infer(a, p["norm2.scale"], p["norm2.shift"]), subdict(p, "ff."))
     f += a                                           # residual 2
     return f
 

@@ -1,7 +1,7 @@
 """The position-wise feed-forward network: C -> F = 4C -> C with a GELU between."""
 from typing import NamedTuple
 
-from npgpt.gelu import GeluCache, gelu_backward, gelu_forward
+from npgpt.gelu import GeluCache, gelu_backward, gelu_forward, gelu_infer
 from npgpt.linear import LinearLayerCache, linear_layer_backward, linear_layer_forward
 
 
@@ -21,6 +21,13 @@ def feedforward_forward(x, p):
     activated, gelu_cache = gelu_forward(hidden)                          # (B, T, F)
     out, fc2_cache = linear_layer_forward(activated, p, "fc2")            # (B, T, C)
     return out, FeedForwardCache(fc1=fc1_cache, gelu=gelu_cache, fc2=fc2_cache)
+
+
+def feedforward_infer(x, p):
+    """feedforward_forward's output without its cache (inference): GELU runs in place in fc1's output, so
+    the block holds one (B, T, F) array instead of three.   x: (B, T, C) -> out: (B, T, C), bit-equal."""
+    hidden = linear_layer_forward(x, p, "fc1")[0]                         # (B, T, F), this call's own array
+    return linear_layer_forward(gelu_infer(hidden), p, "fc2")[0]          # (B, T, C)
 
 
 def feedforward_backward(dout, cache):

@@ -53,6 +53,31 @@ def gelu_forward(x):
     return out, GeluCache(x=x, tanh_u=tanh_u)
 
 
+def gelu_infer(x):
+    """gelu_forward's output without its cache (inference), written INTO x: no tanh(u) array is kept and no
+    output array allocated, only one GELU_BLOCK temporary per block. The same operations in the same order
+    as gelu_forward, so the values are equal bit for bit.   x: any shape, C-contiguous, owned by the caller
+    (the fc1 output of npgpt.feedforward.feedforward_infer) -> x, overwritten by gelu(x).
+    """
+    if not x.flags.c_contiguous:
+        raise ValueError("gelu_infer works in place and needs a C-contiguous array")
+    xf = x.reshape(-1)
+
+    def gelu_block_in_place(start, stop):
+        xb = xf[start:stop]
+        tb = xb * xb                                 # the block's one temporary
+        tb *= SQRT_2_OVER_PI * GELU_CUBIC
+        tb += SQRT_2_OVER_PI
+        tb *= xb                                     # u
+        np.tanh(tb, out=tb)
+        tb += 1.0
+        xb *= tb                                     # x (1 + tanh u)
+        xb *= 0.5
+
+    parallel_for(gelu_block_in_place, xf.size, GELU_BLOCK)
+    return x
+
+
 def gelu_backward(dout, cache):
     """dx = dout * [0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) sqrt(2/pi) (1 + 3 * 0.044715 x^2)].
 

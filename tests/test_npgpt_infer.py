@@ -14,8 +14,8 @@ import pytest
 from gptcore.config import GPTConfig, get_config
 from gptcore.data import SlidingWindowDataset
 from gptcore.lora import LoRAConfig
-from npgpt import (attention, block, generate, gpt2, gqa_attention, layernorm, llama, model, rmsnorm, rope, swiglu,
-                   train)
+from npgpt import (attention, block, feedforward, gelu, generate, gpt2, gqa_attention, layernorm, llama, model, rmsnorm,
+                   rope, swiglu, train)
 from npgpt.loss import cross_entropy_forward
 from npgpt.lora import add_lora
 
@@ -84,6 +84,12 @@ def test_components_infer_equal_their_forwards():
     att = {k[len("att."):]: v for k, v in p.items() if k.startswith("att.")}
     np.testing.assert_allclose(attention.multihead_attention_infer(x, att, CONFIG.n_heads),
                                attention.multihead_attention_forward(x, att, CONFIG.n_heads)[0], rtol=1e-12, atol=1e-13)
+    ff = {k[len("ff."):]: v for k, v in p.items() if k.startswith("ff.")}
+    np.testing.assert_array_equal(feedforward.feedforward_infer(x, ff), feedforward.feedforward_forward(x, ff)[0])
+    hidden = rng.standard_normal((3, 40000)).astype(np.float32)        # more than one GELU_BLOCK per row
+    np.testing.assert_array_equal(gelu.gelu_infer(hidden.copy()), gelu.gelu_forward(hidden)[0])
+    with pytest.raises(ValueError, match="C-contiguous"):
+        gelu.gelu_infer(hidden.T)
     np.testing.assert_allclose(block.block_infer(x, p, CONFIG), block.block_forward(x, p, CONFIG)[0],
                                rtol=1e-12, atol=1e-13)
     np.testing.assert_array_equal(x, x_before)                        # the caller's input is not written
