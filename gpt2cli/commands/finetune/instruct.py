@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from gpt2cli.errors import UserError, user_errors
-from gpt2cli.options import add_data_alias
+from gpt2cli.options import add_data_alias, add_threads_option, limited_threads
 
 RESPONSES_FILE = "test_responses.json"
 BEFORE_RESPONSES_FILE = "test_responses_before.json"
@@ -73,6 +73,7 @@ def register(actions):
     a("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="torch autocast precision (default auto)")
     a("--seed", type=int, default=123, help="seed of the data order, dropout and LoRA init (default %(default)s)")
     a("--quiet", action="store_true", help="no progress bars")
+    add_threads_option(p)
     p.set_defaults(func=run)
 
 
@@ -221,7 +222,7 @@ def run(args) -> int:
     from gptcore.formats.runs import NonFiniteLossError, TrainingInterrupted
     check_options(args)
     try:
-        with user_errors(NonFiniteLossError):
+        with user_errors(NonFiniteLossError), limited_threads(args.threads):
             return finetune(args)
     except TrainingInterrupted as interrupt:
         print(f"gpt2 finetune instruct: {interrupt}", file=sys.stderr)
