@@ -110,7 +110,7 @@ def test_converted_copies_give_the_same_logits(smollm2, prompt_ids, tmp_path, ca
 
 
 def test_the_chat_stops_at_the_end_of_the_turn_and_at_the_end_of_text(smollm2):
-    from gpt2cli.commands.generate import stop_ids_of
+    from gptcore.model_text import stop_ids_of
 
     tokenizer = smollm2[2]
     assert stop_ids_of(tokenizer) == {tokenizer.special_tokens["<|im_end|>"], tokenizer.special_tokens["<|endoftext|>"]}

@@ -45,11 +45,13 @@ def instruction_loader(dataset: InstructionDataset, batch_size: int, *, shuffle:
 
 @torch.no_grad()
 def answer_records(model, records: list[dict], tokenizer, *, max_new_tokens: int = 256, progress: bool = True,
-                   key: str = core_instruct.RESPONSE_KEY) -> list[dict]:
+                   key: str = core_instruct.RESPONSE_KEY,
+                   instruction_format: core_instruct.InstructionFormat = core_instruct.InstructionFormat()) -> list[dict]:
     """Copies of `records`, each with the model's greedy answer under "model_response" (the book's format).
 
-    The prompt is format_prompt(record) (ending in "### Response:\\n"); generation stops at <|endoftext|>
-    or once the text holds the next "###", and the answer is the text before it, stripped.
+    The prompt is instruction_format.prompt(record) (Alpaca: ending in "### Response:\\n"; chat: the assistant's
+    opening); generation stops at instruction_format.stop_ids, and in the Alpaca format once the text holds the
+    next "###"; the answer is printed without special tokens, stripped (InstructionFormat.answer_from_stream).
     """
     from tqdm.auto import tqdm
 
@@ -60,9 +62,31 @@ def answer_records(model, records: list[dict], tokenizer, *, max_new_tokens: int
     answered = []
     try:
         for record in tqdm(records, desc="answering", unit="record", disable=not progress):
-            prompt_ids = tokenizer.encode(core_instruct.format_prompt(record))
-            stream = stream_generate(model, prompt_ids, max_new_tokens, temperature=0.0, stop_ids=(END_OF_TEXT_ID,))
-            answered.append({**record, key: core_instruct.answer_from_stream(stream, tokenizer)})
+            prompt_ids = instruction_format.prompt_ids(record, tokenizer)
+            stream = stream_generate(model, prompt_ids, max_new_tokens, temperature=0.0,
+                                     stop_ids=instruction_format.stop_ids)
+            answered.append({**record, key: instruction_format.answer_from_stream(stream, tokenizer)})
     finally:
         model.train(was_training)
     return answered
+
+
+@torch.no_grad()
+def mean_loss(model, batches, device="cpu") -> float:
+    """The mean cross-entropy over every target token of `batches` ((inputs, targets) NumPy arrays; -100
+    left out): the token-weighted mean over the whole split, the same number npgpt.instruct.mean_loss gives."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for inputs, targets in batches:
+            kept = int((targets != IGNORE_INDEX).sum())
+            if kept:
+                logits = model(torch.from_numpy(inputs).to(device))
+                total += float(torch.nn.functional.cross_entropy(
+                    logits.flatten(0, 1).float(), torch.from_numpy(targets).to(device).flatten(),
+                    ignore_index=IGNORE_INDEX, reduction="sum"))
+                count += kept
+    finally:
+        model.train(was_training)
+    return total / count if count else float("nan")

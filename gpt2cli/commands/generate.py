@@ -22,15 +22,7 @@ import codecs
 import sys
 import time
 import warnings
-from dataclasses import dataclass
-
 from gpt2cli.errors import UserError, user_errors
-
-# Special tokens that end an assistant's turn in the chat formats of the models people have (ChatML:
-# SmolLM2, Qwen; Llama 3; Gemma); a tokenizer's own end-of-text id and <|endoftext|> stop decoding too.
-END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>")
-ENDOFTEXT = "<|endoftext|>"
-
 
 def register(subparsers):
     parser = subparsers.add_parser("generate", help="continue a prompt (greedy, sampling, top-k/top-p, beam search)")
@@ -107,42 +99,13 @@ def _load_torch_model(args):
     return model.to(pick_device(args.device)).eval()
 
 
-@dataclass(frozen=True)
-class ModelText:
-    """How text goes in and out of a model: its tokenizer, the ids that end a generation, its chat template."""
-    tokenizer: object
-    stop_ids: frozenset
-    chat_template: str | None
-    source: str                     # whose tokenizer, for messages
+def load_model_text(args):
+    """The weights' ModelText (gptcore.model_text): a GGUF file's own BPE and chat template, else GPT-2's."""
+    from gptcore.model_text import model_text
+    return model_text(args.weights or args.checkpoint)
 
 
-def stop_ids_of(tokenizer) -> frozenset:
-    """The ids that end a generation: the tokenizer's end-of-text id (a chat model's GGUF names the end of a
-    turn there), <|endoftext|>, and the end-of-turn tokens of END_OF_TURN_TOKENS that the vocabulary has."""
-    special = tokenizer.special_tokens
-    return frozenset({tokenizer.eot_id} | {special[token] for token in END_OF_TURN_TOKENS + (ENDOFTEXT,)
-                                           if token in special})
-
-
-def load_model_text(args) -> ModelText:
-    """The tokenizer the weights carry (a GGUF file's own BPE and chat template), else GPT-2's (no template)."""
-    from gptcore.engine.decoding import EOT_ID
-    from gptcore.tokenizer import get_tokenizer
-
-    path = args.weights or args.checkpoint
-    if path:
-        from gptcore.formats.gguf import chat_template, load_gguf_tokenizer, open_gguf
-        from gptcore.formats.weights import detect_format, resolve_weights_path
-        resolved = resolve_weights_path(path)
-        if detect_format(resolved) == "gguf":
-            reader = open_gguf(resolved)
-            tokenizer = load_gguf_tokenizer(resolved, reader)
-            return ModelText(tokenizer, stop_ids_of(tokenizer), chat_template(resolved, reader),
-                             f"the tokenizer of {resolved.name}")
-    return ModelText(get_tokenizer(), frozenset({EOT_ID}), None, "GPT-2's tokenizer")
-
-
-def chat_prompt(text: ModelText, message: str) -> str:
+def chat_prompt(text, message: str) -> str:
     """MESSAGE as one user turn under the weights' chat template, ending with the assistant's opening."""
     from gptcore.tasks.chat import ChatTemplateError, render_chat, user_turn
 

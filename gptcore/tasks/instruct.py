@@ -18,19 +18,28 @@ The model sees it in the Alpaca format (the "### Input:" section is left out whe
     ### Response:
     The fish was eaten by the cat.
 
+With `--prompt-format chat` the model's own chat template renders the record instead (InstructionFormat):
+the instruction (and the input after a blank line) is one user turn, the output the assistant's turn.
+
 collate_instructions() turns a list of tokenized examples into (inputs, targets) arrays; see its docstring
-for a worked example. torchgpt/instruct.py wraps it for torch (Dataset, device transfer).
+for a worked example. torchgpt/instruct.py wraps it for torch (Dataset, device transfer);
+instruction_batches() gives the batch order both backends train on.
+
+The judge-free check (exact_answer_share) is at the end: over the records whose reference output is one
+word or number, the share of model responses that contain it (normalize_answer says how text is compared).
 """
 from __future__ import annotations
 
 import json
 import os
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from gptcore.fileio import read_jsonl
+from gptcore.tasks.chat import ASSISTANT, ChatTemplateError, render_chat, user_turn
 
 RECORD_KEYS = ("instruction", "input", "output")
 RESPONSE_KEY = "model_response"
@@ -219,3 +228,158 @@ def answer_from_stream(token_stream, tokenizer) -> str:
         if STOP_MARKER in tokenizer.decode(ids[-3:]):
             break
     return extract_response(tokenizer.decode(ids))
+
+
+# ---------------------------------------------------------------------------------------------------
+# prompt formats: the book's Alpaca text, or the model's own chat template
+# ---------------------------------------------------------------------------------------------------
+
+PROMPT_FORMATS = ("alpaca", "chat")
+
+
+def chat_user_message(record: dict) -> str:
+    """The user's turn of a record: the instruction, and the input (when not empty) after a blank line."""
+    return f"{record['instruction']}\n\n{record['input']}" if record["input"] else record["instruction"]
+
+
+def chat_prompt(record: dict, template: str) -> str:
+    """The record's user turn rendered by the chat template with the assistant's opening, as transformers'
+    apply_chat_template(messages, add_generation_prompt=True, tokenize=False) renders it. SmolLM2:
+
+        <|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\\n
+        <|im_start|>user\\nRewrite the sentence in passive voice.\\n\\nThe cat ate the fish.<|im_end|>\\n
+        <|im_start|>assistant\\n
+    """
+    return render_chat(template, user_turn(chat_user_message(record)), add_generation_prompt=True)
+
+
+def chat_conversation(record: dict, template: str) -> str:
+    """The whole conversation, user turn and the reference output as the assistant's turn, as transformers
+    renders it for training (add_generation_prompt=False): SmolLM2 adds '...<|im_start|>assistant\\n' +
+    output + '<|im_end|>\\n'."""
+    messages = user_turn(chat_user_message(record)) + [{"role": ASSISTANT, "content": record["output"]}]
+    return render_chat(template, messages, add_generation_prompt=False)
+
+
+@dataclass(frozen=True)
+class InstructionFormat:
+    """How records become token ids for one model, and how its answers end.
+
+    name: "alpaca" (the book's text) or "chat" (the model's chat template, `template`).
+    end_id: the token that ends a training text (appended by the collate, and the padding): GPT-2's
+        <|endoftext|>, a chat model's end of turn (SmolLM2's GGUF names <|im_end|>, id 2, as its end token).
+    stop_ids: the ids that end a generated answer (end of text, end of turn).
+    special_ids: the tokenizer's special tokens, left out of the printed answers.
+    """
+    name: str = "alpaca"
+    end_id: int = END_OF_TEXT_ID
+    stop_ids: tuple = (END_OF_TEXT_ID,)
+    template: str | None = None
+    special_ids: frozenset = frozenset()
+
+    def __post_init__(self):
+        if self.name not in PROMPT_FORMATS:
+            raise ValueError(f"unknown prompt format {self.name!r}; choose one of {', '.join(PROMPT_FORMATS)}")
+        if self.name == "chat" and self.template is None:
+            raise ValueError("the chat prompt format needs the model's chat template (a GGUF's "
+                             "tokenizer.chat_template); these weights have none: use --prompt-format alpaca")
+
+    def prompt(self, record: dict) -> str:
+        """What the model is given at answer time (it ends where the answer starts)."""
+        return chat_prompt(record, self.template) if self.name == "chat" else format_prompt(record)
+
+    def encode(self, record: dict, tokenizer) -> EncodedExample:
+        """prompt ids + output ids (the collate appends end_id). The prompt is encoded with special tokens
+        allowed only in the chat format, where the template writes them (<|im_start|>); record text itself is
+        never read as special tokens. In the chat format the training text is transformers' rendering of the
+        conversation up to and including the end-of-turn token: check_chat_rendering says so per record."""
+        if self.name == "alpaca":
+            return encode_example(record, tokenizer)
+        prompt_ids = self.prompt_ids(record, tokenizer)
+        return EncodedExample(tuple(prompt_ids) + tuple(tokenizer.encode(record["output"])), len(prompt_ids))
+
+    def prompt_ids(self, record: dict, tokenizer) -> list[int]:
+        """The ids of prompt(record): the start of encode(record)'s ids, where generation begins."""
+        if self.name == "alpaca":
+            return tokenizer.encode(format_prompt(record))
+        return tokenizer.encode(self.prompt(record), allowed_special="all")
+
+    def check_chat_rendering(self, record: dict, tokenizer) -> None:
+        """The chat format's training text must be the template's conversation: prompt + output + the end
+        token, with nothing after it but whitespace (the newline ChatML writes after <|im_end|>, which
+        generation never reaches). ChatTemplateError when the template renders the assistant turn otherwise."""
+        whole = chat_conversation(record, self.template)
+        ours = self.prompt(record) + record["output"] + tokenizer.decode([self.end_id])
+        if not (whole.startswith(ours) and not whole[len(ours):].strip()):
+            raise ChatTemplateError(f"the chat template renders the assistant's turn as {whole[-80:]!r}, not as the "
+                                    f"answer followed by the end token {tokenizer.decode([self.end_id])!r}; "
+                                    f"use --prompt-format alpaca with this model")
+
+    def answer(self, new_ids, tokenizer) -> str:
+        """The printed answer of generated ids: special tokens left out; in the Alpaca format the text
+        before the next "###" (extract_response); stripped."""
+        text = tokenizer.decode([int(i) for i in new_ids if int(i) not in self.special_ids])
+        return extract_response(text) if self.name == "alpaca" else text.strip()
+
+    def answer_from_stream(self, token_stream, tokenizer) -> str:
+        """Reads a generator of new ids (it stops itself at stop_ids); the Alpaca format stops asking once
+        the text holds "###" (answer_from_stream)."""
+        if self.name == "alpaca":
+            return answer_from_stream((i for i in token_stream if int(i) not in self.special_ids), tokenizer)
+        return self.answer(list(token_stream), tokenizer)
+
+
+def instruction_format(name: str, tokenizer, stop_ids=(), template: str | None = None) -> InstructionFormat:
+    """The format `name` for a tokenizer: its end-of-text id (eot_id) ends the texts; generation stops there
+    and at `stop_ids` (a chat model's end-of-turn tokens)."""
+    end_id = int(getattr(tokenizer, "eot_id", END_OF_TEXT_ID))
+    special = frozenset(int(i) for i in getattr(tokenizer, "special_tokens", {}).values())
+    return InstructionFormat(name=name, end_id=end_id, stop_ids=tuple(sorted({end_id, *map(int, stop_ids)})),
+                             template=template, special_ids=special)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the batch order of both backends
+# ---------------------------------------------------------------------------------------------------
+
+def instruction_batches(examples: list, batch_size: int, *, shuffle: bool, drop_last: bool, seed: int = 123,
+                        epoch: int = 0, **collate_options):
+    """(inputs, targets) int64 arrays (B, T) of collate_instructions, batch after batch: in order, or shuffled
+    by a generator seeded with (seed, epoch) so both backends and a resumed run see the same batches."""
+    order = np.arange(len(examples))
+    if shuffle:
+        order = np.random.default_rng([seed, epoch]).permutation(len(examples))
+    stop = len(order) - len(order) % batch_size if drop_last else len(order)
+    for start in range(0, stop, batch_size):
+        yield collate_instructions([examples[i] for i in order[start:start + batch_size]], **collate_options)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the judge-free check: does the response contain a one-word reference answer?
+# ---------------------------------------------------------------------------------------------------
+
+def normalize_answer(text: str) -> list[str]:
+    """The words of `text` as compared: Unicode NFKC, lower case, every punctuation character (Unicode
+    category P*: . , ! ? - ' " ( ) ...) deleted, split on whitespace. "Opinion-based." -> ["opinionbased"],
+    "Mercury (Hg)." -> ["mercury", "hg"], "3.14" -> ["314"]."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    return "".join(c for c in text if not unicodedata.category(c).startswith("P")).split()
+
+
+def is_single_word_answer(reference: str) -> bool:
+    """A reference output of one word or number once normalized ("Hg.", "Laughed.", "42")."""
+    return len(normalize_answer(reference)) == 1
+
+
+def contains_answer(response: str, reference: str) -> bool:
+    """The one-word reference is one of the response's words (whole words: "young" is not in "younger")."""
+    return normalize_answer(reference)[0] in normalize_answer(response)
+
+
+def exact_answer_share(records: list[dict], key: str = RESPONSE_KEY) -> dict:
+    """Over the records whose "output" is a single word or number: {"records": n, "hits": k, "share": k / n
+    (None when n = 0), "indices": the records' positions}."""
+    indices = [i for i, record in enumerate(records) if is_single_word_answer(record["output"])]
+    hits = sum(contains_answer(records[i][key], records[i]["output"]) for i in indices)
+    return {"records": len(indices), "hits": hits, "share": hits / len(indices) if indices else None,
+            "indices": indices}
