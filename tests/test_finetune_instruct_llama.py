@@ -276,3 +276,19 @@ def test_cli_chat_format_without_a_template_is_one_clear_error(records_file, tmp
     gguf = write_chat_gguf(tmp_path / "plain.gguf", CONFIG, npmodel.init_params(CONFIG, seed=3), template=None)
     assert main(finetune_args(path, gguf, tmp_path / "r", "numpy", "--prompt-format", "chat")) == 2
     assert "--prompt-format alpaca" in capsys.readouterr().err
+
+
+def test_cli_a_run_stopped_during_training_keeps_its_before_numbers(records_file, chat_gguf, tmp_path, monkeypatch):
+    """metrics.json is written before the first step: an interrupted run keeps the losses it measured."""
+    from gptcore.engine import training
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.TrainingLoop, "fit", interrupted)
+    path, _ = records_file
+    out = tmp_path / "stopped"
+    assert main(finetune_args(path, chat_gguf, out, "numpy", "--prompt-format", "chat", "--lora-rank", "2")) != 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"].startswith("training") and np.isfinite(metrics["initial_val_loss"])
+    assert metrics["exact_answer_records"] == 1 and "final_val_loss" not in metrics

@@ -310,6 +310,12 @@ def finetune(args) -> int:
     answered_before = twin.answer(checked, tokenizer, fmt, args.max_new_tokens, progress)
     atomic_write_json(out / BEFORE_RESPONSES_FILE, answered_before)
     share_before = exact_answer_share(answered_before)
+    # Written now, so a run stopped during training keeps its before-numbers (the end rewrites the file whole).
+    atomic_write_json(out / METRICS_FILE, {
+        "status": "training (the numbers before the first step; the rest is written when the run ends)",
+        "initial_val_loss": before["val_loss"], "initial_test_loss": before["test_loss"],
+        "exact_answer_records": share_before["records"], "exact_answer_hits_before": share_before["hits"],
+        "exact_answer_share_before": share_before["share"]})
 
     train_started = time.perf_counter()
     history, steps, checkpoint = twin.fit(run_log, progress)
