@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 SUBCOMMANDS = ["demo", "data", "finetune", "evaluate", "generate", "tokenize", "train", "bench", "classify", "weights",
-               "parity"]
+               "parity", "notebooks"]
 
 
 def gpt2_script() -> str:
