@@ -59,3 +59,9 @@ def test_every_chapter_has_a_planted_bug():
     assert planted, "no planted bugs in tests/notebook_plants"
     missing = [path.stem for path in NOTEBOOKS if path.stem not in planted]
     assert not missing, f"notebooks whose checks were never shown to fail: {missing}"
+
+
+def test_the_course_has_its_ten_chapters_in_order():
+    assert [path.stem for path in NOTEBOOKS] == [
+        "01_tokens", "02_attention", "03_block", "04_gpt", "05_training", "06_generation", "07_pretrained",
+        "08_classification", "09_instruct", "10_llama"]
