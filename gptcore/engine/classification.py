@@ -11,7 +11,9 @@
 
 A backend is anything with  train_step(ids, lengths, labels) -> float  (forward, backward, optional
 clipping, one AdamW step), logits(ids, lengths) -> (B, K) NumPy array (eval mode, no dropout), and
-numpy_params() -> the parameter dict. Losses and accuracies are computed here from those logits in
+numpy_params() -> the parameter dict. A backend whose bottom blocks stay frozen (frozen_blocks > 0: only the
+last blocks, final norm and head train, no dropout) also has frozen_hidden / train_step_from_hidden /
+logits_from_hidden, and ClassifierFeed runs those blocks once per message instead of every epoch. Losses and accuracies are computed here from those logits in
 NumPy, so both backends are measured by the same code.
 """
 from __future__ import annotations
