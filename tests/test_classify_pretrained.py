@@ -149,6 +149,27 @@ def test_finetune_from_a_gguf_reads_and_keeps_its_tokenizer(capsys, monkeypatch,
     assert printed.splitlines()[0].split("\t")[:2] == [label, probability]
 
 
+@pytest.mark.parametrize("backend", ["torch", "numpy"])
+@pytest.mark.parametrize("what", [("--trainable", "all"), ("--lora-rank", "2")])
+def test_full_and_lora_finetuning_of_a_gguf_llama(capsys, tmp_path, llama_gguf, small_sms_file, backend, what):
+    out = tmp_path / "run"
+    code, printed, err = run_cli(capsys, "finetune", "classify", "--init-from", str(llama_gguf), "--data",
+                                 str(small_sms_file), "--out", str(out), "--epochs", "1", "--batch-size", "4",
+                                 "--lr", "1e-3", "--backend", backend, "--quiet", *what)
+    assert code == 0, err
+    assert "ran once per message" not in printed          # block 0 trains: nothing to cache
+    config, params, _ = load_checkpoint(out / "model", load_training_state=False)
+    start = classifier_from_lm_params(load_weights(llama_gguf)[1], LLAMA, 2, seed=123)[1]
+    changed = {name for name in params if not np.array_equal(params[name], start[name])}
+    if what[0] == "--trainable":
+        assert changed == set(params)
+    else:   # LoRA merged into attention and feed-forward of every block, and the head; norms and embedding kept
+        assert "blocks.0.att.W_query.weight" in changed and "blocks.2.ff.down.weight" in changed
+        assert not changed & {"tok_emb.weight", "final_norm.scale", "blocks.0.norm1.scale"}
+        assert (out / "lora_adapter").is_dir()
+    assert read_checkpoint_metadata(out / "model")["tokenizer"] == TOKENIZER_FILE
+
+
 def test_a_run_without_its_tokenizer_file_is_refused_by_name(capsys, tmp_path, llama_gguf, small_sms_file):
     out = tmp_path / "run"
     assert run_cli(capsys, "finetune", "classify", "--init-from", str(llama_gguf), "--data", str(small_sms_file),
