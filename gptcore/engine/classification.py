@@ -66,6 +66,7 @@ class ClassifierFeed:
 
     def __init__(self, backend, splits: dict[str, EncodedMessages], batch_size: int, *, cache: bool = True,
                  progress: bool = True):
+        """batch_size: messages per pass of the frozen bottom (train_classifier: 32 or the training batch)."""
         self.backend, self.splits = backend, splits
         self.frozen_blocks = int(getattr(backend, "frozen_blocks", 0)) if cache else 0
         self.inputs = {name: None for name in splits}       # None: the splits' own token ids
@@ -87,12 +88,16 @@ class ClassifierFeed:
         hidden = {}
         for name, data in self.splits.items():
             out = None
-            for start, (ids, lengths, _) in zip(range(0, len(data), batch_size),
-                                                classification_batches(data, batch_size)):
-                h = np.asarray(self.backend.frozen_hidden(ids, lengths))            # (B, T_b, C)
+            # Messages of similar length batched together (each row is computed on its own, so the order is
+            # free): a batch is cut to its longest message, and sorted batches carry almost no padding.
+            by_length = np.argsort(data.lengths, kind="stable")
+            for start in range(0, len(data), batch_size):
+                rows = by_length[start:start + batch_size]
+                lengths = data.lengths[rows]
+                h = np.asarray(self.backend.frozen_hidden(data.ids[rows, :int(lengths.max())], lengths))  # (B, T_b, C)
                 if out is None:
                     out = np.zeros((len(data), data.max_length, h.shape[-1]), dtype=h.dtype)
-                out[start:start + len(lengths), :h.shape[1]] = h
+                out[rows, :h.shape[1]] = h
                 bar.update(int(lengths.sum()))
             hidden[name] = out
         bar.close()
@@ -164,7 +169,7 @@ def train_classifier(backend, train: EncodedMessages, val: EncodedMessages, test
     if steps_per_epoch == 0:
         raise ValueError(f"the training split has {len(train)} messages, fewer than one batch of "
                          f"{settings.batch_size}; use a smaller --batch-size")
-    feed = ClassifierFeed(backend, {"train": train, "val": val, "test": test}, settings.batch_size,
+    feed = ClassifierFeed(backend, {"train": train, "val": val, "test": test}, max(settings.batch_size, 32),
                           cache=cache_frozen, progress=progress)
     history = {"steps": [], "epochs": []}
     step, examples_seen, tokens_seen, test_logits = 0, 0, 0, None
