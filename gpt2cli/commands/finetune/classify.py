@@ -24,7 +24,7 @@ from gpt2cli.options import (add_backend_and_device_options, add_data_file_optio
 DEFAULT_PRESET = "gpt2-small"
 # Training defaults by architecture: GPT-2 keeps the book's; Llama's were measured on SmolLM2-135M-Instruct
 # (docs/classification.md).
-DEFAULTS = {"gpt2": {"epochs": 5, "lr": 5e-5}, "llama": {"epochs": 5, "lr": 5e-5}}
+DEFAULTS = {"gpt2": {"epochs": 5, "lr": 5e-5}, "llama": {"epochs": 5, "lr": 1e-4}}
 ACCURACY_KEYS = ("train_accuracy", "val_accuracy", "test_accuracy")
 
 
