@@ -224,6 +224,40 @@ def loss_and_grads(params, idx, lengths, labels, config: GPTConfig, *, class_wei
 
 
 # ---------------------------------------------------------------------------------------------------
+# the classifier cut in two: a frozen bottom computed once, a trained top (only the last blocks train)
+# ---------------------------------------------------------------------------------------------------
+
+def frozen_hidden(params, idx, config: GPTConfig, first_block: int):
+    """The frozen bottom's output: idx (B, T) -> (B, T, C), the input of block `first_block` (inference).
+
+    When only blocks first_block.. (and the final norm and head) train and dropout is 0, this part's weights
+    never change: finetuning computes it once per message and feeds forward_from_hidden every epoch."""
+    return lm.trunk_bottom_infer(params, idx, config, first_block)
+
+
+def forward_from_hidden(params, hidden, lengths, config: GPTConfig, first_block: int, *, train=False, rng=None):
+    """forward() from the frozen bottom's output: hidden (B, T, C), lengths (B,) -> logits (B, K),
+    ClassifierCache whose trunk part starts at block first_block (backward stops there)."""
+    x, trunk_cache = lm.trunk_top_forward(params, hidden, config, first_block, train=train, rng=rng)
+    logits, head_cache = classifier_head_forward(x, lengths, params)                    # (B, K)
+    return logits, ClassifierCache(config=config, trunk=trunk_cache, head=head_cache)
+
+
+def loss_and_grads_from_hidden(params, hidden, lengths, labels, config: GPTConfig, first_block: int, *,
+                               class_weights=None, trainable_names=None, train=False, rng=None):
+    """loss_and_grads from the frozen bottom's output hidden (B, T, C): the same loss and gradients, for
+    trainable names that all sit at block first_block or above (anything lower would need the bottom)."""
+    names = list(trainable_names) if trainable_names is not None else list(params)
+    lowest = first_trained_block(config, names)
+    if lowest is not None and lowest < first_block:
+        raise ValueError(f"parameters below block {first_block} train ({names[:3]}...); the frozen bottom "
+                         f"cannot be cached for them")
+    logits, cache = forward_from_hidden(params, hidden, lengths, config, first_block, train=train, rng=rng)
+    loss, loss_cache = class_weighted_cross_entropy_forward(logits, labels, class_weights)
+    return loss, backward(class_weighted_cross_entropy_backward(loss_cache), cache, names)
+
+
+# ---------------------------------------------------------------------------------------------------
 # metrics
 # ---------------------------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from gptcore.engine.classification import ClassifierSettings
 from gptcore.lora import split_lora
+from gptcore.tasks.classification import frozen_block_count
 from npgpt import classifier
 from npgpt.optim import AdamW, clip_grad_norm
 
@@ -24,6 +25,7 @@ class NumpyClassifierBackend:
         classifier.check_classifier_params(split_lora(params)[0], config, num_classes)
         self.params, self.config, self.num_classes = params, config, num_classes
         self.trainable_names = None
+        self.frozen_blocks = 0      # set by prepare_training: bottom blocks that never change while training
 
     def prepare_training(self, trainable_names, settings: ClassifierSettings, class_weights=None):
         self.trainable_names = list(trainable_names)
@@ -33,18 +35,39 @@ class NumpyClassifierBackend:
         self.trainable = {name: self.params[name] for name in self.trainable_names}
         self.optimizer = AdamW(lr=settings.lr, weight_decay=settings.weight_decay)
         self.dropout_rng = np.random.default_rng(settings.seed)
+        self.frozen_blocks = frozen_block_count(self.config, self.trainable_names)
 
     def train_step(self, ids, lengths, labels) -> float:
         loss, grads = classifier.loss_and_grads(
             self.params, ids, lengths, labels, self.config, class_weights=self.class_weights,
             trainable_names=self.trainable_names, train=True, rng=self.dropout_rng)
+        self.update(grads)
+        return loss
+
+    def update(self, grads) -> None:
+        """Optional clipping, then one AdamW step on the trainable arrays (in place)."""
         if self.settings.grad_clip is not None:
             clip_grad_norm(grads, self.settings.grad_clip)
         self.optimizer.step(self.trainable, grads)
-        return loss
 
     def logits(self, ids, lengths) -> np.ndarray:
         return classifier.forward(self.params, ids, lengths, self.config)[0]
+
+    # the frozen bottom computed once per message (gptcore.engine.classification.ClassifierFeed)
+
+    def frozen_hidden(self, ids, lengths) -> np.ndarray:
+        """ids (B, T) -> (B, T, C): the output of the frozen blocks 0..frozen_blocks-1."""
+        return classifier.frozen_hidden(self.params, ids, self.config, self.frozen_blocks)
+
+    def train_step_from_hidden(self, hidden, lengths, labels) -> float:
+        loss, grads = classifier.loss_and_grads_from_hidden(
+            self.params, hidden, lengths, labels, self.config, self.frozen_blocks, class_weights=self.class_weights,
+            trainable_names=self.trainable_names, train=True, rng=self.dropout_rng)
+        self.update(grads)
+        return loss
+
+    def logits_from_hidden(self, hidden, lengths) -> np.ndarray:
+        return classifier.forward_from_hidden(self.params, hidden, lengths, self.config, self.frozen_blocks)[0]
 
     def numpy_params(self) -> dict:
         return self.params

@@ -88,6 +88,28 @@ def trunk_infer(params, idx, config: GPTConfig, *, kv_cache=None, attention_mask
     return layernorm_infer(x, params["final_norm.scale"], params["final_norm.shift"])
 
 
+def trunk_bottom_infer(params, idx, config: GPTConfig, n_blocks: int):
+    """The frozen bottom of the trunk for inference: embeddings, then blocks 0..n_blocks-1, no dropout, no
+    cache.   idx: (B, T) -> x: (B, T, C), the input of block n_blocks (trunk_top_forward's x)."""
+    x, _, _ = embed(params, idx)
+    for p in block_params(params, config)[:n_blocks]:
+        x = block_infer(x, p, config)
+    return x
+
+
+def trunk_top_forward(params, x, config: GPTConfig, first_block: int, *, train=False, rng=None):
+    """The trunk from block `first_block` on: x (B, T, C), the bottom's output -> final-normed hidden states
+    (B, T, C), TrunkCache. The cache has no embedding caches and None for the blocks below first_block, so
+    trunk_backward(..., first_block=first_block) (which never reads them) runs on it unchanged."""
+    block_caches = [None] * first_block
+    for p in block_params(params, config)[first_block:]:
+        x, block_cache = block_forward(x, p, config, train=train, rng=rng)
+        block_caches.append(block_cache)
+    x, norm_cache = layernorm_forward(x, params["final_norm.scale"], params["final_norm.shift"])
+    return x, TrunkCache(config=config, params=params, tok_emb=None, pos_emb=None, emb_dropout=None,
+                         blocks=block_caches, final_norm=norm_cache)
+
+
 def trunk_backward(dx, cache, grads, first_block=0):
     """dx: (B, T, C) gradient of the final-normed hidden states -> fills `grads` for every trunk parameter.
 

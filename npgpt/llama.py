@@ -133,6 +133,34 @@ def trunk_infer(params, idx, config: GPTConfig, *, kv_cache=None, attention_mask
     return rmsnorm_infer(x, params["final_norm.scale"], config.norm_eps)
 
 
+def trunk_bottom_infer(params, idx, config: GPTConfig, n_blocks: int):
+    """The frozen bottom of the trunk for inference: the token embedding, then blocks 0..n_blocks-1 (RoPE at
+    positions 0..T-1), through the inference blocks (no caches kept).   idx: (B, T) -> x: (B, T, C), the input of block
+    n_blocks (trunk_top_forward's x)."""
+    x, _ = embedding_forward(params["tok_emb.weight"], idx)                               # (B, T, C)
+    cos, sin = rope_tables(np.arange(idx.shape[1]), config.head_dim, config.rope_theta, x.dtype,
+                           scaling=config.rope_scaling)                                   # (T, D)
+    for p in block_params(params, config)[:n_blocks]:
+        x = llama_block_infer(x, p, config, cos, sin)
+    return x
+
+
+def trunk_top_forward(params, x, config: GPTConfig, first_block: int, *, train=False, rng=None):
+    """The trunk from block `first_block` on: x (B, T, C), the bottom's output -> final-normed hidden states
+    (B, T, C), TrunkCache. RoPE's positions are 0..T-1 again (the rotation is applied inside each block). The
+    cache has no embedding cache and None for the blocks below first_block, so trunk_backward(...,
+    first_block=first_block) (which never reads them) runs on it unchanged. train, rng: the shared signature."""
+    positions = np.arange(x.shape[1])
+    cos, sin = rope_tables(positions, config.head_dim, config.rope_theta, x.dtype, scaling=config.rope_scaling)
+    block_caches = [None] * first_block
+    for p in block_params(params, config)[first_block:]:
+        x, block_cache = llama_block_forward(x, p, config, cos, sin)
+        block_caches.append(block_cache)
+    x, norm_cache = rmsnorm_forward(x, params["final_norm.scale"], config.norm_eps)
+    return x, TrunkCache(config=config, params=params, tok_emb=None, positions=positions, blocks=block_caches,
+                         final_norm=norm_cache)
+
+
 def trunk_backward(dx, cache, grads, first_block=0):
     """dx: (B, T, C) gradient of the final-normed hidden states -> fills `grads` for every trunk parameter.
 

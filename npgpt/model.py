@@ -154,6 +154,34 @@ def trunk_infer(params, idx, config: GPTConfig, *, kv_cache=None, attention_mask
     return run(params, idx, config, kv_cache=kv_cache, attention_mask=attention_mask, blocks=blocks)
 
 
+def check_block_split(config: GPTConfig, first_block: int) -> int:
+    """first_block: where the trunk is cut into a frozen bottom and a trained top, 0..n_layers."""
+    if isinstance(first_block, bool) or not isinstance(first_block, (int, np.integer)) \
+            or not 0 <= first_block <= config.n_layers:
+        raise ValueError(f"first_block must be an integer in [0, {config.n_layers}], got {first_block!r}")
+    return int(first_block)
+
+
+def trunk_bottom_infer(params, idx, config: GPTConfig, n_blocks: int):
+    """The bottom of the trunk, for inference: embeddings and blocks 0..n_blocks-1 (no dropout, no cache).
+
+    idx: (B, T) -> x: (B, T, C), the input of block n_blocks. With trunk_top_forward(params, x, config,
+    n_blocks) it makes trunk_forward (train=False): classification finetuning that trains only the last
+    blocks computes this frozen part once per message and reuses it every epoch.
+    """
+    idx = check_token_ids(idx, config)
+    return architecture(config).trunk_bottom_infer(params, idx, config, check_block_split(config, n_blocks))
+
+
+def trunk_top_forward(params, x, config: GPTConfig, first_block: int, *, train=False, rng=None):
+    """The top of the trunk: x (B, T, C), trunk_bottom_infer's output -> final-normed hidden states (B, T, C),
+    the architecture's TrunkCache, for trunk_backward(dx, cache, grads, first_block=first_block)."""
+    if train and config.drop_rate > 0 and rng is None:
+        raise ValueError("trunk_top_forward(train=True) with drop_rate > 0 needs rng=np.random.default_rng(seed)")
+    first_block = check_block_split(config, first_block)
+    return architecture(config).trunk_top_forward(params, x, config, first_block, train=train, rng=rng)
+
+
 def trunk_backward(dx, cache, grads, first_block=0):
     """dx: (B, T, C) gradient of the final-normed hidden states -> fills `grads` for every trunk parameter.
 

@@ -71,6 +71,14 @@ class ClassifierHead:
             lengths = torch.as_tensor(np.asarray(lengths))
         return self.cls_head(last_token(x, lengths))                     # (B, K)
 
+    def forward_from_hidden(self, hidden: torch.Tensor, lengths, first_block: int) -> torch.Tensor:
+        """forward() from the frozen bottom's output (trunk_bottom(idx, first_block)): hidden (B, T, C),
+        lengths (B,) -> logits (B, K). Twin of npgpt.classifier.forward_from_hidden."""
+        x = self.trunk_top(hidden, first_block)                          # (B, T, C)
+        if not isinstance(lengths, torch.Tensor):
+            lengths = torch.as_tensor(np.asarray(lengths))
+        return self.cls_head(last_token(x, lengths))                     # (B, K)
+
 
 class GPTClassifier(ClassifierHead, GPTModel):
     """GPT-2 as a classifier: GPTModel with `out_head` removed and `cls_head` added (see ClassifierHead)."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from gptcore.tasks.classification import check_classifier_params
+from gptcore.tasks.classification import check_classifier_params, frozen_block_count
 from gptcore.lora import split_lora
 from torchgpt.classifier import build_classifier, class_weighted_cross_entropy, set_trainable
 from torchgpt.lora import attach_lora
@@ -36,6 +36,7 @@ class TorchClassifierBackend:
         self.model = model.to(self.device)
         self.model.check_id_range = False   # the data pipeline makes the ids; skip the per-batch host sync
         self.optimizer = None
+        self.frozen_blocks = 0      # set by prepare_training: bottom blocks that never change while training
 
     def prepare_training(self, trainable_names, settings, class_weights=None):
         self.settings = settings
@@ -44,11 +45,15 @@ class TorchClassifierBackend:
             np.asarray(class_weights), dtype=torch.float32, device=self.device)
         self.optimizer = make_adamw(self.model, lr=settings.lr, weight_decay=settings.weight_decay)
         torch.manual_seed(settings.seed)   # dropout masks
+        self.frozen_blocks = frozen_block_count(self.config, trainable_names)
 
     def train_step(self, ids, lengths, labels) -> float:
         self.model.train()
         ids, lengths, labels = to_device((ids, lengths, labels), self.device)
-        loss = class_weighted_cross_entropy(self.model(ids, lengths), labels, self.class_weights)
+        return self.update(class_weighted_cross_entropy(self.model(ids, lengths), labels, self.class_weights))
+
+    def update(self, loss: torch.Tensor) -> float:
+        """Backward of `loss`, optional clipping, one AdamW step; returns the loss as a float."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.settings.grad_clip is not None:
@@ -61,6 +66,27 @@ class TorchClassifierBackend:
         self.model.eval()
         ids, lengths = to_device((ids, lengths), self.device)
         return self.model(ids, lengths).float().cpu().numpy()
+
+    # the frozen bottom computed once per message (gptcore.engine.classification.ClassifierFeed)
+
+    @torch.no_grad()
+    def frozen_hidden(self, ids, lengths) -> np.ndarray:
+        """ids (B, T) -> (B, T, C) NumPy: the output of the frozen blocks 0..frozen_blocks-1."""
+        self.model.eval()
+        ids = to_device(ids, self.device)
+        return self.model.trunk_bottom(ids, self.frozen_blocks).cpu().numpy()
+
+    def train_step_from_hidden(self, hidden, lengths, labels) -> float:
+        self.model.train()
+        hidden, lengths, labels = to_device((torch.from_numpy(hidden), lengths, labels), self.device)
+        logits = self.model.forward_from_hidden(hidden, lengths, self.frozen_blocks)
+        return self.update(class_weighted_cross_entropy(logits, labels, self.class_weights))
+
+    @torch.no_grad()
+    def logits_from_hidden(self, hidden, lengths) -> np.ndarray:
+        self.model.eval()
+        hidden, lengths = to_device((torch.from_numpy(hidden), lengths), self.device)
+        return self.model.forward_from_hidden(hidden, lengths, self.frozen_blocks).float().cpu().numpy()
 
     def numpy_params(self) -> dict:
         return to_numpy_params(self.model)

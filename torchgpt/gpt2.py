@@ -70,3 +70,19 @@ class GPTModel(nn.Module):
         if kv_cache is not None:
             kv_cache.commit()
         return self.final_norm(x)
+
+    def trunk_bottom(self, idx, n_blocks: int) -> torch.Tensor:
+        """The bottom of the trunk: embeddings (+ dropout) and blocks 0..n_blocks-1. idx (B, T) -> (B, T, C), the
+        input of block n_blocks. Twin of npgpt.model.trunk_bottom_infer (run it under no_grad, in eval mode)."""
+        idx = check_token_ids(idx, self.config, check_range=self.check_id_range).to(self.tok_emb.weight.device)
+        x = self.drop_emb(self.tok_emb(idx) + self.pos_emb(token_positions(idx)))    # (B, T, C)
+        for block in self.blocks[:n_blocks]:
+            x = block(x)
+        return x
+
+    def trunk_top(self, x: torch.Tensor, first_block: int) -> torch.Tensor:
+        """The rest of the trunk: x (B, T, C), trunk_bottom's output -> final-normed hidden states (B, T, C).
+        Twin of npgpt.model.trunk_top_forward."""
+        for block in self.blocks[first_block:]:
+            x = block(x)
+        return self.final_norm(x)

@@ -82,3 +82,27 @@ class LlamaModel(nn.Module):
         if kv_cache is not None:
             kv_cache.commit()
         return self.final_norm(x)
+
+    def rope_for(self, x: torch.Tensor):
+        """RoPE's cos, sin at positions 0..T-1 of hidden states x (B, T, C)."""
+        positions = torch.arange(x.shape[1], device=x.device)
+        return rope_tables(positions, self.config.head_dim, self.config.rope_theta, x.dtype,
+                           scaling=self.config.rope_scaling)
+
+    def trunk_bottom(self, idx, n_blocks: int) -> torch.Tensor:
+        """The bottom of the trunk: the token embedding and blocks 0..n_blocks-1. idx (B, T) -> (B, T, C), the
+        input of block n_blocks. Twin of npgpt.model.trunk_bottom_infer (run it under no_grad)."""
+        idx = check_token_ids(idx, self.config, check_range=self.check_id_range).to(self.tok_emb.weight.device)
+        x = self.tok_emb(idx)                                            # (B, T, C)
+        cos, sin = self.rope_for(x)
+        for block in self.blocks[:n_blocks]:
+            x = block(x, cos, sin)
+        return x
+
+    def trunk_top(self, x: torch.Tensor, first_block: int) -> torch.Tensor:
+        """The rest of the trunk: x (B, T, C), trunk_bottom's output -> final-normed hidden states (B, T, C).
+        Twin of npgpt.model.trunk_top_forward."""
+        cos, sin = self.rope_for(x)
+        for block in self.blocks[first_block:]:
+            x = block(x, cos, sin)
+        return self.final_norm(x)

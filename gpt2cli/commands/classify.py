@@ -72,7 +72,8 @@ def run(args) -> int:
 def _run(args) -> int:
     from gptcore.tasks.classification_data import pad_token_ids
     from gptcore.tasks.classification import softmax_probabilities
-    from gptcore.tokenizer import get_tokenizer
+    from gptcore.tasks.classification_tokenizer import tokenizer_of_classifier
+    from gptcore.formats.weights import resolve_weights_path
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be a positive integer, got {args.batch_size}")
@@ -80,9 +81,10 @@ def _run(args) -> int:
     messages, from_stdin = read_messages(args)
     labels = metadata["labels"]
     backend, _ = classifier_backend(args.backend, params, config, len(labels), args.device)
-    tokenizer = get_tokenizer()
+    text = tokenizer_of_classifier(resolve_weights_path(args.checkpoint), metadata)   # the one it was trained with
+    tokenizer = text.tokenizer
     max_length = int(metadata.get("max_length", config.context_length))
-    pad_token_id = int(metadata.get("pad_token_id", 50256))
+    pad_token_id = text.pad_token_id
     for start in range(0, len(messages), args.batch_size):
         chunk = messages[start:start + args.batch_size]
         token_lists = [tokenizer.encode(message) for message in chunk]

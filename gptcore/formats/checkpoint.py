@@ -206,13 +206,20 @@ def _replace_dir_atomically(build, target: Path) -> Path:
 
 
 def save_checkpoint(path: str | os.PathLike, params: dict[str, np.ndarray], config: GPTConfig, *,
-                    training_state: dict | None = None, metadata: dict | None = None) -> Path:
+                    training_state: dict | None = None, metadata: dict | None = None,
+                    extra_json: dict[str, object] | None = None) -> Path:
     """Write params (+ training state) as a checkpoint folder at `path`, atomically; returns the path.
 
     params: canonical name -> array (any float dtype is kept as is); a tied array is stored once.
     training_state: nested dict of JSON values and arrays (see the module docstring), or None.
     metadata: JSON-able information for people (run name, data, git commit, ...).
+    extra_json: file name -> JSON value, more files in the folder, written with the rest (a classifier's
+    tokenizer: gptcore/tasks/classification_tokenizer.py).
     """
+    reserved = {CONFIG_FILE, MODEL_FILE, STATE_JSON_FILE, STATE_TENSORS_FILE}
+    for name in extra_json or {}:
+        if name in reserved or Path(name).name != name:
+            raise CheckpointError(f"extra file name {name!r} must be a plain file name other than {sorted(reserved)}")
     path = Path(path)
     aliases = _aliases(params)
     stored = {name: value for name, value in unique_arrays(params)}
@@ -232,6 +239,8 @@ def save_checkpoint(path: str | os.PathLike, params: dict[str, np.ndarray], conf
         if training_state is not None:
             write_safetensors(folder / STATE_TENSORS_FILE, state_arrays)
             atomic_write_json(folder / STATE_JSON_FILE, {"format": CHECKPOINT_FORMAT, "state": state_tree})
+        for name, value in (extra_json or {}).items():
+            atomic_write_json(folder / name, value, indent=None)   # large lists (a vocabulary): one line
 
     return _replace_dir_atomically(build, path)
 

@@ -209,7 +209,18 @@ def load_gguf_tokenizer(path: str | os.PathLike, reader=None) -> GPT2Tokenizer:
     chat model). A SentencePiece model ("llama") or a pre-tokenizer not in gptcore.tokenizer.PRE_TOKENIZERS is
     refused by name."""
     reader = reader if reader is not None else open_gguf(path)
-    metadata = read_gguf_metadata(reader)
+    return tokenizer_from_metadata(read_gguf_metadata(reader), path)
+
+
+def tokenizer_metadata(metadata: dict) -> dict:
+    """The tokenizer's part of a GGUF file's metadata (the tokenizer.ggml.* keys), JSON-able: what
+    tokenizer_from_metadata needs to rebuild the tokenizer without the file (a classifier's run keeps it)."""
+    return {key: value for key, value in metadata.items() if key.startswith("tokenizer.ggml.")}
+
+
+def tokenizer_from_metadata(metadata: dict, path) -> GPT2Tokenizer:
+    """load_gguf_tokenizer's work on metadata already read (the file's, or tokenizer_metadata's saved copy);
+    `path` names the source in errors."""
     kind = metadata.get("tokenizer.ggml.model")
     if kind is None:
         raise WeightsError(f"{path}: the file carries no tokenizer (tokenizer.ggml.model is missing)")

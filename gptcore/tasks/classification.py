@@ -70,6 +70,18 @@ def first_trained_block(config: GPTConfig, trainable_names) -> int | None:
     return config.n_layers if any(n.startswith("final_norm.") for n in names) else None
 
 
+def frozen_block_count(config: GPTConfig, trainable_names) -> int:
+    """How many blocks at the bottom of the trunk stay exactly the same during training, so that their output
+    can be computed once per message and reused every epoch: the blocks below the lowest trained one (all of
+    them when only the final norm and the head train). 0 when nothing can be cached: an embedding or the
+    first block trains (LoRA on every block too), or dropout is on (the bottom's output would change at each
+    pass; GPT-2's embedding dropout sits there)."""
+    if config.drop_rate > 0:
+        return 0
+    lowest = first_trained_block(config, trainable_names)
+    return config.n_layers if lowest is None else lowest
+
+
 def balanced_class_weights(labels, num_classes: int) -> np.ndarray:
     """w_c = N / (K * n_c): every class weighs as much in the loss as the others (float64, (K,)).
 

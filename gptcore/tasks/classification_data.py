@@ -185,8 +185,16 @@ def encode_messages(frame, tokenizer, *, max_length: int | None = None, length_c
 
 
 def classification_batches(data: EncodedMessages, batch_size: int, *, shuffle: bool = False, seed: int = 0,
-                           epoch: int = 0, drop_last: bool = False):
-    """Yield (ids (B, T_b), lengths (B,), labels (B,)) in gptcore.data.epoch_order; T_b = the batch's longest."""
+                           epoch: int = 0, drop_last: bool = False, inputs=None):
+    """Yield (ids (B, T_b), lengths (B,), labels (B,)) in gptcore.data.epoch_order; T_b = the batch's longest.
+
+    inputs: an (N, T, ...) array to cut the batches from instead of data.ids, row for row (the frozen
+    blocks' cached output (N, T, C): gptcore.engine.classification); then the batches are (inputs[rows, :T_b],
+    lengths, labels).
+    """
+    inputs = data.ids if inputs is None else inputs
+    if len(inputs) != len(data):
+        raise ValueError(f"inputs has {len(inputs)} rows for {len(data)} messages")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if drop_last and len(data) < batch_size:
@@ -198,7 +206,7 @@ def classification_batches(data: EncodedMessages, batch_size: int, *, shuffle: b
         if drop_last and len(rows) < batch_size:
             return
         lengths = data.lengths[rows]
-        yield data.ids[rows, :int(lengths.max())], lengths, data.labels[rows]
+        yield inputs[rows, :int(lengths.max())], lengths, data.labels[rows]
 
 
 def num_batches(data: EncodedMessages, batch_size: int, drop_last: bool = False) -> int:

@@ -22,6 +22,9 @@ from gpt2cli.options import (add_backend_and_device_options, add_data_file_optio
                              classifier_backend, limited_threads, one_line_warnings)
 
 DEFAULT_PRESET = "gpt2-small"
+# Training defaults by architecture: GPT-2 keeps the book's; Llama's were measured on SmolLM2-135M-Instruct
+# (docs/classification.md).
+DEFAULTS = {"gpt2": {"epochs": 5, "lr": 5e-5}, "llama": {"epochs": 5, "lr": 1e-4}}
 ACCURACY_KEYS = ("train_accuracy", "val_accuracy", "test_accuracy")
 
 
@@ -36,7 +39,9 @@ def register(actions):
     model = parser.add_argument_group("model")
     model.add_argument("--init-from", metavar="PATH", default=None,
                        help="start from these weights: an OpenAI GPT-2 folder, a Hugging Face folder or "
-                            ".safetensors file, or one of our checkpoints / run folders (default: from scratch)")
+                            ".safetensors file, a Llama GGUF file or its manifest name (smollm2-135m-instruct: "
+                            "messages are read with the file's own tokenizer), or one of our checkpoints / run "
+                            "folders (default: from scratch)")
     model.add_argument("--model", metavar="PRESET", default=None,
                        help=f"model size trained from scratch when there is no --init-from (default "
                             f"{DEFAULT_PRESET}; tiny, gpt2-small, ... or 124M, ...)")
@@ -70,9 +75,13 @@ def register(actions):
                            "(default %(default)s)")
 
     train = parser.add_argument_group("training")
-    train.add_argument("--epochs", type=int, default=5, help="passes over the training split (default %(default)s)")
+    train.add_argument("--epochs", type=int, default=None,
+                       help=f"passes over the training split (default {DEFAULTS['gpt2']['epochs']}; "
+                            f"{DEFAULTS['llama']['epochs']} for Llama models)")
     train.add_argument("--batch-size", type=int, default=8, help="messages per step (default %(default)s)")
-    train.add_argument("--lr", type=float, default=5e-5, help="AdamW learning rate (default 5e-5)")
+    train.add_argument("--lr", type=float, default=None,
+                       help=f"AdamW learning rate (default {DEFAULTS['gpt2']['lr']:g}; {DEFAULTS['llama']['lr']:g} "
+                            f"for Llama models)")
     train.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (default %(default)s)")
     train.add_argument("--grad-clip", type=float, default=None, metavar="NORM",
                        help="clip the global gradient norm (default: no clipping, as the book)")
@@ -87,6 +96,10 @@ def register(actions):
                      help="run folder for the checkpoint, plots and metrics.json (default runs/classify)")
     add_threads_option(run)
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--no-frozen-cache", action="store_true",
+                     help="run the whole model every step; by default, when only the last blocks (and final "
+                          "norm, head) train and dropout is 0, the frozen blocks' output is computed once per "
+                          "message and reused every epoch (the same results, an epoch costs the trained part)")
     parser.set_defaults(func=run_finetune)
 
 
@@ -132,21 +145,21 @@ def run_finetune(args) -> int:
 
 
 def _run(args) -> int:
-    from gptcore.engine.classification import ClassifierSettings, train_classifier
+    from gptcore.engine.classification import train_classifier
     from gptcore.formats.checkpoint import save_checkpoint
     from gptcore.tasks.classification import balanced_class_weights
-    from gptcore.tasks.classification_data import PAD_TOKEN_ID, SMS_LABELS
+    from gptcore.tasks.classification_data import SMS_LABELS
+    from gptcore.tasks.classification_tokenizer import tokenizer_for_weights
     from gptcore.fileio import atomic_write_json
     from gptcore.formats.runs import FINAL_MODEL_DIR, RunLog
 
-    settings = ClassifierSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                                  weight_decay=args.weight_decay, eval_interval=args.eval_interval,
-                                  eval_batches=args.eval_batches, grad_clip=args.grad_clip, seed=args.seed)
     out = Path(args.out)
     data_file, frames = load_splits(args)
-    config, params, source = build_classifier(args, num_classes=len(SMS_LABELS))
+    text = tokenizer_for_weights(args.init_from)
+    config, params, source = build_classifier(args, num_classes=len(SMS_LABELS), text=text)
+    settings = classifier_settings(args, config)
     params, trainable_names, lora_config, what_trains = choose_trainable(args, config, params)
-    train, val, test = encode_splits(frames, args.max_length, config.context_length)
+    train, val, test = encode_splits(frames, args.max_length, config.context_length, text)
     class_weights = balanced_class_weights(train.labels, len(SMS_LABELS)) if args.no_balance else None
 
     backend, device = classifier_backend(args.backend, params, config, len(SMS_LABELS), args.device)
@@ -159,22 +172,27 @@ def _run(args) -> int:
           f"backend on {device}")
     print(f"data: {len(train)} train / {len(val)} validation / {len(test)} test messages"
           f"{' (balanced)' if not args.no_balance else ' (all, class-weighted loss)'}, padded to "
-          f"{train.max_length} tokens")
+          f"{train.max_length} tokens with {text.source}")
 
     run_log = RunLog(out, extra_columns=("examples_seen", *ACCURACY_KEYS), ylabel="loss")
     run_log.continue_from(0)   # a fresh run: drop the records an earlier run left in this folder
     run_log.write_config({"task": "classification", "init": source, "backend": args.backend, "device": device,
                           "model": config.to_dict(), "settings": settings.to_dict(),
                           "data": {"file": str(data_file), "balanced": not args.no_balance,
-                                   "max_length": train.max_length},
+                                   "max_length": train.max_length, "tokenizer": text.source},
                           "arguments": arguments(args), "command": sys.argv[1:]})
     started = time.perf_counter()
     history = train_classifier(backend, train, val, test, settings, class_weights=class_weights,
-                               progress=not args.quiet, on_log=run_log.log)
+                               progress=not args.quiet, on_log=run_log.log, cache_frozen=not args.no_frozen_cache)
     train_seconds = time.perf_counter() - started
+    if history["frozen_blocks"]:
+        print(f"frozen blocks 0-{history['frozen_blocks'] - 1} ran once per message ({history['cache_seconds']:.1f} s); "
+              f"the epochs ran the rest")
 
     metrics = final_metrics(history, (train, val, test), class_weights, args)
     metrics.update(init=source, **counts, device=device, train_seconds=round(train_seconds, 2),
+                   frozen_blocks_cached=history["frozen_blocks"], frozen_cache_seconds=history["cache_seconds"],
+                   epoch_seconds=[entry["seconds"] for entry in history["epochs"]], tokenizer=text.source,
                    settings=settings.to_dict(), model_config=config.to_dict(), arguments=arguments(args),
                    history=history, lora=None if lora_config is None else lora_config.to_dict())
     trained_params = backend.numpy_params()
@@ -188,9 +206,9 @@ def _run(args) -> int:
         trained_params = merge_lora(trained_params)
     checkpoint = save_checkpoint(out / FINAL_MODEL_DIR, trained_params, config, metadata={
         "task": "classification", "labels": list(SMS_LABELS), "num_classes": len(SMS_LABELS),
-        "max_length": train.max_length, "pad_token_id": PAD_TOKEN_ID, "tokenizer": "gpt2",
+        "max_length": train.max_length, **text.metadata(),
         "init": source, "trainable": args.trainable, "test_accuracy": metrics["test_accuracy"],
-        "lora": None if lora_config is None else lora_config.to_dict()})
+        "lora": None if lora_config is None else lora_config.to_dict()}, extra_json=text.files())
     run_log.plot()
     plot_accuracy(out / "accuracy.png", history["epochs"])
     atomic_write_json(out / "metrics.json", metrics)
@@ -217,18 +235,31 @@ def load_splits(args):
     return data_file, frames
 
 
-def build_classifier(args, num_classes: int):
-    """(classifier config, params, description of the start): the initial LM with its head replaced."""
-    from gptcore.tasks.classification_data import PAD_TOKEN_ID
+def classifier_settings(args, config):
+    """ClassifierSettings from the flags; --epochs and --lr default by architecture (DEFAULTS)."""
+    from gptcore.engine.classification import ClassifierSettings
+
+    defaults = DEFAULTS.get(config.arch, DEFAULTS["gpt2"])
+    args.epochs = defaults["epochs"] if args.epochs is None else args.epochs
+    args.lr = defaults["lr"] if args.lr is None else args.lr
+    return ClassifierSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                              weight_decay=args.weight_decay, eval_interval=args.eval_interval,
+                              eval_batches=args.eval_batches, grad_clip=args.grad_clip, seed=args.seed)
+
+
+def build_classifier(args, num_classes: int, text):
+    """(classifier config, params, description of the start): the initial LM with its head replaced.
+    text: the ClassifierText the messages are read with (its vocabulary must fit the model's)."""
     from npgpt.classifier import classifier_from_lm_params
 
     if not 0.0 <= args.drop_rate < 1.0:
         raise ValueError(f"--drop-rate must be in [0, 1), got {args.drop_rate}")
     lm_config, lm_params, source = load_initial_model(args)
-    if lm_config.vocab_size <= PAD_TOKEN_ID:
+    n_vocab = max(text.tokenizer.n_vocab, text.pad_token_id + 1)
+    if lm_config.vocab_size < n_vocab:
         raise ValueError(f"the model's vocabulary has {lm_config.vocab_size} tokens, but messages are encoded with "
-                         f"the GPT-2 tokenizer (50257 tokens, padding id {PAD_TOKEN_ID}); use a model with "
-                         f"vocab_size 50257")
+                         f"{text.source} ({n_vocab} tokens, padding id {text.pad_token_id}); use a model with "
+                         f"vocab_size >= {n_vocab}, or --init-from weights that carry their tokenizer (a GGUF)")
     lm_config = lm_config.replace(drop_rate=args.drop_rate)
     config, params = classifier_from_lm_params(lm_params, lm_config, num_classes, seed=args.seed)
     return config, params, source
@@ -255,17 +286,16 @@ def choose_trainable(args, config, params):
     return params, list(trainable_params(params)), lora_config, what
 
 
-def encode_splits(frames, max_length, context_length):
-    """GPT-2 token ids of the three splits, padded to --max-length, else to the longest training message (at
-    most the context length); validation and test to the same length as training."""
+def encode_splits(frames, max_length, context_length, text):
+    """Token ids of the three splits (text: the model's ClassifierText), padded to --max-length, else to the
+    longest training message (at most the context length); validation and test to the same length as training."""
     from gptcore.tasks.classification_data import encode_messages
-    from gptcore.tokenizer import get_tokenizer
 
-    tokenizer = get_tokenizer()
     train_frame, val_frame, test_frame = frames
-    train = encode_messages(train_frame, tokenizer, max_length=max_length, length_cap=context_length,
-                            what="training messages")
-    val, test = (encode_messages(part, tokenizer, max_length=train.max_length, what=f"{split} messages")
+    train = encode_messages(train_frame, text.tokenizer, max_length=max_length, length_cap=context_length,
+                            pad_token_id=text.pad_token_id, what="training messages")
+    val, test = (encode_messages(part, text.tokenizer, max_length=train.max_length, pad_token_id=text.pad_token_id,
+                                 what=f"{split} messages")
                  for split, part in (("validation", val_frame), ("test", test_frame)))
     return train, val, test
 
