@@ -11,8 +11,8 @@ Greedy by default (temperature 0). The same --seed gives the same tokens with ei
 printed as soon as it is complete: byte-level tokens can end in the middle of a UTF-8 character, whose bytes
 are held back until the character is whole.
 
-The tokenizer comes with the weights when they carry one (a GGUF file: its own BPE and chat template), else
-it is GPT-2's. --chat MESSAGE sends MESSAGE as one user turn: the weights' chat template renders it with the
+The tokenizer comes with the weights when they carry one (a GGUF file: its own BPE and chat template; a
+Hugging Face folder: its tokenizer.json and tokenizer_config.json), else it is GPT-2's. --chat MESSAGE sends MESSAGE as one user turn: the weights' chat template renders it with the
 assistant's opening (gptcore.tasks.chat), decoding stops at the end of the turn (<|im_end|>) or the end of the
 text, and only the answer is printed, without special tokens.
 """
@@ -125,20 +125,18 @@ def stop_ids_of(tokenizer) -> frozenset:
 
 
 def load_model_text(args) -> ModelText:
-    """The tokenizer the weights carry (a GGUF file's own BPE and chat template), else GPT-2's (no template)."""
+    """The tokenizer the weights carry (a GGUF file's own BPE and chat template, a Hugging Face folder's
+    tokenizer.json and tokenizer_config.json), else GPT-2's (no template)."""
     from gptcore.engine.decoding import EOT_ID
     from gptcore.tokenizer import get_tokenizer
 
     path = args.weights or args.checkpoint
     if path:
-        from gptcore.formats.gguf import chat_template, load_gguf_tokenizer, open_gguf
-        from gptcore.formats.weights import detect_format, resolve_weights_path
-        resolved = resolve_weights_path(path)
-        if detect_format(resolved) == "gguf":
-            reader = open_gguf(resolved)
-            tokenizer = load_gguf_tokenizer(resolved, reader)
-            return ModelText(tokenizer, stop_ids_of(tokenizer), chat_template(resolved, reader),
-                             f"the tokenizer of {resolved.name}")
+        from gptcore.formats.weights import load_weights_tokenizer
+        found = load_weights_tokenizer(path)
+        if found.carried:
+            tokenizer = found.tokenizer
+            return ModelText(tokenizer, stop_ids_of(tokenizer), found.chat_template, found.source)
     return ModelText(get_tokenizer(), frozenset({EOT_ID}), None, "GPT-2's tokenizer")
 
 
