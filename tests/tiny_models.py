@@ -95,6 +95,7 @@ def write_tiny_llama_gguf(path, seed=0, context_length=64):
 
 
 def write_tiny_gpt2(path, seed=0):
-    """The `tiny` GPT-2 preset (GPT-2's vocabulary) with random weights, as our checkpoint folder."""
-    config = get_config("tiny", drop_rate=0.0)
+    """The `tiny` GPT-2 preset (GPT-2's vocabulary) with query/key/value biases as released GPT-2 has (so the
+    Hugging Face layout holds it too) and random weights, as our checkpoint folder."""
+    config = get_config("tiny", drop_rate=0.0, qkv_bias=True)
     return save_weights(path, config, random_params(config, seed, scale=0.05))
