@@ -64,13 +64,13 @@ def summed_loss_function(args, config, params):
     if args.backend == "numpy":
         if args.device not in ("auto", "cpu"):
             raise UserError(f"--device {args.device} needs --backend torch (the NumPy backend runs on the CPU)")
-        from npgpt.train import summed_loss
-        return (lambda X, Y: summed_loss(params, config, X, Y)), "cpu"
+        from npgpt.train import summed_loss as numpy_summed_loss
+        return (lambda X, Y: numpy_summed_loss(params, config, X, Y)), "cpu"
     from torchgpt import build_model, load_numpy_params, pick_device
-    from torchgpt.train import summed_loss
+    from torchgpt.train import summed_loss as torch_summed_loss
     device = pick_device(args.device)
     model = load_numpy_params(build_model(config, use_sdpa=True), params).to(device).eval()
-    return (lambda X, Y: summed_loss(model, X, Y)), str(device)
+    return (lambda X, Y: torch_summed_loss(model, X, Y)), str(device)
 
 
 def run(args) -> int:
