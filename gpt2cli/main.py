@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "gpt2cli.commands.data",
     "gpt2cli.commands.finetune",
     "gpt2cli.commands.evaluate",
+    "gpt2cli.commands.evaluate_lm",
     "gpt2cli.commands.generate",
     "gpt2cli.commands.tokenize",
     "gpt2cli.commands.train",

@@ -4,8 +4,8 @@ chat template (`gpt2 generate`, `gpt2 finetune instruct`).
     text = model_text("smollm2-135m-instruct")     # the GGUF's own BPE, stop ids {<|im_end|>, <|endoftext|>}
     text = model_text("runs/verdict")              # GPT-2's tokenizer, stop id 50256, no template
 
-A GGUF file carries its tokenizer and chat template; every other weights format here is read with GPT-2's
-tokenizer (a Llama in another format has no tokenizer this project reads: callers check the vocabulary).
+A GGUF file carries its tokenizer and chat template, a Hugging Face folder its tokenizer.json and
+tokenizer_config.json; every other weights format here is read with GPT-2's tokenizer.
 """
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ import os
 from dataclasses import dataclass
 
 from gptcore.engine.decoding import EOT_ID
-from gptcore.formats.gguf import chat_template, load_gguf_tokenizer, open_gguf
-from gptcore.formats.weights import detect_format, resolve_weights_path
+from gptcore.formats.weights import load_weights_tokenizer
 from gptcore.tokenizer import get_tokenizer
 
 # Special tokens that end an assistant's turn in the chat formats of the models people have (ChatML:
@@ -41,13 +40,11 @@ def stop_ids_of(tokenizer) -> frozenset:
 
 
 def model_text(path: str | os.PathLike | None) -> ModelText:
-    """The tokenizer the weights at `path` carry (a GGUF file's own BPE and chat template), else GPT-2's (no
-    template); None (random weights of a preset) is GPT-2's too."""
+    """The tokenizer the weights at `path` carry (gptcore.formats.weights.load_weights_tokenizer: a GGUF file's
+    own BPE and chat template, a Hugging Face folder's tokenizer.json and tokenizer_config.json), else GPT-2's
+    (no template); None (random weights of a preset) is GPT-2's too."""
     if path:
-        resolved = resolve_weights_path(path)
-        if detect_format(resolved) == "gguf":
-            reader = open_gguf(resolved)
-            tokenizer = load_gguf_tokenizer(resolved, reader)
-            return ModelText(tokenizer, stop_ids_of(tokenizer), chat_template(resolved, reader),
-                             f"the tokenizer of {resolved.name}")
+        found = load_weights_tokenizer(path)
+        if found.carried:
+            return ModelText(found.tokenizer, stop_ids_of(found.tokenizer), found.chat_template, found.source)
     return ModelText(get_tokenizer(), frozenset({EOT_ID}), None, "GPT-2's tokenizer")

@@ -269,7 +269,8 @@ class GPT2Tokenizer:
     encoder:        token string (in the bytes-to-unicode alphabet) -> id, from encoder.json
     merges:         the merge rules of vocab.bpe, in order; merges[r] = (left, right) has rank r
     special_tokens: special token -> id; GPT-2 has one, ``<|endoftext|>`` = 50256
-    pre_tokenizer:  text -> words (default GPT-2's pattern; see PRE_TOKENIZERS)
+    pre_tokenizer:  text -> words (default GPT-2's pattern; see PRE_TOKENIZERS); a name of PRE_TOKENIZERS
+                    ("gpt2", "smollm") or a function
     eot_id:         the id that ends a text (default: the id of <|endoftext|>)
     whole_word_shortcut: a word that is itself a vocabulary entry becomes that entry without running the
                     merges (tiktoken's rule, so GPT-2's ids match it); other tokenizers (Hugging Face's)
@@ -280,7 +281,7 @@ class GPT2Tokenizer:
 
     def __init__(self, encoder: dict[str, int], merges: Sequence[tuple[str, str]],
                  special_tokens: dict[str, int] | None = None,
-                 pre_tokenizer: Callable[[str], list[str]] | None = None, *,
+                 pre_tokenizer: str | Callable[[str], list[str]] | None = None, *,
                  eot_id: int | None = None, whole_word_shortcut: bool = True):
         if special_tokens is None:
             special_tokens = {ENDOFTEXT: encoder.get(ENDOFTEXT, GPT2_EOT_ID)}
@@ -293,7 +294,14 @@ class GPT2Tokenizer:
 
         self.byte_encoder = bytes_to_unicode()
         self.byte_decoder = {ch: b for b, ch in self.byte_encoder.items()}
-        self.pre_tokenizer = pre_tokenizer if pre_tokenizer is not None else gpt2_pre_tokenizer()
+        if pre_tokenizer is None:
+            pre_tokenizer = "gpt2"
+        # The name is kept so the tokenizer can be written out again (gptcore.formats.hf_tokenizer); a function
+        # passed in has none.
+        self.pre_tokenizer_name = pre_tokenizer if isinstance(pre_tokenizer, str) else None
+        if isinstance(pre_tokenizer, str) and pre_tokenizer not in PRE_TOKENIZERS:
+            raise ValueError(f"unknown pre-tokenizer {pre_tokenizer!r}; known: {', '.join(PRE_TOKENIZERS)}")
+        self.pre_tokenizer = PRE_TOKENIZERS[pre_tokenizer]() if isinstance(pre_tokenizer, str) else pre_tokenizer
 
         # id -> bytes, for decoding; special tokens decode to their own UTF-8 text.
         self.id_to_bytes = {i: bytes(self.byte_decoder[ch] for ch in tok)

@@ -44,6 +44,13 @@ def evaluate_loss(params, config, dataset, batch_size, max_batches):
     return total / count if count else math.nan
 
 
+def summed_loss(params, config, X: np.ndarray, Y: np.ndarray) -> float:
+    """The SUM of the next-token cross-entropy over a (B, T) batch (gptcore.engine.lm_evaluation's backend
+    function): the mean over its B*T targets times their count, from the cache-free forward."""
+    logits = model.infer(params, X, config)                                   # (B, T, V)
+    return float(cross_entropy_forward(logits, Y, overwrite_logits=True)[0]) * Y.size
+
+
 def evaluate(params, config, train_dataset, val_dataset, settings: TrainSettings) -> dict:
     """eval_train_loss/perplexity and val_loss/perplexity (when there are validation windows) over the first
     settings.eval_batches GLOBAL batches, so the windows do not depend on how a step is split."""

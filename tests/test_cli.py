@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-SUBCOMMANDS = ["demo", "data", "finetune", "evaluate", "generate", "tokenize", "train", "bench", "classify", "weights",
-               "parity", "notebooks"]
+SUBCOMMANDS = ["demo", "data", "finetune", "evaluate", "evaluate-lm", "generate", "tokenize", "train", "bench",
+               "classify", "weights", "parity", "notebooks"]
 
 
 def gpt2_script() -> str:
@@ -26,8 +26,9 @@ def gpt2_script() -> str:
 
 
 def listed_subcommands(help_text: str) -> list[str]:
-    """The command names of argparse's `COMMAND` section: the first word of each line indented by four."""
-    return re.findall(r"^    (\w+)", help_text, flags=re.MULTILINE)
+    """The command names of argparse's `COMMAND` section: the first word of each line indented by four (words
+    may hold a hyphen: evaluate-lm)."""
+    return re.findall(r"^    ([\w-]+)", help_text, flags=re.MULTILINE)
 
 
 def test_help_lists_every_subcommand():

@@ -199,6 +199,17 @@ def next_token_loss(model, batch) -> torch.Tensor:
     return cross_entropy(model(inputs), targets)
 
 
+@torch.no_grad()
+def summed_loss(model, X: np.ndarray, Y: np.ndarray) -> float:
+    """The SUM of the next-token cross-entropy over a (B, T) batch (twin of npgpt.train.summed_loss), in eval
+    mode on the model's device."""
+    device = next(model.parameters()).device
+    logits = model(torch.as_tensor(X, device=device))                          # (B, T, V)
+    targets = torch.as_tensor(Y, device=device)
+    return float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                   targets.reshape(-1), reduction="sum"))
+
+
 def ordered_batches(dataset, batch_size: int) -> Callable[[], Iterable]:
     """An eval set: the batches of `dataset` in order (no shuffle, last short batch kept)."""
     return lambda: iterate_batches(dataset, batch_size, shuffle=False, drop_last=False)

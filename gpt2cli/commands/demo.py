@@ -5,14 +5,25 @@ initial weights on the same batches of "The Verdict", prints both losses side by
 difference, saves a plot of both curves, and ends by letting each model continue a prompt.
 
     gpt2 demo [--steps 150] [--model tiny] [--seed 0] [--out runs/demo] [--dtype float64|float32]
+    gpt2 demo --init-from smollm2-135m-instruct [--dtype float32]     # a pretrained model, both twins
+
+With --init-from the twins start from pretrained weights (a GGUF file, a Hugging Face folder, OpenAI's GPT-2
+files, one of our checkpoints or runs) instead of a random preset, read the-verdict with the model's own
+tokenizer, and train with the defaults of PRETRAINED_DEFAULTS (short windows, a small batch, a few dozen steps
+at a finetuning learning rate), which finish in a few minutes on 2 cores at 135M parameters.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from gpt2cli.errors import UserError
+from gpt2cli.errors import UserError, user_errors
 
 DEFAULT_PROMPT = "Every effort moves you"
+# Defaults of the options that differ between a random preset and --init-from (a pretrained model).
+PRESET_DEFAULTS = {"steps": 150, "context_length": 64, "batch_size": 8, "lr": 4e-3, "print_every": 10,
+                   "eval_interval": 25}
+PRETRAINED_DEFAULTS = {"steps": 30, "context_length": 32, "batch_size": 2, "lr": 1e-4, "print_every": 5,
+                       "eval_interval": 10}
 FLOAT32_NOTE = ("note: in float32 the two libraries round differently (~1e-7 per operation), and training amplifies "
                 "those differences: AdamW scales every gradient to a step of about lr, even one that is mostly "
                 "rounding noise (the token-embedding rows of words the story never uses), so the curves drift "
@@ -24,20 +35,37 @@ def register(subparsers):
         "demo", help="train a small GPT in NumPy and in torch side by side",
         description="Train the same small GPT in NumPy and in PyTorch from identical weights on the-verdict, "
                     "compare the losses step by step, plot them and generate with both.")
-    parser.add_argument("--steps", type=int, default=150, help="optimizer steps in each backend (default %(default)s)")
+    parser.add_argument("--init-from", metavar="PATH_OR_NAME", default=None,
+                        help="start both twins from pretrained weights instead of a random --model: a GGUF file, a "
+                             "Hugging Face folder, OpenAI's GPT-2 files, one of our checkpoints or runs, or a "
+                             "pretrained model's name (smollm2-135m-instruct); the text is tokenized with the "
+                             "model's own tokenizer")
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"optimizer steps in each backend (default {PRESET_DEFAULTS['steps']}; "
+                             f"{PRETRAINED_DEFAULTS['steps']} with --init-from)")
     parser.add_argument("--model", default="tiny", help="model preset (tiny, gpt2-small, ...; default %(default)s)")
     parser.add_argument("--context-length", type=int, default=None,
-                        help="tokens per training window (default: the preset's, at most 64)")
-    parser.add_argument("--batch-size", type=int, default=8, help="windows per step (default %(default)s)")
-    parser.add_argument("--lr", type=float, default=4e-3, help="AdamW learning rate, constant (default %(default)s)")
+                        help=f"tokens per training window (default: the preset's, at most "
+                             f"{PRESET_DEFAULTS['context_length']}; {PRETRAINED_DEFAULTS['context_length']} with "
+                             f"--init-from)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help=f"windows per step (default {PRESET_DEFAULTS['batch_size']}; "
+                             f"{PRETRAINED_DEFAULTS['batch_size']} with --init-from)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help=f"AdamW learning rate, constant (default {PRESET_DEFAULTS['lr']}; "
+                             f"{PRETRAINED_DEFAULTS['lr']} with --init-from)")
     parser.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="initial weights, batch order and sampling (default %(default)s)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float64",
                         help="float64: the curves agree to ~1e-9 and both models write the same text; float32 "
                              "is twice as fast, and its rounding differences grow over the steps (see the note "
                              "it prints); default %(default)s")
-    parser.add_argument("--print-every", type=int, default=10, help="print a row every N steps (default %(default)s)")
-    parser.add_argument("--eval-interval", type=int, default=25, help="validation loss every N steps (default %(default)s)")
+    parser.add_argument("--print-every", type=int, default=None,
+                        help=f"print a row every N steps (default {PRESET_DEFAULTS['print_every']}; "
+                             f"{PRETRAINED_DEFAULTS['print_every']} with --init-from)")
+    parser.add_argument("--eval-interval", type=int, default=None,
+                        help=f"validation loss every N steps (default {PRESET_DEFAULTS['eval_interval']}; "
+                             f"{PRETRAINED_DEFAULTS['eval_interval']} with --init-from)")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="text both models continue at the end (default %(default)r)")
     parser.add_argument("--max-new-tokens", type=int, default=30, help="tokens each model adds (default %(default)s)")
     parser.add_argument("--out", default="runs/demo", help="folder for the plot and the metrics (default %(default)s)")
@@ -45,19 +73,60 @@ def register(subparsers):
     parser.set_defaults(func=run)
 
 
-def _load_data(config, data_dir):
-    """the-verdict split 90/10 by characters (as the book does), tokenized, cut into windows."""
+def _load_data(tokenizer, window: int, data_dir):
+    """the-verdict split 90/10 by characters (as the book does), tokenized, cut into windows of `window` tokens."""
     from gptcore.data import SlidingWindowDataset, split_train_val
     from gptcore.datasets import fetch
-    from gptcore.tokenizer import get_tokenizer
 
-    tokenizer = get_tokenizer("tiktoken")
     text = fetch("the-verdict", data_dir).read_text(encoding="utf-8")
     train_text, val_text = split_train_val(text, 0.9)
-    T = config.context_length
-    train_set = SlidingWindowDataset(tokenizer.encode(train_text), max_length=T, stride=T)
-    val_set = SlidingWindowDataset(tokenizer.encode(val_text), max_length=T, stride=T)
-    return tokenizer, train_set, val_set
+    train_set = SlidingWindowDataset(tokenizer.encode(train_text), max_length=window, stride=window)
+    val_set = SlidingWindowDataset(tokenizer.encode(val_text), max_length=window, stride=window)
+    return train_set, val_set
+
+
+def fill_defaults(args) -> None:
+    """Options left unset take PRESET_DEFAULTS, or PRETRAINED_DEFAULTS with --init-from."""
+    defaults = PRETRAINED_DEFAULTS if args.init_from else PRESET_DEFAULTS
+    for name, value in defaults.items():
+        if getattr(args, name) is None and name != "context_length":
+            setattr(args, name, value)
+
+
+def with_dtype(params: dict, dtype) -> dict:
+    """The parameters in `dtype` (copies), a tied pair still one array."""
+    copies = {}
+    return {name: copies.setdefault(id(value), value.astype(dtype)) for name, value in params.items()}
+
+
+def starting_model(args, dtype):
+    """(config, params in `dtype`, tokenizer, window length, a description) of --init-from or the --model preset."""
+    from gptcore.config import get_config
+    from gptcore.formats.safetensors import WeightsError
+    from gptcore.formats.weights import load_language_model, load_weights_tokenizer
+    from gptcore.tokenizer import get_tokenizer
+    from npgpt import model as npmodel
+
+    if args.init_from is None:
+        config = get_config(args.model, drop_rate=0.0)
+        window = args.context_length or min(config.context_length, PRESET_DEFAULTS["context_length"])
+        if window > config.context_length:
+            raise UserError(f"--context-length {window} exceeds the {args.model} preset's {config.context_length}")
+        config = config.replace(context_length=window)
+        params = npmodel.init_params(config, seed=args.seed, dtype=dtype)
+        return config, params, get_tokenizer("tiktoken"), window, f"model {args.model}"
+    with user_errors(WeightsError):
+        found = load_weights_tokenizer(args.init_from)
+        config, params = load_language_model(args.init_from)
+    # The position table of a GPT-2 fixes its context length, so the model keeps its own; windows are shorter.
+    window = args.context_length or PRETRAINED_DEFAULTS["context_length"]
+    if window > config.context_length:
+        raise UserError(f"--context-length {window} exceeds the model's context length {config.context_length}")
+    if config.vocab_size < found.tokenizer.n_vocab:
+        raise UserError(f"the model's vocabulary ({config.vocab_size}) is smaller than {found.source}'s "
+                        f"({found.tokenizer.n_vocab}); give weights that carry their tokenizer")
+    return (config.replace(drop_rate=0.0), with_dtype(params, dtype), found.tokenizer, window,
+            f"pretrained {args.init_from} ({config.arch}, {found.source})")
 
 
 def _print_row(entry, width):
@@ -114,37 +183,32 @@ def _continue_prompt(tokenizer, numpy_twin, torch_twin, prompt, max_new_tokens, 
 
 
 def run(args) -> int:
+    import math
     import time
 
     import numpy as np
     import torch
 
     from npgpt import model as npmodel
-    from gptcore.config import get_config
     from gptcore.fileio import atomic_write_json
-    from gptcore.engine.lockstep import LockstepSettings, copy_params, train_side_by_side
+    from gptcore.engine.lockstep import LockstepSettings, train_side_by_side
     from npgpt.train import NumpyTwin
     from torchgpt.train import TorchTwin
 
+    fill_defaults(args)
     if args.steps <= 0 or args.print_every <= 0 or args.max_new_tokens < 0:
         raise UserError("--steps and --print-every must be positive, --max-new-tokens at least 0")
-    config = get_config(args.model, drop_rate=0.0)
-    context_length = args.context_length or min(config.context_length, 64)
-    if context_length > config.context_length:
-        raise UserError(f"--context-length {context_length} exceeds the {args.model} preset's "
-                        f"{config.context_length}")
-    config = config.replace(context_length=context_length)
-    tokenizer, train_set, val_set = _load_data(config, args.data_dir)
     dtype = np.float64 if args.dtype == "float64" else np.float32
-    params = npmodel.init_params(config, seed=args.seed, dtype=dtype)
+    config, params, tokenizer, window, described = starting_model(args, dtype)
+    train_set, val_set = _load_data(tokenizer, window, args.data_dir)
     settings = LockstepSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                                 weight_decay=args.weight_decay, eval_interval=args.eval_interval,
                                 seed=args.seed)
-    print(f"model {args.model}: {npmodel.count_params(params):,} parameters "
-          f"({config.n_layers} layers, {config.n_heads} heads, width {config.emb_dim}, context {context_length}), "
+    print(f"{described}: {npmodel.count_params(params):,} parameters "
+          f"({config.n_layers} layers, {config.n_heads} heads, width {config.emb_dim}, context {window}), "
           f"{args.dtype}")
     print(f"data: the-verdict, {len(train_set)} training and {len(val_set)} validation windows of "
-          f"{context_length} tokens; batch {args.batch_size}, AdamW lr {args.lr}, {args.steps} steps\n")
+          f"{window} tokens; batch {args.batch_size}, AdamW lr {args.lr}, {args.steps} steps\n")
     width = len(str(args.steps))
     print(f"{'step':>{width}}  {'NumPy loss':>11}  {'torch loss':>11}  {'|diff|':>9}  {'NumPy val':>9}  {'torch val':>9}")
 
@@ -154,7 +218,8 @@ def run(args) -> int:
 
     started = time.perf_counter()
     torch_twin = TorchTwin(params, config, settings, dtype=torch.float64 if args.dtype == "float64" else torch.float32)
-    numpy_twin = NumpyTwin(copy_params(params), config, settings)
+    numpy_twin = NumpyTwin(params, config, settings)     # the torch twin holds its own copy: no second one here
+    del params
     history = train_side_by_side(numpy_twin, torch_twin, train_set, val_set, settings, on_step=on_step)
     seconds = time.perf_counter() - started
     numpy_seconds = sum(e["numpy_seconds"] for e in history)
@@ -162,12 +227,17 @@ def run(args) -> int:
     worst = max(history, key=lambda e: e["abs_diff"])
     out = Path(args.out)
     plot = _plot(history, out / "loss.png")
-    summary = {"model": args.model, "config": config.to_dict(), "dtype": args.dtype, "steps": args.steps,
+    ln_vocab = math.log(config.vocab_size)
+    summary = {"model": args.init_from or args.model, "init_from": args.init_from, "config": config.to_dict(),
+               "context_length": window, "dtype": args.dtype, "steps": args.steps, "ln_vocab": ln_vocab,
                "final_numpy_loss": history[-1]["numpy_loss"], "final_torch_loss": history[-1]["torch_loss"],
                "max_abs_diff": worst["abs_diff"], "max_abs_diff_step": worst["step"],
                "numpy_seconds": numpy_seconds, "torch_seconds": torch_seconds, "history": history}
     atomic_write_json(out / "demo.json", summary)
-    print(f"\nlargest |NumPy - torch| loss difference: {worst['abs_diff']:.2e} (step {worst['step']}); "
+    first = history[0]["numpy_loss"]
+    print(f"\nfirst loss {first:.4f} against ln(vocabulary) = {ln_vocab:.4f}, a uniform guess's: "
+          + ("the model starts pretrained" if first < 0.5 * ln_vocab else "the model starts from scratch"))
+    print(f"largest |NumPy - torch| loss difference: {worst['abs_diff']:.2e} (step {worst['step']}); "
           f"training took {seconds:.0f} s (NumPy {numpy_seconds:.0f} s, torch {torch_seconds:.0f} s)")
     if args.dtype == "float32" and worst["abs_diff"] > 1e-4:
         print(FLOAT32_NOTE)

@@ -11,8 +11,9 @@ Greedy by default (temperature 0). The same --seed gives the same tokens with ei
 printed as soon as it is complete: byte-level tokens can end in the middle of a UTF-8 character, whose bytes
 are held back until the character is whole.
 
-The tokenizer comes with the weights when they carry one (a GGUF file: its own BPE and chat template), else
-it is GPT-2's. --chat MESSAGE sends MESSAGE as one user turn: the weights' chat template renders it with the
+The tokenizer comes with the weights when they carry one (a GGUF file: its own BPE and chat template; a
+Hugging Face folder: its tokenizer.json and tokenizer_config.json), else it is GPT-2's. --chat MESSAGE sends
+MESSAGE as one user turn: the weights' chat template renders it with the
 assistant's opening (gptcore.tasks.chat), decoding stops at the end of the turn (<|im_end|>) or the end of the
 text, and only the answer is printed, without special tokens.
 """

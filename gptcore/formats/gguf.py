@@ -243,7 +243,7 @@ def tokenizer_from_metadata(metadata: dict, path) -> GPT2Tokenizer:
                if kind in (CONTROL_TOKEN, USER_DEFINED_TOKEN)}
     encoder = {token: i for i, token in enumerate(tokens)}
     eos = metadata.get("tokenizer.ggml.eos_token_id")
-    return GPT2Tokenizer(encoder, merges, special, PRE_TOKENIZERS[pre](), eot_id=eos, whole_word_shortcut=False)
+    return GPT2Tokenizer(encoder, merges, special, pre, eot_id=eos, whole_word_shortcut=False)
 
 
 def chat_template(path: str | os.PathLike, reader=None) -> str | None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,9 @@ from gptcore.fileio import atomic_write_json
 from gptcore.formats import gpt2_release, llama_release
 from gptcore.formats.checkpoint import (CheckpointError, is_checkpoint, load_checkpoint, read_checkpoint_metadata,
                                        recover_interrupted_save, save_checkpoint)
-from gptcore.formats.gguf import is_gguf, load_gguf
+from gptcore.formats.gguf import chat_template as gguf_chat_template
+from gptcore.formats.gguf import is_gguf, load_gguf, load_gguf_tokenizer, open_gguf
+from gptcore.formats.hf_tokenizer import has_hf_tokenizer, load_hf_chat_template, load_hf_tokenizer
 from gptcore.formats.runs import WeightsSource, corrupt_checkpoint_hint, resolve_weights
 from gptcore.formats.safetensors import SafetensorsFile, WeightsError, _first_line, write_safetensors
 
@@ -107,6 +110,40 @@ def check_language_model(path: str | os.PathLike) -> None:
         raise WeightsError(f"{source.describe()} is a text classifier (labels: {labels}) made by `gpt2 finetune "
                            f"classify`, not a language model; label messages with it through "
                            f"`gpt2 classify --checkpoint {path}`, or give the weights of a language model")
+
+
+@dataclass(frozen=True)
+class WeightsTokenizer:
+    """The tokenizer that goes with some weights, their chat template (None: none), whose it is (messages), and
+    whether the weights carry it (False: GPT-2's, which GPT-2-format weights imply)."""
+    tokenizer: object
+    chat_template: str | None
+    source: str
+    carried: bool = True
+
+
+def load_weights_tokenizer(path: str | os.PathLike) -> WeightsTokenizer:
+    """The tokenizer of the weights at `path` (any path load_weights takes): a GGUF file's own BPE and chat
+    template; a Hugging Face folder's tokenizer.json and tokenizer_config.json; else GPT-2's (tiktoken), the
+    tokenizer of every GPT-2-format model (OpenAI's files, our checkpoints and runs). A Hugging Face Llama folder
+    without a tokenizer.json is a FileNotFoundError: its ids mean nothing in GPT-2's vocabulary."""
+    from gptcore.tokenizer import get_tokenizer
+
+    resolved = resolve_weights_path(path)
+    kind = detect_format(resolved)
+    if kind == "gguf":
+        reader = open_gguf(resolved)
+        return WeightsTokenizer(load_gguf_tokenizer(resolved, reader), gguf_chat_template(resolved, reader),
+                                f"the tokenizer of {resolved.name}")
+    if kind == "huggingface" and has_hf_tokenizer(resolved):
+        folder = resolved if resolved.is_dir() else resolved.parent
+        return WeightsTokenizer(load_hf_tokenizer(folder), load_hf_chat_template(folder),
+                                f"the tokenizer.json of {folder}")
+    if kind == "huggingface" and llama_release.is_hf_llama(resolved):
+        raise FileNotFoundError(f"{resolved} is a Hugging Face Llama folder without a tokenizer.json: copy the "
+                                f"model's tokenizer.json and tokenizer_config.json next to its config.json, or "
+                                f"give the model's GGUF file")
+    return WeightsTokenizer(get_tokenizer("tiktoken"), None, "GPT-2's tokenizer", carried=False)
 
 
 def resolve_weights_path(path: str | os.PathLike) -> Path:
