@@ -14,15 +14,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from gguf import GGUFWriter
 
 import npgpt.classifier as npcls
 from gpt2cli.main import main
 from gptcore.config import GPTConfig, get_config
 from gptcore.engine.classification import ClassifierSettings, train_classifier
 from gptcore.formats.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_metadata, save_checkpoint
-from gptcore.formats.gguf import GGUF_NAMES, load_gguf_tokenizer
-from gptcore.formats.llama_release import expand_names
+from gptcore.formats.gguf import load_gguf_tokenizer
 from gptcore.formats.weights import load_weights
 from gptcore.lora import LoRAConfig, trainable_params
 from gptcore.tasks.classification import frozen_block_count, softmax_probabilities, trainable_param_names
@@ -33,7 +31,8 @@ from npgpt.classifier import classifier_from_lm_params
 from npgpt.classifier_train import NumpyClassifierBackend
 from npgpt.lora import add_lora
 from npgpt.model import init_params
-from tests.test_gguf import llama_cpp_permute, random_params
+from tests.test_gguf import random_params
+from tests.tiny_models import write_llama_gguf
 from torchgpt.classifier_train import TorchClassifierBackend
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -45,45 +44,11 @@ LLAMA = GPTConfig(arch="llama", vocab_size=len(TOKENS), context_length=96, emb_d
                   n_layers=3, ff_dim=48, rope_theta=10000.0, norm_eps=1e-5, drop_rate=0.0, tie_weights=True)
 
 
-def write_llama_gguf(path, config, params):
-    """A llama GGUF as llama.cpp writes it (F32, permuted query/key rows, tied head) with a byte-level BPE
-    tokenizer: `smollm` pre-tokenizer, <|im_end|> as the end-of-text (a chat model's), specials as control."""
-    writer = GGUFWriter(str(path), "llama")
-    writer.add_block_count(config.n_layers)
-    writer.add_context_length(config.context_length)
-    writer.add_embedding_length(config.emb_dim)
-    writer.add_feed_forward_length(config.ff_dim)
-    writer.add_head_count(config.n_heads)
-    writer.add_head_count_kv(config.n_kv_heads)
-    writer.add_rope_freq_base(config.rope_theta)
-    writer.add_layer_norm_rms_eps(config.norm_eps)
-    writer.add_vocab_size(config.vocab_size)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("smollm")
-    writer.add_token_list(TOKENS)
-    writer.add_token_types([3] * len(SPECIALS) + [1] * (len(TOKENS) - len(SPECIALS)))
-    writer.add_token_merges([f"{left} {right}" for left, right in MERGES])
-    writer.add_eos_token_id(2)
-    for canonical, name in expand_names(GGUF_NAMES, config.n_layers).items():
-        if canonical == "out_head.weight":
-            continue
-        value = params[canonical]
-        if canonical.endswith("W_query.weight"):
-            value = llama_cpp_permute(value, config.n_heads)
-        elif canonical.endswith("W_key.weight"):
-            value = llama_cpp_permute(value, config.n_kv_heads)
-        writer.add_tensor(name, np.ascontiguousarray(value, dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
-
-
 @pytest.fixture(scope="module")
 def llama_gguf(tmp_path_factory):
     params = {name: value * np.float32(0.2) for name, value in random_params(LLAMA, seed=5).items()}
-    return write_llama_gguf(tmp_path_factory.mktemp("gguf") / "tiny-llama.gguf", LLAMA, params)
+    return write_llama_gguf(tmp_path_factory.mktemp("gguf") / "tiny-llama.gguf", LLAMA, params, tokens=TOKENS,
+                            merges=MERGES, n_specials=len(SPECIALS), eos_id=2)
 
 
 @pytest.fixture(scope="module")

@@ -10,14 +10,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from gguf import GGUFWriter
 
 import npgpt.model as npmodel
 from gpt2cli.main import main
 from gptcore.config import get_config
 from gptcore.engine.training import TrainingLoop, TrainSettings
-from gptcore.formats.gguf import GGUF_NAMES, load_gguf_tokenizer
-from gptcore.formats.llama_release import expand_names
+from gptcore.formats.gguf import load_gguf_tokenizer
 from gptcore.lora import LoRAConfig, split_lora
 from gptcore.tasks.chat import ChatTemplateError
 from gptcore.tasks.instruct import (IGNORE_INDEX, collate_instructions, contains_answer, exact_answer_share,
@@ -26,7 +24,7 @@ from gptcore.tokenizer import bytes_to_unicode
 from npgpt.instruct import InstructionBackend
 from npgpt.lora import add_lora
 from tests.fake_ollama import ChatReply, FakeOllama
-from tests.test_gguf import llama_cpp_permute
+from tests.tiny_models import write_llama_gguf
 
 # SmolLM2-135M-Instruct's tokenizer.chat_template, copied from the file (ChatML with a default system turn).
 SMOLLM2_TEMPLATE = (
@@ -44,40 +42,11 @@ def byte_id(character: str) -> int:
 
 
 def write_chat_gguf(path, config, params, template=SMOLLM2_TEMPLATE):
-    """A llama GGUF in llama.cpp's layout (permuted query/key rows, F32) with a byte-level BPE tokenizer: the
-    three special tokens, then one token per byte, no merges; eos = <|im_end|> as SmolLM2-Instruct's file."""
-    writer = GGUFWriter(str(path), "llama")
-    writer.add_block_count(config.n_layers)
-    writer.add_context_length(config.context_length)
-    writer.add_embedding_length(config.emb_dim)
-    writer.add_feed_forward_length(config.ff_dim)
-    writer.add_head_count(config.n_heads)
-    writer.add_head_count_kv(config.n_kv_heads)
-    writer.add_rope_freq_base(config.rope_theta)
-    writer.add_layer_norm_rms_eps(config.norm_eps)
-    writer.add_vocab_size(config.vocab_size)
+    """A llama GGUF in llama.cpp's layout with a byte-level BPE tokenizer: the three special tokens, then one
+    token per byte, no merges; eos = <|im_end|> as SmolLM2-Instruct's file; SmolLM2's chat template."""
     byte_chars = bytes_to_unicode()
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("smollm")
-    writer.add_token_list(SPECIALS + [byte_chars[b] for b in range(256)])
-    writer.add_token_types([3] * len(SPECIALS) + [1] * 256)
-    writer.add_eos_token_id(IM_END)
-    if template is not None:
-        writer.add_chat_template(template)
-    for canonical, name in expand_names(GGUF_NAMES, config.n_layers).items():
-        if canonical == "out_head.weight":
-            continue                                                  # tied, as SmolLM2
-        value = params[canonical]
-        if canonical.endswith("W_query.weight"):
-            value = llama_cpp_permute(value, config.n_heads)
-        elif canonical.endswith("W_key.weight"):
-            value = llama_cpp_permute(value, config.n_kv_heads)
-        writer.add_tensor(name, np.ascontiguousarray(value, dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+    return write_llama_gguf(path, config, params, tokens=SPECIALS + [byte_chars[b] for b in range(256)],
+                            n_specials=len(SPECIALS), eos_id=IM_END, chat_template=template)
 
 
 @pytest.fixture(scope="module")

@@ -18,17 +18,11 @@ from gptcore.formats.llama_release import expand_names
 from gptcore.formats.safetensors import WeightsError
 from gptcore.tasks.chat import render_chat, user_turn
 from gptcore.formats.weights import detect_format, load_weights, resolve_weights_path
+from tests.tiny_models import add_llama_header, ggml_tensor, llama_cpp_permute
 
 # A small Llama whose widths fit the 32-value blocks of Q8_0/Q4_0/Q4_1 (rows of C=64 and F=96 inputs).
 CONFIG = GPTConfig(arch="llama", vocab_size=48, context_length=32, emb_dim=64, n_heads=4, n_kv_heads=2,
                    n_layers=2, ff_dim=96, rope_theta=50000.0, norm_eps=1e-6, drop_rate=0.0, tie_weights=True)
-
-
-def llama_cpp_permute(weights: np.ndarray, n_head: int) -> np.ndarray:
-    """convert_hf_to_gguf.py's LlamaModel.permute (llama.cpp), copied as the independent oracle: Hugging Face's
-    rotate-half rows -> GGML's interleaved rows, per head."""
-    return (weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
-            .swapaxes(1, 2).reshape(weights.shape))
 
 
 def random_params(config, seed=0):
@@ -39,25 +33,13 @@ def random_params(config, seed=0):
 def write_gguf(path, config, params, *, qtype=Q.F32, arch="llama", with_head=False, extra=None):
     """A llama GGUF as llama.cpp writes one: metadata keys, permuted q/k rows, matrices in `qtype`, norms F32."""
     writer = GGUFWriter(str(path), arch)
-    writer.add_block_count(config.n_layers)
-    writer.add_context_length(config.context_length)
-    writer.add_embedding_length(config.emb_dim)
-    writer.add_feed_forward_length(config.ff_dim)
-    writer.add_head_count(config.n_heads)
-    writer.add_head_count_kv(config.n_kv_heads)
-    writer.add_rope_freq_base(config.rope_theta)
-    writer.add_layer_norm_rms_eps(config.norm_eps)
-    writer.add_vocab_size(config.vocab_size)
+    add_llama_header(writer, config)
     for key, value in (extra or {}).items():
         writer.add_string(key, value)
     for canonical, name in expand_names(GGUF_NAMES, config.n_layers).items():
         if canonical == "out_head.weight" and not with_head:
             continue
-        value = params[canonical]
-        if canonical.endswith("W_query.weight"):
-            value = llama_cpp_permute(value, config.n_heads)
-        elif canonical.endswith("W_key.weight"):
-            value = llama_cpp_permute(value, config.n_kv_heads)
+        value = ggml_tensor(canonical, params[canonical], config)
         if value.ndim == 1 or qtype == Q.F32:
             writer.add_tensor(name, np.ascontiguousarray(value, dtype=np.float32))
         elif qtype == Q.F16:

@@ -50,18 +50,15 @@ def random_params(config, seed=0, scale=0.2):
     return params
 
 
-def _llama_cpp_permute(weights: np.ndarray, n_head: int) -> np.ndarray:
-    """convert_hf_to_gguf.py's permute: Hugging Face's rotate-half rows -> GGML's interleaved rows, per head."""
+def llama_cpp_permute(weights: np.ndarray, n_head: int) -> np.ndarray:
+    """convert_hf_to_gguf.py's LlamaModel.permute (llama.cpp), copied as the independent oracle: Hugging Face's
+    rotate-half rows -> GGML's interleaved rows, per head."""
     return (weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
             .swapaxes(1, 2).reshape(weights.shape))
 
 
-def write_tiny_llama_gguf(path, seed=0, context_length=64):
-    """A tiny Llama as llama.cpp writes it (F32 tensors, permuted q/k rows, tied head) with its tokenizer
-    (tokenizer.ggml.*: byte-level BPE, pre-tokenizer "smollm", <|im_end|> the end of a turn) and chat template."""
-    config = tiny_llama_config(context_length)
-    params = random_params(config, seed)
-    writer = GGUFWriter(str(path), "llama")
+def add_llama_header(writer: GGUFWriter, config: GPTConfig) -> None:
+    """The llama.* metadata keys llama.cpp writes for a config (block count, widths, heads, RoPE base, eps)."""
     writer.add_block_count(config.n_layers)
     writer.add_context_length(config.context_length)
     writer.add_embedding_length(config.emb_dim)
@@ -71,27 +68,53 @@ def write_tiny_llama_gguf(path, seed=0, context_length=64):
     writer.add_rope_freq_base(config.rope_theta)
     writer.add_layer_norm_rms_eps(config.norm_eps)
     writer.add_vocab_size(config.vocab_size)
+
+
+def ggml_tensor(canonical: str, value: np.ndarray, config: GPTConfig) -> np.ndarray:
+    """A parameter as llama.cpp stores it: the query and key rows permuted per head, everything else as is."""
+    if canonical.endswith("W_query.weight"):
+        return llama_cpp_permute(value, config.n_heads)
+    if canonical.endswith("W_key.weight"):
+        return llama_cpp_permute(value, config.n_kv_heads)
+    return value
+
+
+def write_llama_gguf(path, config: GPTConfig, params: dict, *, tokens: list[str], merges=(), n_specials: int = 3,
+                     eos_id: int = 2, chat_template: str | None = None):
+    """A llama GGUF as llama.cpp writes it (F32 tensors, permuted query/key rows, tied head left out) with a
+    byte-level BPE tokenizer (tokenizer.ggml.*: `tokens` in id order, the first n_specials of them control
+    tokens, `merges` as (left, right) pairs, pre-tokenizer "smollm", eos_id the end of a turn) and an optional
+    chat template."""
+    writer = GGUFWriter(str(path), "llama")
+    add_llama_header(writer, config)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("smollm")
-    writer.add_token_list(tiny_vocabulary())
-    writer.add_token_types([3] * len(SPECIALS) + [1] * (config.vocab_size - len(SPECIALS)))
-    writer.add_token_merges([f"{left} {right}" for left, right in MERGES])
-    writer.add_eos_token_id(SPECIALS.index("<|im_end|>"))
-    writer.add_chat_template(CHAT_TEMPLATE)
+    writer.add_token_list(tokens)
+    writer.add_token_types([3] * n_specials + [1] * (len(tokens) - n_specials))
+    if merges:
+        writer.add_token_merges([f"{left} {right}" for left, right in merges])
+    writer.add_eos_token_id(eos_id)
+    if chat_template is not None:
+        writer.add_chat_template(chat_template)
     for canonical, name in expand_names(GGUF_NAMES, config.n_layers).items():
         if canonical == "out_head.weight":
-            continue
-        value = params[canonical]
-        if canonical.endswith("W_query.weight"):
-            value = _llama_cpp_permute(value, config.n_heads)
-        elif canonical.endswith("W_key.weight"):
-            value = _llama_cpp_permute(value, config.n_kv_heads)
-        writer.add_tensor(name, np.ascontiguousarray(value, dtype=np.float32))
+            continue                                                  # tied, as SmolLM2
+        writer.add_tensor(name, np.ascontiguousarray(ggml_tensor(canonical, params[canonical], config),
+                                                     dtype=np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def write_tiny_llama_gguf(path, seed=0, context_length=64):
+    """A tiny Llama as llama.cpp writes it (F32 tensors, permuted q/k rows, tied head) with its tokenizer
+    (tokenizer.ggml.*: byte-level BPE, pre-tokenizer "smollm", <|im_end|> the end of a turn) and chat template."""
+    config = tiny_llama_config(context_length)
+    return write_llama_gguf(path, config, random_params(config, seed), tokens=tiny_vocabulary(), merges=MERGES,
+                            n_specials=len(SPECIALS), eos_id=SPECIALS.index("<|im_end|>"),
+                            chat_template=CHAT_TEMPLATE)
 
 
 def write_tiny_gpt2(path, seed=0):
