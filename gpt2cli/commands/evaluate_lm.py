@@ -76,6 +76,8 @@ def summed_loss_function(args, config, params):
 def run(args) -> int:
     import time
 
+    from tqdm import tqdm
+
     from gptcore.engine.lm_evaluation import check_evaluation, evaluate_language_model
     from gptcore.formats.safetensors import WeightsError
     from gptcore.formats.weights import load_language_model, load_weights_tokenizer
@@ -100,7 +102,9 @@ def run(args) -> int:
     print(f"text: {text_name}, {len(ids):,} tokens; windows of up to {context} tokens, batch {args.batch_size}, "
           f"{args.backend} backend on {device}", flush=True)
     started = time.perf_counter()
-    result = evaluate_language_model(summed_loss, ids, context, args.batch_size)
+    with tqdm(total=len(ids) - 1, unit="tok", unit_scale=True, desc=f"{args.backend} evaluating",
+              leave=False) as bar:                       # every token after the first is predicted once
+        result = evaluate_language_model(summed_loss, ids, context, args.batch_size, on_batch=bar.update)
     seconds = time.perf_counter() - started
     print(f"loss {result.loss:.6f}  perplexity {result.perplexity:.4f}  ({result.tokens:,} predicted tokens in "
           f"{result.windows} windows, {seconds:.1f} s)")
