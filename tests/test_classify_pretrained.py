@@ -21,6 +21,7 @@ from gptcore.config import GPTConfig, get_config
 from gptcore.engine.classification import ClassifierSettings, train_classifier
 from gptcore.formats.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_metadata, save_checkpoint
 from gptcore.formats.gguf import load_gguf_tokenizer
+from gptcore.formats.llama_release import save_hf_llama
 from gptcore.formats.weights import load_weights
 from gptcore.lora import LoRAConfig, trainable_params
 from gptcore.tasks.classification import frozen_block_count, softmax_probabilities, trainable_param_names
@@ -299,3 +300,12 @@ def test_real_smollm2_classifier_end_to_end(capsys, tmp_path, small_sms_file):
     code, printed, err = run_cli(capsys, "classify", "--checkpoint", str(out), "Free entry! Text WIN to 80086 now")
     assert code == 0, err
     assert printed.split()[0] in ("ham", "spam")
+
+
+def test_a_hugging_face_llama_folder_is_refused_with_the_gguf_as_the_fix(capsys, tmp_path, small_sms_file):
+    """A classifier keeps its tokenizer in the GGUF metadata form: a Hugging Face Llama folder cannot give one."""
+    folder = save_hf_llama(tmp_path / "hf-llama", LLAMA, random_params(LLAMA, seed=6))
+    code, _, err = run_cli(capsys, "finetune", "classify", "--init-from", str(folder), "--data", str(small_sms_file),
+                           "--out", str(tmp_path / "run"), "--quiet")
+    assert code == 2 and "is a Hugging Face Llama folder" in err and "--init-from the model's GGUF file" in err
+    assert not (tmp_path / "run" / "metrics.json").exists()

@@ -77,9 +77,9 @@ def tokenizer_for_weights(path: str | os.PathLike | None) -> ClassifierText:
     if kind == "checkpoint":
         return tokenizer_of_classifier(resolved, read_checkpoint_metadata(resolved))
     if kind == "huggingface" and is_hf_llama(resolved):
-        raise WeightsError(f"{path} is a Hugging Face Llama folder; reading its tokenizer.json is not implemented "
-                           f"here yet: --init-from the model's GGUF file (e.g. smollm2-135m-instruct), which "
-                           f"carries its tokenizer")
+        raise WeightsError(f"{path} is a Hugging Face Llama folder: a classifier keeps its tokenizer in the "
+                           f"GGUF metadata form, which such a folder does not carry; --init-from the model's GGUF "
+                           f"file (e.g. smollm2-135m-instruct) instead")
     return gpt2_text()
 
 
