@@ -25,6 +25,7 @@ from npgpt import model
 from npgpt.generate import stream_generate
 from npgpt.loss import cross_entropy_forward, perplexity
 from npgpt.optim import AdamW, clip_grad_norm
+from npgpt.train import NumpyOptimizerState
 
 
 def mean_loss(params, config, batches) -> float:
@@ -40,7 +41,7 @@ def mean_loss(params, config, batches) -> float:
     return total / count if count else math.nan
 
 
-class InstructionBackend(TrainingBackend):
+class InstructionBackend(NumpyOptimizerState, TrainingBackend):
     """The parameter dict (base, and LoRA adapters when given; trained in place), AdamW over the `trainable`
     names only, the dropout generator and the position in the batch order (epoch, batches used in it).
 
@@ -116,19 +117,6 @@ class InstructionBackend(TrainingBackend):
 
     def load_data_state(self, state: dict) -> None:
         self._epoch, self.position, self._iterator = int(state["epoch"]), int(state["position"]), None
-
-    def rng_state(self) -> dict:
-        return self.dropout_rng.bit_generator.state
-
-    def set_rng_state(self, state: dict) -> None:
-        self.dropout_rng.bit_generator.state = state
-
-    def backend_state(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "rng": {"numpy": self.rng_state()}}
-
-    def load_backend_state(self, training_state: dict) -> None:
-        self.optimizer.load_state_dict(training_state["optimizer"])
-        self.set_rng_state(training_state["rng"]["numpy"])
 
     def write_checkpoint(self, path: Path, training_state: dict) -> Path:
         return save_checkpoint(path, self.params, self.config, training_state=training_state,

@@ -69,7 +69,30 @@ def _accumulate(total, grads):
         g += grads[name]
 
 
-class NumpyBackend(TrainingBackend):
+class NumpyOptimizerState:
+    """What every NumPy training backend saves and restores beside the weights: its AdamW state and its dropout
+    RNG (self.optimizer: npgpt.optim.AdamW, self.dropout_rng: a numpy Generator, self.settings: TrainSettings).
+    A checkpoint without a NumPy RNG (a torch run's) gets a fresh stream that depends on the seed and the step."""
+
+    def rng_state(self) -> dict:
+        return self.dropout_rng.bit_generator.state
+
+    def set_rng_state(self, state: dict) -> None:
+        self.dropout_rng.bit_generator.state = state
+
+    def backend_state(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "rng": {"numpy": self.rng_state()}}
+
+    def load_backend_state(self, training_state: dict) -> None:
+        self.optimizer.load_state_dict(training_state["optimizer"])
+        saved_rng = (training_state.get("rng") or {}).get("numpy")
+        if saved_rng is not None:
+            self.set_rng_state(saved_rng)
+        else:                   # a torch checkpoint: its generators are torch's; a fresh, step-dependent stream
+            self.dropout_rng = np.random.default_rng([self.settings.seed, int(training_state["step"])])
+
+
+class NumpyBackend(NumpyOptimizerState, TrainingBackend):
     """The parameter dict (trained in place), npgpt's AdamW, the dropout generator and the window order."""
 
     name = "numpy"
@@ -135,23 +158,6 @@ class NumpyBackend(TrainingBackend):
 
     def load_data_state(self, state: dict) -> None:
         self.stream.load_state_dict(state)
-
-    def rng_state(self) -> dict:
-        return self.dropout_rng.bit_generator.state
-
-    def set_rng_state(self, state: dict) -> None:
-        self.dropout_rng.bit_generator.state = state
-
-    def backend_state(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "rng": {"numpy": self.rng_state()}}
-
-    def load_backend_state(self, training_state: dict) -> None:
-        self.optimizer.load_state_dict(training_state["optimizer"])
-        saved_rng = (training_state.get("rng") or {}).get("numpy")
-        if saved_rng is not None:
-            self.set_rng_state(saved_rng)
-        else:                   # a torch checkpoint: its generators are torch's; a fresh, step-dependent stream
-            self.dropout_rng = np.random.default_rng([self.settings.seed, int(training_state["step"])])
 
     def write_checkpoint(self, path: Path, training_state: dict) -> Path:
         return save_checkpoint(path, self.params, self.config, training_state=training_state,
