@@ -10,7 +10,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from npgpt.dropout import DropoutCache, dropout_backward, dropout_forward
-from npgpt.linear import LinearLayerCache, linear_layer_backward, linear_layer_forward
+from npgpt.linear import LinearLayerCache, linear_layer_backward, linear_layer_forward, linear_layers_together
 from npgpt.speed.parallel import matmul_stack, parallel_for, rows_per_block
 from npgpt.softmax import SoftmaxCache, softmax_backward, softmax_forward
 
@@ -277,8 +277,8 @@ def multihead_attention_infer(x, p, n_heads, *, kv_cache=None):
     x: (B, T, C) -> out: (B, T, C). Without a KV cache the causal attention skips most of the masked half
     (_causal_attention_infer); with one (decoding) the queries attend over the cached and the new keys.
     """
-    q, k, v = (_split_heads(linear_layer_forward(x, p, name)[0], n_heads)              # (B, H, T, D) each
-               for name in ("W_query", "W_key", "W_value"))
+    q, k, v = (_split_heads(t, n_heads)              # (B, H, T, D) each; one product when stored side by side
+               for t in linear_layers_together(x, p, ("W_query", "W_key", "W_value")))
     if kv_cache is None:
         context = _causal_attention_infer(q, k, v)
     else:

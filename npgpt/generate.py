@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from gptcore.arch import spec_for
 from gptcore.config import GPTConfig
 from gptcore.engine.decoding import (EOT_ID, Decoder, check_sampling_temperature, generate_batch_tokens,
                                      generate_tokens, reads_faster_transposed, stream_tokens, top_k_mask)
-from gptcore.lora import split_lora
+from gptcore.lora import A_SUFFIX, split_lora
 from npgpt.kvcache import KVCache
 from npgpt.linear import linear_layer_forward
 from npgpt.model import block_params, check_params, trunk_infer
@@ -117,6 +118,33 @@ def decoding_layout(params, config: GPTConfig):
         if id(array) not in relaid:
             relaid[id(array)] = np.ascontiguousarray(array.T).T      # (out, in) view of a contiguous (in, out)
         out[name] = relaid[id(array)]
+    for names in shared_input_groups(params, config):
+        out.update(stored_side_by_side({name: params[name] for name in names}))
+    return out
+
+
+def shared_input_groups(params, config: GPTConfig) -> list[tuple[str, ...]]:
+    """The weight names of every block's linear layers that read the same input (the spec's
+    SHARED_INPUT_LAYERS), leaving out a group with a LoRA adapter on any of its layers."""
+    groups = []
+    for i in range(config.n_layers):
+        for layers in spec_for(config).SHARED_INPUT_LAYERS:
+            if not any(f"blocks.{i}.{layer}{A_SUFFIX}" in params for layer in layers):
+                groups.append(tuple(f"blocks.{i}.{layer}.weight" for layer in layers))
+    return groups
+
+
+def stored_side_by_side(weights: dict) -> dict:
+    """name -> the same (out_i, in) values as views of the column blocks of one contiguous
+    (in, out_1 + ... + out_n) array, in the given order (npgpt.linear.side_by_side reads it back)."""
+    first = next(iter(weights.values()))
+    together = np.empty((first.shape[1], sum(w.shape[0] for w in weights.values())), dtype=first.dtype)
+    out, start = {}, 0
+    for name, w in weights.items():
+        block = together[:, start:start + w.shape[0]]                              # (in, out_i) column block
+        block[...] = w.T
+        out[name] = block.T
+        start += w.shape[0]
     return out
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from npgpt.attention import (AttentionCoreCache, QKVCache, _attention_core_backward, _attention_core_forward,
                              _causal_attention_infer, _merge_heads, _project_qkv, _project_qkv_backward,
                              _split_heads)
-from npgpt.linear import LinearLayerCache, linear_layer_backward, linear_layer_forward
+from npgpt.linear import LinearLayerCache, linear_layer_backward, linear_layer_forward, linear_layers_together
 from npgpt.rope import RopeCache, rope_backward, rope_forward
 
 
@@ -77,9 +77,10 @@ def gqa_attention_infer(x, p, n_heads, n_kv_heads, cos, sin, *, kv_cache=None):
     queries attend over the cached and the new keys. No rotation cache, no attention weights kept.
     """
     group = n_heads // n_kv_heads
-    q = _split_heads(linear_layer_forward(x, p, "W_query")[0], n_heads)            # (B, H, T, D)
-    k = _split_heads(linear_layer_forward(x, p, "W_key")[0], n_kv_heads)           # (B, KV, T, D)
-    v = _split_heads(linear_layer_forward(x, p, "W_value")[0], n_kv_heads)
+    q, k, v = linear_layers_together(x, p, ("W_query", "W_key", "W_value"))      # one product if side by side
+    q = _split_heads(q, n_heads)                                                    # (B, H, T, D)
+    k = _split_heads(k, n_kv_heads)                                                 # (B, KV, T, D)
+    v = _split_heads(v, n_kv_heads)
     q, _ = rope_forward(q, cos, sin)
     k, _ = rope_forward(k, cos, sin)
     if kv_cache is None:

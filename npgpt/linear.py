@@ -88,3 +88,44 @@ def linear_layer_backward(dout, cache):
     dx_lora, dA, dB = lora_backward(dout, cache.lora)
     dx += dx_lora
     return dx, {name + A_SUFFIX: dA, name + B_SUFFIX: dB}
+
+
+# --------------------------------------------------------------------------------------------------------
+# Layers that read the same input, stored side by side (npgpt.generate.decoding_layout)
+# --------------------------------------------------------------------------------------------------------
+def side_by_side(weights):
+    """The (in, out_1 + ... + out_n) array whose column blocks are the weights' transposes, when the weights
+    (out_i, in) are stored that way (views of the column blocks of one C-contiguous array, in order), else None."""
+    together = weights[0].base
+    n_in, total = weights[0].shape[1], sum(w.shape[0] for w in weights)
+    if (together is None or together.shape != (n_in, total) or not together.flags.c_contiguous
+            or together.dtype != weights[0].dtype):
+        return None
+    start, itemsize = together.__array_interface__["data"][0], together.itemsize
+    for w in weights:
+        if (w.base is not together or w.strides != (itemsize, total * itemsize)
+                or w.__array_interface__["data"][0] != start):
+            return None
+        start += w.shape[0] * itemsize
+    return together
+
+
+def linear_layers_together(x, p, names):
+    """[linear_layer_forward(x, p, name)[0] for name in names] (inference: no caches), by one product when the
+    layers' weights are stored side by side (decoding_layout): one read of their weights, one larger product
+    instead of several small ones. Layers with a LoRA adapter, or not stored so, are computed one by one.
+    x: (..., in) -> [(..., out_i)], the outputs as column blocks of one array (views, not copies)."""
+    together = None
+    if not any(name + A_SUFFIX in p for name in names):
+        together = side_by_side([p[f"{name}.weight"] for name in names])
+    if together is None:
+        return [linear_layer_forward(x, p, name)[0] for name in names]
+    out = (x.reshape(-1, x.shape[-1]) @ together).reshape(*x.shape[:-1], together.shape[1])   # (..., total)
+    outs, start = [], 0
+    for name in names:
+        block = out[..., start:start + p[f"{name}.weight"].shape[0]]
+        if f"{name}.bias" in p:
+            block += p[f"{name}.bias"]
+        outs.append(block)
+        start += block.shape[-1]
+    return outs

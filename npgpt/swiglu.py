@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from npgpt.linear import LinearLayerCache, linear_layer_backward, linear_layer_forward
+from npgpt.linear import LinearLayerCache, linear_layer_backward, linear_layer_forward, linear_layers_together
 
 
 class SiLUCache(NamedTuple):
@@ -52,9 +52,9 @@ def swiglu_infer(x, p):
     """swiglu_forward's output without its cache (inference): silu(g) * u computed in the gate's buffer, which
     is dropped before the down projection's output exists.   x: (B, T, C) -> out: (B, T, C), equal to the
     forward's bit for bit (the same products in the same order)."""
-    h = linear_layer_forward(x, p, "gate")[0]                  # (B, T, F): g
+    h, u = linear_layers_together(x, p, ("gate", "up"))        # (B, T, F) each: g, u (one product if side by side)
     h *= sigmoid(h)                                            # silu(g) = g * sigmoid(g), in place
-    h *= linear_layer_forward(x, p, "up")[0]                   # silu(g) * u
+    h *= u                                                     # silu(g) * u
     return linear_layer_forward(h, p, "down")[0]               # (B, T, C)
 
 

@@ -1,4 +1,5 @@
-"""decoding_layout: the weights a batch-1 decoding step reads fastest stored transposed, in both backends.
+"""decoding_layout: the weights a batch-1 decoding step reads fastest stored transposed, and the layers that read
+one input stored side by side, in both backends; torch's split product for few rows (torchgpt.linear).
 
 Same names, shapes and values; only the memory order changes. So everything that reads the parameters
 (generation, the forward, training, state_dict) must give what it gave before.
@@ -8,13 +9,15 @@ import pytest
 import torch
 
 import npgpt.generate as np_generate
+import npgpt.linear as np_linear
 import torchgpt.generate as torch_generate
+import torchgpt.linear as torch_linear
 from gptcore.config import get_config
 from npgpt.model import forward, init_params
 from torchgpt import GPTModel, load_numpy_params
 
-TRANSPOSED = ("blocks.0.att.W_query.weight", "blocks.0.att.W_key.weight", "blocks.0.att.W_value.weight",
-              "blocks.0.att.out_proj.weight", "blocks.0.ff.fc1.weight", "out_head.weight")
+QKV = ("blocks.0.att.W_query.weight", "blocks.0.att.W_key.weight", "blocks.0.att.W_value.weight")
+TRANSPOSED = ("blocks.0.att.out_proj.weight", "blocks.0.ff.fc1.weight", "out_head.weight")
 KEPT = ("blocks.0.ff.fc2.weight", "pos_emb.weight", "blocks.0.norm1.scale", "blocks.0.ff.fc1.bias")
 
 
@@ -38,6 +41,9 @@ def test_numpy_layout_keeps_names_shapes_values_and_the_tie(tie_weights):
         np.testing.assert_array_equal(relaid[name], params[name], err_msg=name)
     for name in TRANSPOSED:
         assert is_stored_transposed(relaid[name]), name
+    together = np_linear.side_by_side([relaid[name] for name in QKV])         # (C, 3C): W_q^T | W_k^T | W_v^T
+    assert together is not None and together.flags.c_contiguous
+    np.testing.assert_array_equal(together, np.concatenate([params[name].T for name in QKV], axis=1))
     for name in KEPT:
         assert relaid[name] is params[name], name
     if tie_weights:
@@ -45,7 +51,8 @@ def test_numpy_layout_keeps_names_shapes_values_and_the_tie(tie_weights):
         assert is_stored_transposed(relaid["tok_emb.weight"])
     else:
         assert relaid["tok_emb.weight"] is params["tok_emb.weight"]     # read by rows: stays as it is
-    assert all(params[name].flags.c_contiguous for name in TRANSPOSED)   # the input dict is not touched
+    assert all(params[name].flags.c_contiguous for name in TRANSPOSED + QKV)   # the input dict is not touched
+    assert np_linear.side_by_side([params[name] for name in QKV]) is None
 
 
 def test_numpy_layout_gives_the_same_logits_and_tokens():
@@ -77,10 +84,12 @@ def test_torch_layout_in_place_keeps_state_dict_tie_and_tokens(tie_weights):
     for name in before:
         assert after[name].shape == before[name].shape
         assert torch.equal(after[name], before[name]), name
-    for name in TRANSPOSED:
+    for name in TRANSPOSED + ("blocks.0.ff.fc2.weight",):        # torch: every linear weight (split product)
         weight = after[name]
         assert weight.t().is_contiguous() and not weight.is_contiguous(), name
-    assert after["blocks.0.ff.fc2.weight"].is_contiguous()
+    together = torch_linear.side_by_side([after[name] for name in QKV])
+    assert together is not None and together.is_contiguous()
+    torch.testing.assert_close(together, torch.cat([before[name].t() for name in QKV], dim=1), rtol=0, atol=0)
     assert (model.out_head.weight is model.tok_emb.weight) == tie_weights
     with torch.no_grad():
         torch.testing.assert_close(model(idx), logits_before, rtol=1e-5, atol=1e-6)

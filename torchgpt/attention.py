@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchgpt.dropout import Dropout
+from torchgpt.linear import Linear, linear_together
 
 
 def simple_attention(x: torch.Tensor) -> torch.Tensor:
@@ -69,9 +70,9 @@ class SelfAttentionV2(nn.Module):
 
     def __init__(self, d_in: int, d_out: int, qkv_bias: bool = False):
         super().__init__()
-        self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
-        self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
-        self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_query = Linear(d_in, d_out, bias=qkv_bias)
+        self.W_key = Linear(d_in, d_out, bias=qkv_bias)
+        self.W_value = Linear(d_in, d_out, bias=qkv_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (..., T, C) -> (..., T, D), no mask."""
@@ -86,9 +87,9 @@ class CausalAttention(nn.Module):
 
     def __init__(self, d_in: int, d_out: int, context_length: int, drop_rate: float, qkv_bias: bool = False):
         super().__init__()
-        self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
-        self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
-        self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_query = Linear(d_in, d_out, bias=qkv_bias)
+        self.W_key = Linear(d_in, d_out, bias=qkv_bias)
+        self.W_value = Linear(d_in, d_out, bias=qkv_bias)
         self.dropout = Dropout(drop_rate)
         # A buffer follows .to(device) but is not a parameter; persistent=False keeps it out of state_dict.
         self.register_buffer("mask", causal_mask(context_length), persistent=False)
@@ -115,10 +116,10 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"d_out ({d_out}) must be divisible by n_heads ({n_heads})")
         self.d_out, self.n_heads, self.head_dim = d_out, n_heads, d_out // n_heads
         self.use_sdpa = use_sdpa
-        self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
-        self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
-        self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
-        self.out_proj = nn.Linear(d_out, d_out)
+        self.W_query = Linear(d_in, d_out, bias=qkv_bias)
+        self.W_key = Linear(d_in, d_out, bias=qkv_bias)
+        self.W_value = Linear(d_in, d_out, bias=qkv_bias)
+        self.out_proj = Linear(d_out, d_out)
         self.dropout = Dropout(drop_rate)
         self.register_buffer("mask", causal_mask(context_length), persistent=False)
 
@@ -134,9 +135,8 @@ class MultiHeadAttention(nn.Module):
         after the cached ones and the queries attend over all of them.
         """
         B, T, _ = x.shape
-        q = self._split_heads(self.W_query(x))       # (B, H, T, D)
-        k = self._split_heads(self.W_key(x))
-        v = self._split_heads(self.W_value(x))
+        q, k, v = (self._split_heads(t)              # (B, H, T, D) each; one product when stored side by side
+                   for t in linear_together(x, (self.W_query, self.W_key, self.W_value)))
         if kv_cache is not None:
             k, v = kv_cache.append(k, v)             # (B, H, S, D): cached keys/values, then the new ones
             hide = kv_cache.hide                     # (B, 1, T, S) bool or None

@@ -6,7 +6,7 @@
     loss = F.cross_entropy(logits, y, weight=class_weights)      a weighted mean over the batch
 
 GPTClassifier is a GPTModel whose language-model head `out_head` is replaced by `cls_head`, an
-nn.Linear(C, K) with bias; LlamaClassifier the same for a LlamaModel; build_classifier(config, K) picks the
+Linear(C, K) with bias; LlamaClassifier the same for a LlamaModel; build_classifier(config, K) picks the
 one of config.arch. The state_dict holds exactly gptcore.tasks.classification.classifier_param_shapes'
 names (the trunk's canonical names + cls_head.weight, cls_head.bias), so one parameter dict loads into
 both backends. The prediction is read at the last real token, never at position -1 (see npgpt's
@@ -23,6 +23,7 @@ from gptcore.tasks.classification import HEAD_INIT_STD, check_num_classes
 from gptcore.config import GPTConfig
 from torchgpt.gpt2 import GPTModel
 from torchgpt.llama import LlamaModel
+from torchgpt.linear import Linear
 
 
 def last_token(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -58,7 +59,7 @@ class ClassifierHead:
         del self.out_head
         self.config = config.replace(tie_weights=False)
         self.num_classes = check_num_classes(num_classes)
-        self.cls_head = nn.Linear(config.emb_dim, self.num_classes)
+        self.cls_head = Linear(config.emb_dim, self.num_classes)
         generator = None if seed is None else torch.Generator().manual_seed(int(seed) + 1)
         with torch.no_grad():
             self.cls_head.weight.copy_(torch.randn(self.cls_head.weight.shape, generator=generator) * HEAD_INIT_STD)

@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from torchgpt.gelu import GELU
+from torchgpt.linear import Linear
 
 
 class FeedForward(nn.Module):
@@ -10,9 +11,9 @@ class FeedForward(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.fc1 = nn.Linear(config.emb_dim, config.ff_dim)
+        self.fc1 = Linear(config.emb_dim, config.ff_dim)
         self.gelu = GELU()
-        self.fc2 = nn.Linear(config.ff_dim, config.emb_dim)
+        self.fc2 = Linear(config.ff_dim, config.emb_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.gelu(self.fc1(x)))

@@ -14,9 +14,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from gptcore.arch import spec_for
 from gptcore.engine.decoding import (EOT_ID, Decoder, check_sampling_temperature, generate_batch_tokens,
-    generate_tokens, reads_faster_transposed, stream_tokens)
+    generate_tokens, is_linear_weight, stream_tokens)
 from torchgpt.kvcache import KVCache
+from torchgpt.linear import Linear
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -93,16 +95,43 @@ class TorchDecoder(Decoder):
 
 @torch.no_grad()
 def decoding_layout(model):
-    """Stores, in place, the weights that batch-1 decoding reads faster transposed (the rule and the
-    measurements: gptcore.engine.decoding.reads_faster_transposed) as views of contiguous (in, out) tensors; names,
-    shapes and values stay, so state_dict(), training and saving are unchanged. Twin of
-    npgpt.generate.decoding_layout (in place here: a parameter's storage can be swapped). A tied head keeps
-    its tie (one Parameter). Returns the model.
+    """Stores, in place, every linear layer's weight (gptcore.engine.decoding.is_linear_weight: the head and a
+    tied embedding included) as a view of a contiguous (in, out) tensor, the layout in which batch-1
+    decoding's products split along the input axis and run on every thread (torchgpt.linear.split_k_linear:
+    faster than either layout of F.linear for every shape measured). Names, shapes and values stay, so
+    state_dict(), training and saving are unchanged. Twin of npgpt.generate.decoding_layout (whose rule,
+    reads_faster_transposed, keeps the layers with in > out as they are; in place here: a parameter's storage
+    can be swapped). A tied head keeps its tie (one Parameter). Returns the model.
     """
     for name, param in model.named_parameters(remove_duplicate=True):
-        if reads_faster_transposed(name, param.shape, model.config) and param.is_contiguous():
+        if is_linear_weight(name, param.shape, model.config) and param.is_contiguous():
             param.data = param.data.t().contiguous().t()
+    for group in shared_input_groups(model):
+        store_side_by_side([layer.weight for layer in group])
     return model
+
+
+def shared_input_groups(model):
+    """The model's groups of plain Linear layers that read the same input (the spec's SHARED_INPUT_LAYERS in
+    every block; groups with a LoRA-wrapped layer are left out)."""
+    groups = []
+    for block in getattr(model, "blocks", ()):
+        for names in spec_for(model.config).SHARED_INPUT_LAYERS:
+            layers = [block.get_submodule(name) for name in names]
+            if all(type(layer) is Linear for layer in layers):
+                groups.append(layers)
+    return groups
+
+
+@torch.no_grad()
+def store_side_by_side(weights) -> None:
+    """Moves the weights (out_i, in) into one contiguous (in, out_1 + ... + out_n) tensor, each weight a view
+    of its column block (torchgpt.linear.side_by_side reads it back; same values, names and shapes)."""
+    together = torch.cat([w.t() for w in weights], dim=1).contiguous()     # (in, sum of outs)
+    start = 0
+    for w in weights:
+        w.data = together[:, start:start + w.shape[0]].t()
+        start += w.shape[0]
 
 
 # --------------------------------------------------------------------------------------------------------

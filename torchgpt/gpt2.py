@@ -18,6 +18,7 @@ from torchgpt.block import TransformerBlock
 from torchgpt.dropout import Dropout
 from torchgpt.embedding import check_token_ids, token_positions
 from torchgpt.layernorm import LayerNorm
+from torchgpt.linear import Linear
 from torchgpt.params import init_weights
 
 
@@ -36,7 +37,7 @@ class GPTModel(nn.Module):
         self.drop_emb = Dropout(config.drop_rate)
         self.blocks = nn.ModuleList(TransformerBlock(config, use_sdpa=use_sdpa) for _ in range(config.n_layers))
         self.final_norm = LayerNorm(config.emb_dim)
-        self.out_head = nn.Linear(config.emb_dim, config.vocab_size, bias=False)
+        self.out_head = Linear(config.emb_dim, config.vocab_size, bias=False)
         if config.tie_weights:
             # One Parameter under two names: state_dict lists both keys, parameters() yields it once,
             # and its .grad is the sum of the embedding's and the head's contributions.

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchgpt.attention import attention_core, causal_mask
+from torchgpt.linear import Linear, linear_together
 from torchgpt.rope import rope
 
 
@@ -38,10 +39,10 @@ class GroupedQueryAttention(nn.Module):
         C, KVD = config.emb_dim, config.kv_dim
         self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
         self.use_sdpa = use_sdpa
-        self.W_query = nn.Linear(C, C, bias=False)
-        self.W_key = nn.Linear(C, KVD, bias=False)
-        self.W_value = nn.Linear(C, KVD, bias=False)
-        self.out_proj = nn.Linear(C, C, bias=False)
+        self.W_query = Linear(C, C, bias=False)
+        self.W_key = Linear(C, KVD, bias=False)
+        self.W_value = Linear(C, KVD, bias=False)
+        self.out_proj = Linear(C, C, bias=False)
 
     def _split(self, t: torch.Tensor, heads: int) -> torch.Tensor:
         B, T, _ = t.shape
@@ -54,21 +55,22 @@ class GroupedQueryAttention(nn.Module):
         kv head after the cached ones and the queries attend over all of them.
         """
         B, T, _ = x.shape
-        q = rope(self._split(self.W_query(x), self.n_heads), cos, sin)        # (B, H, T, D)
-        k = rope(self._split(self.W_key(x), self.n_kv_heads), cos, sin)       # (B, KV, T, D)
-        v = self._split(self.W_value(x), self.n_kv_heads)
+        q, k, v = linear_together(x, (self.W_query, self.W_key, self.W_value))  # one product when side by side
+        q = rope(self._split(q, self.n_heads), cos, sin)                      # (B, H, T, D)
+        k = rope(self._split(k, self.n_kv_heads), cos, sin)                   # (B, KV, T, D)
+        v = self._split(v, self.n_kv_heads)
         if kv_cache is not None:
             k, v = kv_cache.append(k, v)                                      # (B, KV, S, D)
             hide = kv_cache.hide
         else:
             hide = causal_mask(T, x.device)
-        group = self.n_heads // self.n_kv_heads
-        k, v = repeat_kv(k, group), repeat_kv(v, group)                       # (B, H, S, D)
-        if self.use_sdpa:
+        if self.use_sdpa:     # enable_gqa: SDPA reads each key/value head for its group, no (B, H, S, D) copies
             if kv_cache is None:
-                context = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+                context = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
             else:
-                context = F.scaled_dot_product_attention(q, k, v, attn_mask=None if hide is None else ~hide)
+                context = F.scaled_dot_product_attention(q, k, v, attn_mask=None if hide is None else ~hide,
+                                                         enable_gqa=True)
         else:
-            context = attention_core(q, k, v, hide=hide)
+            group = self.n_heads // self.n_kv_heads
+            context = attention_core(q, repeat_kv(k, group), repeat_kv(v, group), hide=hide)   # (B, H, T, D)
         return self.out_proj(context.transpose(1, 2).reshape(B, T, -1))

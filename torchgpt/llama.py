@@ -17,6 +17,7 @@ from torch import nn
 from gptcore.config import GPTConfig
 from torchgpt.embedding import check_token_ids, token_positions
 from torchgpt.gqa_attention import GroupedQueryAttention
+from torchgpt.linear import Linear
 from torchgpt.params import init_weights
 from torchgpt.rmsnorm import RMSNorm
 from torchgpt.rope import rope_tables
@@ -56,7 +57,7 @@ class LlamaModel(nn.Module):
         self.tok_emb = nn.Embedding(config.vocab_size, config.emb_dim)
         self.blocks = nn.ModuleList(LlamaBlock(config, use_sdpa=use_sdpa) for _ in range(config.n_layers))
         self.final_norm = RMSNorm(config.emb_dim, config.norm_eps)
-        self.out_head = nn.Linear(config.emb_dim, config.vocab_size, bias=False)
+        self.out_head = Linear(config.emb_dim, config.vocab_size, bias=False)
         if config.tie_weights:
             self.out_head.weight = self.tok_emb.weight      # one Parameter under two names, as in GPTModel
         self.check_id_range = True

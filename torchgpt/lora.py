@@ -16,11 +16,11 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from gptcore import lora as core_lora
 from gptcore.lora import A_SUFFIX, B_SUFFIX, DEFAULT_TARGETS, LoRAConfig, select_layers
+from torchgpt.linear import Linear, linear
 
 __all__ = ["LoRALinear", "LoRAConfig", "DEFAULT_TARGETS", "add_lora", "merge_lora", "unmerge_lora",
            "lora_state_dict", "count_trainable_params", "save_lora", "load_lora", "lora_layers",
@@ -74,7 +74,7 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (..., in) -> (..., out)."""
-        out = F.linear(x, self.weight, self.bias)
+        out = linear(x, self.weight, self.bias)
         if self.merged:
             return out
         return out + lora(x, self.lora_A, self.lora_B, self.lora_scaling)
@@ -151,7 +151,7 @@ def merge_lora(model: nn.Module) -> nn.Module:
             raise ValueError("out_head is tied to tok_emb, so merging its adapter would change the embedding too; "
                              "build the model with tie_weights=False or leave 'head' out of the LoRA targets")
         layer.merge()
-        plain = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None,
+        plain = Linear(layer.in_features, layer.out_features, bias=layer.bias is not None,
                           device=layer.weight.device, dtype=layer.weight.dtype)
         plain.weight, plain.bias = layer.weight, layer.bias
         _set_submodule(model, name, plain)

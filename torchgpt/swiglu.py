@@ -3,6 +3,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from torchgpt.linear import Linear, linear_together
+
 
 def swiglu(x: torch.Tensor, gate_weight, up_weight, down_weight) -> torch.Tensor:
     """x: (..., C); gate_weight, up_weight: (F, C); down_weight: (C, F) -> (..., C)."""
@@ -14,9 +16,10 @@ class SwiGLU(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.gate = nn.Linear(config.emb_dim, config.ff_dim, bias=False)
-        self.up = nn.Linear(config.emb_dim, config.ff_dim, bias=False)
-        self.down = nn.Linear(config.ff_dim, config.emb_dim, bias=False)
+        self.gate = Linear(config.emb_dim, config.ff_dim, bias=False)
+        self.up = Linear(config.emb_dim, config.ff_dim, bias=False)
+        self.down = Linear(config.ff_dim, config.emb_dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(F.silu(self.gate(x)) * self.up(x))
+        gate, up = linear_together(x, (self.gate, self.up))       # one product when stored side by side
+        return self.down(F.silu(gate) * up)

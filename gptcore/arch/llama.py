@@ -30,6 +30,9 @@ HAS_POSITION_TABLE = False               # positions enter as rotations of the q
 EMBEDDINGS = ("tok_emb.weight",)         # looked up by rows, not multiplied
 TIED_HEAD = ("out_head.weight", "tok_emb.weight")     # (head, embedding) when config.tie_weights
 INIT_STD = 0.02                          # Hugging Face's initializer_range for Llama
+# Linear layers of a block that read the same input (names as they end): a decoding layout may store each
+# group side by side in one (in, sum of outs) matrix, read by one product (decoding_layout in both twins).
+SHARED_INPUT_LAYERS = (("att.W_query", "att.W_key", "att.W_value"), ("ff.gate", "ff.up"))
 
 # The linear layers LoRA may wrap, by group (names as they end: blocks.{i}.att.W_query, ...).
 LORA_TARGET_GROUPS = {

@@ -351,19 +351,26 @@ def beam_search(decoder: Decoder, prompt, settings: GenerationSettings):
 
 def reads_faster_transposed(name: str, shape, config: GPTConfig) -> bool:
     """Is `name` a linear layer's weight (out, in) that a batch-1 product x @ W^T reads faster from memory
-    stored transposed, as the (in, out) matrix W^T in row order?
+    stored transposed, as the (in, out) matrix W^T in row order? NumPy's rule (npgpt.generate.decoding_layout).
 
     Measured here (2 threads, weights streamed from memory, NumPy's OpenBLAS and torch's MKL alike): the
     GEMV x @ W^T runs at full memory speed when W^T's rows are contiguous and out >= in (the head
     (50257, 768): 22 -> 31 GB/s in NumPy, 12 -> 24 GB/s in torch, whose kernel for the other layout uses
     one thread; fc1 (3072, 768): 25 -> 30 GB/s), and slower for fc2 (768, 3072), where in > out.
-    The embeddings of `config`'s architecture spec are read by rows and stay, except an embedding tied to
-    the head (spec.TIED_HEAD when config.tie_weights), which goes with the head: its V x C read every step
-    outweighs a lookup's C numbers at a stride.
+    torch's decoding splits the product along the input axis (torchgpt.linear.split_k_linear), which is
+    faster transposed for every shape: its rule is is_linear_weight alone.
     """
+    return is_linear_weight(name, shape, config) and shape[0] >= shape[1]
+
+
+def is_linear_weight(name: str, shape, config: GPTConfig) -> bool:
+    """Is `name` the (out, in) weight of a linear layer, the head included? The embeddings of `config`'s
+    architecture spec are read by rows and are not, except an embedding tied to the head (spec.TIED_HEAD when
+    config.tie_weights), which goes with the head: its V x C read every step outweighs a lookup's C numbers at
+    a stride."""
     spec = spec_for(config)
     head, tied_embedding = spec.TIED_HEAD
     if config.tie_weights and name == tied_embedding:
         name = head
     embedding = name in spec.EMBEDDINGS
-    return name.endswith(".weight") and not embedding and len(shape) == 2 and shape[0] >= shape[1]
+    return name.endswith(".weight") and not embedding and len(shape) == 2
