@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from npgpt.speed.parallel import parallel_for
+from npgpt.speed.parallel import flat_views, parallel_for
 
 # Python floats, not NumPy float64 scalars: they keep float32 arrays float32 (NumPy 2 promotion).
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -24,11 +24,6 @@ class GeluCache(NamedTuple):
     tanh_u: np.ndarray               # same shape, C order
 
 
-def _flat(*arrays):
-    """1-D views of same-shaped arrays (a contiguous copy of any that is not contiguous, for reading)."""
-    return [np.ascontiguousarray(a).reshape(-1) for a in arrays]
-
-
 def gelu_forward(x):
     """out = 0.5 x (1 + tanh(u)),  u = sqrt(2/pi) (x + 0.044715 x^3).
 
@@ -36,7 +31,7 @@ def gelu_forward(x):
     """
     out = np.empty(x.shape, dtype=x.dtype)           # C order, so the flat views below are views
     tanh_u = np.empty(x.shape, dtype=x.dtype)
-    xf, of, tf = _flat(x, out, tanh_u)
+    xf, of, tf = flat_views(x, out, tanh_u)
 
     def gelu_block(start, stop):
         xb, ob, tb = xf[start:stop], of[start:stop], tf[start:stop]
@@ -84,7 +79,7 @@ def gelu_backward(dout, cache):
     dout: same shape as x -> dx: same shape.
     """
     dx = np.empty(cache.x.shape, dtype=np.result_type(dout, cache.x))
-    xf, tf, df, dxf = _flat(cache.x, cache.tanh_u, dout, dx)
+    xf, tf, df, dxf = flat_views(cache.x, cache.tanh_u, dout, dx)
 
     def gelu_backward_block(start, stop):
         xb, tb, db, dxb = xf[start:stop], tf[start:stop], df[start:stop], dxf[start:stop]

@@ -113,6 +113,12 @@ def parallel_for(fn, n: int, block_size: int) -> None:
             future.result()
 
 
+def flat_views(*arrays):
+    """1-D views of same-shaped arrays, for parallel_for's flat blocks (a contiguous copy of any array that is
+    not contiguous: pass those only for reading; an output must be made C-contiguous, e.g. by np.empty)."""
+    return [np.ascontiguousarray(a).reshape(-1) for a in arrays]
+
+
 def rows_per_block(row_length: int, target_elements: int = 1 << 16) -> int:
     """How many rows of `row_length` elements make a block of about target_elements (at least one row).
 
