@@ -102,3 +102,19 @@ def test_function_form_equals_module():
     assert_close(tsw.swiglu(to_torch(x), *(to_torch(p[k]) for k in ("gate.weight", "up.weight", "down.weight"))),
                  out, name="swiglu function form")
     assert torch.is_grad_enabled()
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_sigmoid_relative_accuracy_and_its_limits(dtype):
+    """sigmoid = 1 / (1 + exp(-g)) with exp's overflow silenced: relative error of a few ulp wherever the
+    value is a normal number (a cancelling form would lose it for negative g), exactly 0 and 1 far out, and
+    the same values however the blocks fall (more elements than one SILU_BLOCK)."""
+    tiny = np.finfo(dtype).tiny
+    g = np.concatenate([np.linspace(-80.0, 80.0, npsw.SILU_BLOCK + 7), [-1e4, -1e3, 1e3, 1e4]]).astype(dtype)
+    s = npsw.sigmoid(g)
+    assert s.dtype == dtype
+    exact = 1.0 / (1.0 + np.exp(-g.astype(np.longdouble)))
+    normal = exact > tiny
+    assert np.all(np.abs(s[normal] - exact[normal]) <= 4 * np.finfo(dtype).eps * exact[normal])
+    assert np.array_equal(s[-4:], np.array([0.0, 0.0, 1.0, 1.0], dtype=dtype))
+    assert np.array_equal(npsw.sigmoid(g[:100]), s[:100])
