@@ -40,17 +40,17 @@ def sigmoid(g):
     stay in the CPU cache (at SmolLM2's B=4, T=256 the gate holds 1.6M numbers per block of the model)."""
     out = np.empty(g.shape, dtype=g.dtype)
     gf, of = flat_views(g, out)
-
-    def sigmoid_block(start, stop):
-        ob = of[start:stop]
-        np.negative(gf[start:stop], out=ob)
-        with np.errstate(over="ignore"):             # errstate is per thread: set here, in the worker
-            np.exp(ob, out=ob)                       # exp(-g), inf where g < about -88
-        ob += 1.0
-        np.reciprocal(ob, out=ob)                    # 1 / (1 + exp(-g))
-
-    parallel_for(sigmoid_block, gf.size, SILU_BLOCK)
+    parallel_for(lambda start, stop: _sigmoid_into(gf[start:stop], of[start:stop]), gf.size, SILU_BLOCK)
     return out
+
+
+def _sigmoid_into(g, out):
+    """out = 1 / (1 + exp(-g)) for one block (1-D arrays of one length; out may be g)."""
+    np.negative(g, out=out)
+    with np.errstate(over="ignore"):                 # errstate is per thread: set here, in the worker
+        np.exp(out, out=out)                         # exp(-g), inf where g < about -88
+    out += 1.0
+    np.reciprocal(out, out=out)                      # 1 / (1 + exp(-g))
 
 
 def silu_forward(g):
@@ -66,17 +66,18 @@ def silu_backward(dout, cache):
     """
     dg = np.empty(dout.shape, dtype=np.result_type(dout, cache.sig))
     df, sf, gf, dgf = flat_views(dout, cache.sig, cache.g, dg)
-
-    def silu_backward_block(start, stop):
-        sb, dgb = sf[start:stop], dgf[start:stop]
-        factor = 1.0 - sb
-        factor *= gf[start:stop]
-        factor += 1.0                                # 1 + g (1 - sig)
-        np.multiply(df[start:stop], sb, out=dgb)     # dout sig
-        dgb *= factor
-
-    parallel_for(silu_backward_block, dgf.size, SILU_BLOCK)
+    parallel_for(lambda start, stop: _silu_backward_into(df[start:stop], gf[start:stop], sf[start:stop],
+                                                         dgf[start:stop]), dgf.size, SILU_BLOCK)
     return dg
+
+
+def _silu_backward_into(dout, g, sig, out):
+    """out = dout * silu'(g) = (dout sig) (1 + g (1 - sig)) for one block (out may be dout)."""
+    factor = 1.0 - sig
+    factor *= g
+    factor += 1.0                                    # 1 + g (1 - sig)
+    np.multiply(dout, sig, out=out)                  # dout sig
+    out *= factor
 
 
 def swiglu_infer(x, p):
@@ -89,14 +90,50 @@ def swiglu_infer(x, p):
     return linear_layer_forward(h, p, "down")[0]               # (B, T, C)
 
 
+def gated_silu(g, u):
+    """The gate of SwiGLU: sig = sigmoid(g), s = silu(g) = g * sig, h = s * u, each (..., F) like g.
+
+    Written as silu_forward followed by s * u, but in cache-sized blocks on every core: the four passes over a
+    block stay in the CPU cache instead of streaming (B, T, F) arrays through memory (bit-equal: the same
+    operations in the same order)."""
+    sig, s, h = (np.empty(g.shape, dtype=np.result_type(g, u)) for _ in range(3))
+    gf, uf, sigf, sf, hf = flat_views(g, u, sig, s, h)
+
+    def gate_block(start, stop):
+        sig_b, s_b = sigf[start:stop], sf[start:stop]
+        _sigmoid_into(gf[start:stop], sig_b)
+        np.multiply(gf[start:stop], sig_b, out=s_b)  # silu(g)
+        np.multiply(s_b, uf[start:stop], out=hf[start:stop])
+
+    parallel_for(gate_block, gf.size, SILU_BLOCK)
+    return sig, s, h
+
+
+def gated_silu_backward(dh, g, u, sig, s):
+    """gated_silu's backward: dh (..., F) -> du = dh * s, dg = (dh * u) * silu'(g), both (..., F), computed in
+    cache-sized blocks on every core (bit-equal to dh * s and silu_backward(dh * u, ...))."""
+    du, dg = (np.empty(dh.shape, dtype=np.result_type(dh, s)) for _ in range(2))
+    dhf, gf, uf, sigf, sf, duf, dgf = flat_views(dh, g, u, sig, s, du, dg)
+
+    def gate_backward_block(start, stop):
+        dh_b, dg_b = dhf[start:stop], dgf[start:stop]
+        np.multiply(dh_b, sf[start:stop], out=duf[start:stop])          # du = dh * silu(g)
+        np.multiply(dh_b, uf[start:stop], out=dg_b)                     # dh * u: silu's upstream gradient
+        _silu_backward_into(dg_b, gf[start:stop], sigf[start:stop], dg_b)   # (dh u) silu'(g)
+
+    parallel_for(gate_backward_block, dhf.size, SILU_BLOCK)
+    return du, dg
+
+
 def swiglu_forward(x, p):
     """x: (B, T, C); p: {"gate.weight" (F, C), "up.weight" (F, C), "down.weight" (C, F)} (+ LoRA adapters)
     -> out: (B, T, C), SwiGLUCache."""
     g, gate_cache = linear_layer_forward(x, p, "gate")          # (B, T, F)
     u, up_cache = linear_layer_forward(x, p, "up")              # (B, T, F)
-    s, silu_cache = silu_forward(g)                             # (B, T, F)
-    out, down_cache = linear_layer_forward(s * u, p, "down")    # (B, T, C)
-    return out, SwiGLUCache(gate=gate_cache, up=up_cache, silu=silu_cache, silu_out=s, u=u, down=down_cache)
+    sig, s, h = gated_silu(g, u)                                # (B, T, F): sigmoid(g), silu(g), silu(g) * u
+    out, down_cache = linear_layer_forward(h, p, "down")        # (B, T, C)
+    return out, SwiGLUCache(gate=gate_cache, up=up_cache, silu=SiLUCache(g=g, sig=sig), silu_out=s, u=u,
+                            down=down_cache)
 
 
 def swiglu_backward(dout, cache):
@@ -107,8 +144,7 @@ def swiglu_backward(dout, cache):
         dx = dg Wg + du Wu           dWg = dg^T x,  dWu = du^T x
     """
     dh, grads = linear_layer_backward(dout, cache.down)         # (B, T, F)
-    du = dh * cache.silu_out
-    dg = silu_backward(dh * cache.u, cache.silu)
+    du, dg = gated_silu_backward(dh, cache.silu.g, cache.u, cache.silu.sig, cache.silu_out)
     dx, gate_grads = linear_layer_backward(dg, cache.gate)
     dx_up, up_grads = linear_layer_backward(du, cache.up)
     dx += dx_up

@@ -181,14 +181,15 @@ def group_gradient_not_summed(real):
 
 
 def silu_backward_without_derivative(real):
-    return lambda dout, cache: dout * cache.sig
+    """The block helper of silu_backward and of swiglu_backward's fused gate: out = dout * sig only."""
+    return lambda dout, g, sig, out: np.multiply(dout, sig, out=out)
 
 
 PLANTED = {
     "RMSNorm backward without its mean term": (npgpt.llama, "rmsnorm_backward", rmsnorm_backward_without_mean_term),
     "RoPE backward rotating by +angle": (npgpt.gqa_attention, "rope_backward", rope_backward_by_plus_angle),
     "GQA backward not summing over the group": (npgpt.gqa_attention, "sum_over_groups", group_gradient_not_summed),
-    "SwiGLU backward without the silu' term": (npgpt.swiglu, "silu_backward", silu_backward_without_derivative),
+    "SwiGLU backward without the silu' term": (npgpt.swiglu, "_silu_backward_into", silu_backward_without_derivative),
 }
 
 
