@@ -11,7 +11,7 @@ import numpy as np
 
 from npgpt.dropout import DropoutCache, dropout_backward, dropout_forward
 from npgpt.linear import LinearLayerCache, linear_layer_backward, linear_layer_forward, linear_layers_together
-from npgpt.speed.parallel import matmul_stack, parallel_for, rows_per_block
+from npgpt.speed.parallel import for_each_matrix, matmul_stack, parallel_for, rows_per_block
 from npgpt.softmax import SoftmaxCache, softmax_backward, softmax_forward
 
 
@@ -141,9 +141,14 @@ def _attention_core_forward(q, k, v, *, causal, drop_rate, rng, dropout_mask, hi
     """weights = dropout(softmax(q k^T / sqrt(D) + mask)); context = weights v.
 
     q: (..., T, D), k, v: (..., S, D) (S = T without a KV cache) -> context: (..., T, D), AttentionCoreCache.
-    One matmul per head (matmul_stack: the heads shared among the cores), not einsum.
+    One matmul per head (matmul_stack: the heads shared among the cores), not einsum. Causal attention without
+    dropout or another mask (Llama, GPT-2 without dropout) runs each head start to end in one worker instead
+    (_causal_heads_forward: the same operations, so the same values).
     """
     scale = 1.0 / math.sqrt(q.shape[-1])
+    if causal and hide is None and dropout_mask is None and drop_rate == 0.0 and q.shape[-2] == k.shape[-2]:
+        context, att = _causal_heads_forward(q, k, v, scale)
+        return context, AttentionCoreCache(q=q, k=k, v=v, att=att, att_dropped=att, scale=scale, dropout=None)
     scores = matmul_stack(q, np.swapaxes(k, -1, -2))    # (..., T, S)
     att = _masked_scaled_softmax(scores, causal, scale, hide)                   # (..., T, S), in scores' buffer
     att_dropped, dropout_cache = dropout_forward(att, drop_rate, rng=rng, mask=dropout_mask)
@@ -160,12 +165,65 @@ def _attention_core_backward(dcontext, cache):
         dq = dscores k                 dk = dscores^T q
     Masked positions have weight 0, so softmax_backward already gives them zero gradient.
     """
+    if cache.dropout is None and cache.att.ndim > 2 and math.prod(cache.att.shape[:-2]) > 1:
+        return _heads_backward(dcontext, cache)
     dv = matmul_stack(np.swapaxes(cache.att_dropped, -1, -2), dcontext)    # (..., T, D)
     ddropped = matmul_stack(dcontext, np.swapaxes(cache.v, -1, -2))        # (..., T, T)
     dweights = dropout_backward(ddropped, cache.dropout)
     dscores = _scaled_softmax_backward(dweights, cache.att, cache.scale)
     dq = matmul_stack(dscores, cache.k)                                    # (..., T, D)
     dk = matmul_stack(np.swapaxes(dscores, -1, -2), cache.q)               # (..., T, D)
+    return dq, dk, dv
+
+
+def _causal_heads_forward(q, k, v, scale):
+    """Causal softmax attention without dropout, head by head: q, k, v (..., T, D) -> context (..., T, D),
+    weights (..., T, T) (0 above the diagonal).
+
+    Each worker takes whole heads and runs a head's scores, mask, softmax and weighted sum one after another
+    while its (T, T) matrix is in the CPU cache, with single-threaded BLAS (npgpt.speed.parallel.for_each_matrix):
+    one hand-off to the threads per layer instead of one per step. The operations are those of the general
+    path (matmul_stack, _masked_scaled_softmax's block), so the values are the same."""
+    lead, (T, D) = q.shape[:-2], q.shape[-2:]
+    dtype = np.result_type(q, k, v)
+    att = np.empty(lead + (T, T), dtype=dtype)
+    context = np.empty(lead + (T, D), dtype=dtype)
+    future = causal_mask(T)
+    heads = list(np.ndindex(*lead))
+
+    def head_block(start, stop):
+        for i in heads[start:stop]:
+            weights = att[i]
+            np.matmul(q[i], k[i].T, out=weights)                # (T, T) scores
+            weights *= scale
+            np.copyto(weights, -np.inf, where=future)
+            softmax_forward(weights, axis=-1, out=weights)
+            np.matmul(weights, v[i], out=context[i])           # (T, D)
+
+    for_each_matrix(head_block, len(heads))
+    return context, att
+
+
+def _heads_backward(dcontext, cache):
+    """_attention_core_backward without dropout, head by head (as _causal_heads_forward: a head's five steps
+    in one worker, the same operations as the general path)."""
+    q, k, v, att, scale = cache.q, cache.k, cache.v, cache.att, cache.scale
+    lead = att.shape[:-2]
+    dtype = np.result_type(dcontext, att)
+    dq, dk, dv = (np.empty(lead + t.shape[-2:], dtype=dtype) for t in (q, k, v))
+    heads = list(np.ndindex(*lead))
+
+    def head_block(start, stop):
+        for i in heads[start:stop]:
+            weights = att[i]
+            np.matmul(weights.T, dcontext[i], out=dv[i])                  # dv = att^T dcontext
+            dscores = dcontext[i] @ v[i].T                                # dweights (T, S)
+            softmax_backward(dscores, SoftmaxCache(probs=weights, axis=-1), out=dscores)
+            dscores *= scale
+            np.matmul(dscores, k[i], out=dq[i])                           # dq = dscores k
+            np.matmul(dscores.T, q[i], out=dk[i])                         # dk = dscores^T q
+
+    for_each_matrix(head_block, len(heads))
     return dq, dk, dv
 
 

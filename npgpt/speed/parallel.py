@@ -166,6 +166,13 @@ def matmul_stack(a, b):
         for i in indices[start:stop]:
             np.matmul(a[i], b[i], out=out[i])
 
-    with _one_blas_thread():
-        parallel_for(matmul_block, n_matrices, max(1, n_matrices // (4 * _num_threads)))
+    for_each_matrix(matmul_block, n_matrices)
     return out
+
+
+def for_each_matrix(fn, n_matrices: int) -> None:
+    """fn(start, stop) over [0, n_matrices) shared among the threads, as matmul_stack shares its matrices:
+    NumPy's BLAS on one thread inside (each thread's products are small; threads are the parallelism), about
+    four blocks per thread so a thread slowed by a busy machine does fewer."""
+    with _one_blas_thread():
+        parallel_for(fn, n_matrices, max(1, n_matrices // (4 * _num_threads)))
