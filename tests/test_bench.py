@@ -359,3 +359,20 @@ def test_the_kernel_header_records_the_forcing_variables_as_they_are(monkeypatch
     line = harness.kernel_line(kernel)
     assert "OPENBLAS_CORETYPE=Haswell" in line and "OPENBLAS_L2_SIZE unset" in line
     assert f"{blas[0]['internal_api']} {blas[0]['version']} ({blas[0].get('architecture')}" in line
+
+
+def test_train_steps_script_prints_each_step_after_the_first(capsys):
+    from benchmarks import train_steps
+
+    assert train_steps.main(["--model", "tiny", "--steps", "3", "--batch-size", "1", "--seq-len", "8"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["step 1", "step 2"]
+    assert all(float(line.split()[-2]) > 0 for line in lines)
+
+
+def test_train_steps_script_refuses_a_window_longer_than_the_context():
+    from benchmarks import train_steps
+
+    with pytest.raises(SystemExit) as exit_info:
+        train_steps.main(["--model", "tiny", "--seq-len", "100000"])
+    assert exit_info.value.code == 2
