@@ -1,0 +1,80 @@
+"""The head-by-head causal attention core (npgpt.attention._causal_heads_forward / _heads_backward): what the
+model's forward and backward run for causal attention without dropout, each head's steps in one worker.
+
+Oracles independent of that code: the attention written out per head with a full (T, T) mask (NumPy, float64)
+for the forward, torch autograd of the same formula for the backward; and the general path (the same core
+with an explicit mask, which takes the other branch) for the dispatch.
+"""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from npgpt import attention
+
+
+def brute_force_attention(q, k, v):
+    """softmax(q k^T / sqrt(D), future masked) v, one head at a time, full matrices: (context, weights)."""
+    lead, (T, D) = q.shape[:-2], q.shape[-2:]
+    context = np.empty(q.shape)
+    weights = np.empty(lead + (T, T))
+    for i in np.ndindex(*lead):
+        scores = q[i] @ k[i].T / math.sqrt(D)
+        scores[np.triu(np.ones((T, T), dtype=bool), k=1)] = -np.inf
+        e = np.exp(scores - scores.max(axis=-1, keepdims=True))
+        weights[i] = e / e.sum(axis=-1, keepdims=True)
+        context[i] = weights[i] @ v[i]
+    return context, weights
+
+
+def random_qkv(B, H, T, D, seed):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((B, H, T, D)) for _ in range(3)]
+
+
+def causal_core(q, k, v):
+    return attention._attention_core_forward(q, k, v, causal=True, drop_rate=0.0, rng=None, dropout_mask=None)
+
+
+@pytest.mark.parametrize("T", [1, 7, 40])
+def test_forward_equals_the_full_masked_attention(T):
+    q, k, v = random_qkv(2, 3, T, 5, seed=T)
+    context, cache = causal_core(q, k, v)
+    expected_context, expected_weights = brute_force_attention(q, k, v)
+    np.testing.assert_allclose(context, expected_context, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(cache.att, expected_weights, rtol=1e-12, atol=1e-14)
+    assert np.all(cache.att[..., np.triu(np.ones((T, T), dtype=bool), k=1)] == 0.0)    # exactly 0, not tiny
+
+
+def test_head_kernel_gives_the_general_paths_values():
+    """The same operations as the general path (an explicit mask sends the core there): equal bit for bit."""
+    q, k, v = random_qkv(2, 3, 9, 4, seed=1)
+    context, cache = causal_core(q, k, v)
+    hide = np.triu(np.ones((9, 9), dtype=bool), k=1)
+    general, general_cache = attention._attention_core_forward(q, k, v, causal=False, drop_rate=0.0, rng=None,
+                                                               dropout_mask=None, hide=hide)
+    np.testing.assert_array_equal(context, general)
+    np.testing.assert_array_equal(cache.att, general_cache.att)
+
+
+def test_backward_equals_torch_autograd():
+    T, D = 11, 4
+    q, k, v = random_qkv(2, 3, T, D, seed=5)
+    dcontext = np.random.default_rng(6).standard_normal(q.shape)
+    _, cache = causal_core(q, k, v)
+    dq, dk, dv = attention._attention_core_backward(dcontext, cache)
+    qt, kt, vt = (torch.tensor(a, requires_grad=True) for a in (q, k, v))
+    scores = qt @ kt.transpose(-1, -2) / math.sqrt(D)
+    scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+    (torch.softmax(scores, dim=-1) @ vt).backward(torch.tensor(dcontext))
+    for name, ours, reference in (("dq", dq, qt.grad), ("dk", dk, kt.grad), ("dv", dv, vt.grad)):
+        np.testing.assert_allclose(ours, reference.numpy(), rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+def test_float32_stays_float32_and_matches():
+    q, k, v = (a.astype(np.float32) for a in random_qkv(1, 2, 9, 8, seed=2))
+    context, cache = causal_core(q, k, v)
+    assert context.dtype == cache.att.dtype == np.float32
+    expected, _ = brute_force_attention(*(a.astype(np.float64) for a in (q, k, v)))
+    np.testing.assert_allclose(context, expected, rtol=0, atol=1e-5)
