@@ -111,14 +111,25 @@ def _masked_scaled_softmax(scores, causal, scale, hide=None):
     future = causal_mask(T) if causal else None
 
     def softmax_block(start, stop):
-        block = matrices[start:stop]
-        block *= scale
-        if causal:
-            np.copyto(block, -np.inf, where=future)
-        softmax_forward(block, axis=-1, out=block)
+        _scaled_masked_softmax_into(matrices[start:stop], scale, future)
 
     parallel_for(softmax_block, matrices.shape[0], rows_per_block(T * S))
     return scores
+
+
+def _scaled_masked_softmax_into(scores, scale, future):
+    """scores <- softmax(scale * scores) along the last axis, with -inf first where the bool mask `future`
+    (broadcastable; None: no mask) is True. One matrix or a block of them, in this thread."""
+    scores *= scale
+    if future is not None:
+        np.copyto(scores, -np.inf, where=future)
+    softmax_forward(scores, axis=-1, out=scores)
+
+
+def _scaled_softmax_backward_into(dweights, weights, scale, out):
+    """out = scale * softmax_backward(dweights) for the softmax output `weights` (out may be dweights)."""
+    softmax_backward(dweights, SoftmaxCache(probs=weights, axis=-1), out=out)
+    out *= scale
 
 
 def _scaled_softmax_backward(dweights, weights, scale):
@@ -130,8 +141,7 @@ def _scaled_softmax_backward(dweights, weights, scale):
     w, dw, ds = (a.reshape(-1, T, S) for a in (np.ascontiguousarray(weights), dweights, dscores))
 
     def backward_block(start, stop):
-        softmax_backward(dw[start:stop], SoftmaxCache(probs=w[start:stop], axis=-1), out=ds[start:stop])
-        ds[start:stop] *= scale
+        _scaled_softmax_backward_into(dw[start:stop], w[start:stop], scale, ds[start:stop])
 
     parallel_for(backward_block, w.shape[0], rows_per_block(T * S))
     return dscores
@@ -195,9 +205,7 @@ def _causal_heads_forward(q, k, v, scale):
         for i in heads[start:stop]:
             weights = att[i]
             np.matmul(q[i], k[i].T, out=weights)                # (T, T) scores
-            weights *= scale
-            np.copyto(weights, -np.inf, where=future)
-            softmax_forward(weights, axis=-1, out=weights)
+            _scaled_masked_softmax_into(weights, scale, future)
             np.matmul(weights, v[i], out=context[i])           # (T, D)
 
     for_each_matrix(head_block, len(heads))
@@ -218,8 +226,7 @@ def _heads_backward(dcontext, cache):
             weights = att[i]
             np.matmul(weights.T, dcontext[i], out=dv[i])                  # dv = att^T dcontext
             dscores = dcontext[i] @ v[i].T                                # dweights (T, S)
-            softmax_backward(dscores, SoftmaxCache(probs=weights, axis=-1), out=dscores)
-            dscores *= scale
+            _scaled_softmax_backward_into(dscores, weights, scale, dscores)
             np.matmul(dscores, k[i], out=dq[i])                           # dq = dscores k
             np.matmul(dscores.T, q[i], out=dk[i])                         # dk = dscores^T q
 
