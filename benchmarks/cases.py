@@ -76,6 +76,30 @@ def model_flops(config, batch_size: int, seq_len: int, *, train: bool) -> float:
     return 3.0 * forward if train else forward
 
 
+def min_matmul_flops(config, batch_size: int, seq_len: int, *, train: bool) -> float:
+    """The fewest matmul FLOPs any implementation of a GPT-2 forward (or train step) needs: model_flops with
+    only the causal half of the attention's T x T scores and weights (entries above the diagonal are 0 and
+    can be skipped; the diagonal and below cannot), everything else as counted there. A train step is again
+    3 forwards: the backward of every matmul needs two. The plain-script benchmark divides it by the
+    fastest GEMM rate measured on the machine for the lowest time any code could reach."""
+    L, C = config.n_layers, config.emb_dim
+    attention_full = 4.0 * L * batch_size * seq_len ** 2 * C
+    attention_causal = 2.0 * L * batch_size * seq_len * (seq_len + 1) * C       # T (T + 1) / 2 pairs, x 2
+    forward = model_flops(config, batch_size, seq_len, train=False) - attention_full + attention_causal
+    return 3.0 * forward if train else forward
+
+
+def linear_gemm_shapes(config, rows: int) -> list[tuple[int, int, int]]:
+    """The (M, K, N) GEMMs of GPT-2's linear layers over `rows` token rows: per layer (out, in) the forward
+    x W^T (rows, in, out), the input gradient dout W (rows, out, in) and the weight gradient dout^T x
+    (out, rows, in); q, k, v and out_proj are (C, C), fc1 (F, C), fc2 (C, F), the head (V, C)."""
+    C, F, V = config.emb_dim, config.ff_dim, config.vocab_size
+    shapes = []
+    for out, inp in ((C, C), (F, C), (C, F), (V, C)):
+        shapes += [(rows, inp, out), (rows, out, inp), (out, rows, inp)]
+    return shapes
+
+
 def component_config(config, seq_len: int):
     """A one-block copy of `config` (small vocabulary) whose context fits seq_len, without dropout."""
     return config.replace(n_layers=1, vocab_size=16, context_length=max(seq_len, config.context_length), drop_rate=0.0)

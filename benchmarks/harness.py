@@ -235,3 +235,25 @@ def gemm_gflops(n: int, repeats: int) -> dict:
                              repeats=repeats, warmup=2, min_time=0.05)
     flop = 2.0 * n ** 3
     return {name: summarize([flop / t / 1e9 for t in values]) | {"n": n} for name, values in times.items()}
+
+
+def best_numpy_gemm_rate(shapes: list[tuple[int, int, int]], min_time: float = 0.3, repeats: int = 3) -> dict:
+    """NumPy's fastest float32 GEMM on this machine, as it is set up now (threads, kernel): each (M, K, N)
+    product A (M, K) @ B (K, N) timed `repeats` times (each at least min_time), the median rate per shape.
+
+    Returns {"best_gflops": the highest median, "best_shape": its (M, K, N), "rates": [[M, K, N, GFLOP/s]]}.
+    No GEMM of a model runs faster than the fastest one measured, so model FLOPs / best_gflops is a lower
+    bound on the time of any NumPy implementation (plain_script's floor)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    rates = []
+    for m, k, n in shapes:
+        a = rng.standard_normal((m, k), dtype=np.float32)
+        b = rng.standard_normal((k, n), dtype=np.float32)
+        out = np.empty((m, n), dtype=np.float32)
+        times = time_interleaved({"gemm": lambda: np.matmul(a, b, out=out)}, repeats=repeats, warmup=1,
+                                 min_time=min_time)["gemm"]
+        rates.append([m, k, n, 2.0 * m * k * n / statistics.median(times) / 1e9])
+    best = max(rates, key=lambda rate: rate[3])
+    return {"best_gflops": best[3], "best_shape": best[:3], "rates": rates}

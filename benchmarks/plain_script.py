@@ -178,6 +178,51 @@ def decode_functions(config, params, torch_model, hf_model, prompt, new_tokens):
     return fns
 
 
+# Issue 17's targets for NumPy / torch eager time (lower is better).
+TARGETS = {"infer": 0.8, "train_step": 0.85}
+SQUARE_GEMMS = (1024, 2048, 4096)
+
+
+def machine_floor(config, batch_size: int, seq_len: int, result: dict, quick: bool = False) -> dict:
+    """What this machine allows NumPy at all: the fewest matmul FLOPs of each task (benchmarks.cases.
+    min_matmul_flops: the causal half of the attention, nothing else skipped) at NumPy's fastest GEMM rate
+    measured here (every linear layer's three GEMMs and large square ones: harness.best_numpy_gemm_rate),
+    with no time for anything else. That floor over torch's median time of this run is the lowest NumPy/torch
+    ratio any NumPy code could reach on this machine; the target is out of reach where it is above the target."""
+    from benchmarks.cases import linear_gemm_shapes, min_matmul_flops
+
+    squares = (256,) if quick else SQUARE_GEMMS
+    shapes = linear_gemm_shapes(config, batch_size * seq_len) + [(n, n, n) for n in squares]
+    gemm = harness.best_numpy_gemm_rate(shapes, min_time=0.05 if quick else 0.3)
+    tasks = {}
+    for task, target in TARGETS.items():
+        gflop = min_matmul_flops(config, batch_size, seq_len, train=task == "train_step") / 1e9
+        floor_s = gflop / gemm["best_gflops"]
+        torch_s, numpy_s = (statistics.median(result[task]["times_s"][k]) for k in ("torch", "numpy"))
+        tasks[task] = {"min_gflop": gflop, "floor_s": floor_s, "torch_s": torch_s, "numpy_s": numpy_s,
+                       "lowest_ratio": floor_s / torch_s, "target": target,
+                       "numpy_share_of_floor": floor_s / numpy_s, "target_reachable": floor_s / torch_s <= target}
+    return {"gemm": gemm, "tasks": tasks}
+
+
+def floor_table(floor: dict) -> list[str]:
+    best = floor["gemm"]
+    lines = ["", f"What the machine allows (issue 17's targets): NumPy's fastest GEMM measured here ran at "
+                 f"{best['best_gflops']:.0f} GFLOP/s (M, K, N = {tuple(best['best_shape'])}, the best of "
+                 f"{len(best['rates'])} shapes: every linear layer's forward, input-gradient and weight-gradient "
+                 f"GEMM and large square ones). The floor is the task's fewest matmul FLOPs (the causal half of "
+                 f"attention) at that rate with nothing else done; floor / torch is the lowest NumPy/torch ratio "
+                 f"any NumPy code could reach here.", "",
+             "| task | matmul GFLOP (minimum) | floor | torch | lowest possible numpy / torch | target | reachable "
+             "| numpy | numpy's share of the floor |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |"]
+    for task, row in floor["tasks"].items():
+        lines.append(f"| {task} | {row['min_gflop']:.1f} | {row['floor_s']:.3f} s | {row['torch_s']:.3f} s | "
+                     f"{row['lowest_ratio']:.3f} | {row['target']} | {'yes' if row['target_reachable'] else 'no'} "
+                     f"| {row['numpy_s']:.3f} s | {row['numpy_share_of_floor']:.0%} |")
+    return lines
+
+
 def per_repeat_ratio(times: dict, numerator: str, denominator: str) -> float | None:
     if numerator not in times or denominator not in times:
         return None
@@ -223,6 +268,10 @@ def run(settings: dict, weights: str | None, use_hf: bool, log=print) -> dict:
                                      repeats=repeats, warmup=2, min_time=0.0)
     result["train_step"] = {"times_s": times, "stats": {k: harness.summarize(v) for k, v in times.items()}}
     log("train step " + ", ".join(f"{k} {statistics.median(v):.3f} s" for k, v in times.items()))
+
+    result["floor"] = machine_floor(config, B, T, result, quick=settings.get("quick", False))
+    log("floor " + ", ".join(f"{task} numpy/torch >= {row['lowest_ratio']:.2f} (target {row['target']})"
+                             for task, row in result["floor"]["tasks"].items()))
 
     fns = decode_functions(config, params, torch_model, hf_model, prompt, new_tokens)
     tokens = {name: fn() for name, fn in fns.items()}
@@ -280,6 +329,8 @@ def markdown(result: dict) -> str:
         speedup = per_repeat_ratio(decode["times_s"], "hf", name) if hf else None
         lines.append(f"| {name} | {rate:.1f} | {'-' if speedup is None else f'{speedup:.2f}x'} | "
                      f"{decode['same_tokens_as_numpy'][name]} |")
+    if "floor" in result:
+        lines += floor_table(result["floor"])
     return "\n".join(lines)
 
 

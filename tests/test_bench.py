@@ -147,6 +147,35 @@ def test_model_flops_matches_a_count_of_the_matmul_weights():
     assert cases.model_flops(get_config("gpt2-small"), 4, 256, train=True) / 1e9 == pytest.approx(787.7, abs=0.5)
 
 
+def test_min_matmul_flops_counts_each_product_of_a_causal_forward_by_brute_force():
+    """The floor's FLOPs, counted product by product: every linear layer's x W^T on B T rows (from the real
+    parameter shapes) and, per query t, q_t . k_s and weight_ts v_s only for the keys s <= t it may see."""
+    config = GPTConfig(vocab_size=101, context_length=32, emb_dim=24, n_heads=3, n_layers=2, qkv_bias=True)
+    params = init_params(config)
+    B, T, D = 3, 16, config.emb_dim // config.n_heads
+    flops = 0
+    for name, weight in params.items():
+        if weight.ndim == 2 and not name.startswith(("tok_emb", "pos_emb")):
+            flops += 2 * B * T * weight.shape[0] * weight.shape[1]              # (B T, in) @ (in, out)
+    for _layer in range(config.n_layers):
+        for _row in range(B):
+            for _head in range(config.n_heads):
+                for t in range(T):
+                    visible = t + 1                                            # keys 0..t
+                    flops += 2 * visible * D + 2 * visible * D                 # scores, then weights @ v
+    assert cases.min_matmul_flops(config, B, T, train=False) == flops
+    assert cases.min_matmul_flops(config, B, T, train=True) == 3 * flops
+    shapes = cases.linear_gemm_shapes(config, B * T)
+    assert (B * T, 24, 24) in shapes and (config.vocab_size, B * T, 24) in shapes and len(shapes) == 12
+
+
+def test_best_numpy_gemm_rate_reports_the_fastest_of_the_shapes_it_timed():
+    probe = harness.best_numpy_gemm_rate([(8, 8, 8), (64, 32, 16)], min_time=0.001, repeats=1)
+    assert [rate[:3] for rate in probe["rates"]] == [[8, 8, 8], [64, 32, 16]]
+    assert probe["best_gflops"] == max(rate[3] for rate in probe["rates"]) > 0
+    assert probe["best_shape"] in ([8, 8, 8], [64, 32, 16])
+
+
 def test_statistics_and_per_repeat_ratios():
     stats = harness.summarize([4.0, 1.0, 3.0, 2.0, 5.0])
     assert (stats["median"], stats["min"], stats["max"], stats["q1"], stats["q3"]) == (3.0, 1.0, 5.0, 2.0, 4.0)

@@ -3,6 +3,7 @@ in a fresh process, as a user runs it, so the script cannot rot; no speed is ass
 numbers are not the code's)."""
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -33,7 +34,15 @@ def test_quick_plain_script_writes_markdown_and_json_with_the_kernel_header(tmp_
     decode = result["decode"]
     assert set(decode["median_tokens_per_s"]) == {"numpy", "numpy_decoding_layout", "torchgpt"}
     assert all(decode["same_tokens_as_numpy"].values())                          # same weights, same greedy tokens
+    floor = result["floor"]                                                      # what the machine allows
+    assert floor["gemm"]["best_gflops"] == max(rate[3] for rate in floor["gemm"]["rates"])
+    for task, target in (("infer", 0.8), ("train_step", 0.85)):
+        row = floor["tasks"][task]
+        assert row["target"] == target and row["floor_s"] == pytest.approx(row["min_gflop"] / floor["gemm"]["best_gflops"])
+        assert row["lowest_ratio"] == pytest.approx(row["floor_s"] / statistics.median(result[task]["times_s"]["torch"]))
+        assert row["target_reachable"] is (row["lowest_ratio"] <= target)
     markdown = (tmp_path / "plain_script.md").read_text()
+    assert "| infer | " in markdown.split("What the machine allows")[1]
     assert "not claims" in markdown and "NumPy's BLAS kernel: " in markdown and "| infer |" in markdown
     assert markdown.strip() in done.stdout
 
