@@ -86,7 +86,7 @@ class InstructionBackend(NumpyOptimizerState, TrainingBackend):
     def compute_gradients(self) -> tuple[float, int]:
         inputs, targets = self._next_batch()
         loss, grads = model.loss_and_grads(self.params, inputs, targets, self.config, train=True,
-                                           rng=self.dropout_rng)
+                                           rng=self.dropout_rng, trainable_names=self.trainable)
         self.grads = {name: grads[name] for name in self.trainable}
         return float(loss), int(inputs.size)
 

@@ -74,12 +74,15 @@ def linear_layer_forward(x, p, name):
     return out, LinearLayerCache(name=name, base=base_cache, lora=lora_cache)
 
 
-def linear_layer_backward(dout, cache):
+def linear_layer_backward(dout, cache, frozen=False):
     """dout: (..., out) -> dx: (..., in), grads: {"name.weight", "name.bias"} for a plain layer, or
-    {"name.lora_A", "name.lora_B"} for an adapted one (its base is frozen: dx = dout W + adapter's dx)."""
+    {"name.lora_A", "name.lora_B"} for an adapted one (its base is frozen: dx = dout W + adapter's dx).
+    frozen=True: a plain layer that is not trained this time gives dx only and no grads (no dW GEMM)."""
     name = cache.name
     if cache.lora is None:
-        dx, dweight, dbias = linear_backward(dout, cache.base)
+        dx, dweight, dbias = linear_backward(dout, cache.base, frozen=frozen)
+        if frozen:
+            return dx, {}
         grads = {f"{name}.weight": dweight}
         if dbias is not None:
             grads[f"{name}.bias"] = dbias

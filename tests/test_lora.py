@@ -262,3 +262,42 @@ def test_npgpt_generation_applies_a_head_adapter():
     head_only = {k: v for k, v in adapters.items() if k.startswith("out_head.")}
     assert npgen.generate({**base, **head_only}, CONFIG, [1, 2, 3], 6, stop_ids=()) == \
         npgen.generate(nplora.merge_lora({**base, **head_only}), CONFIG, [1, 2, 3], 6, stop_ids=())
+
+
+@pytest.mark.parametrize("config_name, trained", [
+    ("untied", "adapters"),                    # LoRA on attention and feed-forward: the head is frozen
+    ("tied", "adapters"),
+    ("tied", "embedding"),                     # tied: training the embedding needs the head's weight gradient
+    ("untied", "head"),
+    ("llama", "adapters"),
+])
+def test_trainable_names_give_the_same_gradients_without_the_frozen_head_gemm(config_name, trained, monkeypatch):
+    """loss_and_grads(trainable_names=...) returns exactly the full backward's gradients of those names, and
+    computes the head's (V, C) weight gradient only when a trained name needs it."""
+    from gptcore.config import get_config
+    import npgpt.linear as nplinear
+
+    config = {"untied": CONFIG, "tied": CONFIG.replace(tie_weights=True),
+              "llama": get_config("tiny-llama").replace(drop_rate=0.0)}[config_name]
+    targets = ("attention", "feedforward")
+    base, adapters = adapted_params(config=config, targets=targets)
+    params = {**base, **adapters}
+    names = {"adapters": sorted(n for n in adapters if not n.endswith("lora_scaling")),
+             "embedding": ["tok_emb.weight"], "head": ["out_head.weight"]}[trained]
+    idx = IDX % config.vocab_size
+    _, full = npmodel.loss_and_grads(params, idx, np.roll(idx, -1, axis=1), config)
+
+    head_weight_gradients = []
+    real_backward = nplinear.linear_backward
+
+    def spy(dout, cache, frozen=False):
+        if cache.weight is params["out_head.weight"]:
+            head_weight_gradients.append(not frozen)
+        return real_backward(dout, cache, frozen=frozen)
+
+    monkeypatch.setattr(nplinear, "linear_backward", spy)
+    _, some = npmodel.loss_and_grads(params, idx, np.roll(idx, -1, axis=1), config, trainable_names=names)
+    assert sorted(some) == sorted(names)
+    for name in names:
+        np.testing.assert_array_equal(some[name], full[name])
+    assert head_weight_gradients == [trained != "adapters"]
