@@ -165,8 +165,23 @@ def test_min_matmul_flops_counts_each_product_of_a_causal_forward_by_brute_force
                     flops += 2 * visible * D + 2 * visible * D                 # scores, then weights @ v
     assert cases.min_matmul_flops(config, B, T, train=False) == flops
     assert cases.min_matmul_flops(config, B, T, train=True) == 3 * flops
-    shapes = cases.linear_gemm_shapes(config, B * T)
-    assert (B * T, 24, 24) in shapes and (config.vocab_size, B * T, 24) in shapes and len(shapes) == 12
+    C, F, V, R = config.emb_dim, config.ff_dim, config.vocab_size, B * T
+    assert cases.linear_gemm_shapes(config, R) == [
+        (R, C, C), (R, C, C), (C, R, C),          # q, k, v, out_proj (C, C): forward, input gradient, weight gradient
+        (R, C, F), (R, F, C), (F, R, C),          # fc1 (F, C)
+        (R, F, C), (R, C, F), (C, R, F),          # fc2 (C, F)
+        (R, C, V), (R, V, C), (V, R, C)]          # head (V, C)
+
+
+def test_best_numpy_gemm_rate_is_2mkn_over_the_median_time_and_names_the_fastest_shape(monkeypatch):
+    """With the timings fixed: each rate is 2 M K N / median seconds, and the best is the fastest shape's."""
+    timings = iter([[1.0, 0.5, 9.0], [0.25, 4.0, 0.5], [2.0, 2.0, 2.0]])      # medians 1.0, 0.5, 2.0
+    monkeypatch.setattr(harness, "time_interleaved", lambda fns, **kw: {"gemm": next(timings)})
+    shapes = [(2, 3, 4), (10, 10, 10), (8, 8, 8)]
+    probe = harness.best_numpy_gemm_rate(shapes, min_time=0.0, repeats=3)
+    expected = [2 * 2 * 3 * 4 / 1.0 / 1e9, 2 * 1000 / 0.5 / 1e9, 2 * 512 / 2.0 / 1e9]
+    assert [rate[3] for rate in probe["rates"]] == pytest.approx(expected, rel=1e-12)
+    assert probe["best_shape"] == [10, 10, 10] and probe["best_gflops"] == pytest.approx(expected[1])
 
 
 def test_best_numpy_gemm_rate_reports_the_fastest_of_the_shapes_it_timed():

@@ -264,14 +264,18 @@ def test_npgpt_generation_applies_a_head_adapter():
         npgen.generate(nplora.merge_lora({**base, **head_only}), CONFIG, [1, 2, 3], 6, stop_ids=())
 
 
-@pytest.mark.parametrize("config_name, trained", [
-    ("untied", "adapters"),                    # LoRA on attention and feed-forward: the head is frozen
-    ("tied", "adapters"),
-    ("tied", "embedding"),                     # tied: training the embedding needs the head's weight gradient
-    ("untied", "head"),
-    ("llama", "adapters"),
+@pytest.mark.parametrize("config_name, trained, head_dw", [
+    ("untied", "adapters", False),             # LoRA on attention and feed-forward: the head is frozen
+    ("tied", "adapters", False),
+    ("tied", "embedding", True),               # tied: training the embedding needs the head's weight gradient
+    ("untied", "embedding", False),            # untied: it does not
+    ("untied", "head", True),
+    ("llama", "adapters", False),
+    ("untied", "head-adapters", False),        # an adapter on the head: its A, B and dx, the base still frozen
+    ("tied", "head-adapters", False),
 ])
-def test_trainable_names_give_the_same_gradients_without_the_frozen_head_gemm(config_name, trained, monkeypatch):
+def test_trainable_names_give_the_same_gradients_without_the_frozen_head_gemm(config_name, trained, head_dw,
+                                                                              monkeypatch):
     """loss_and_grads(trainable_names=...) returns exactly the full backward's gradients of those names, and
     computes the head's (V, C) weight gradient only when a trained name needs it."""
     from gptcore.config import get_config
@@ -279,11 +283,14 @@ def test_trainable_names_give_the_same_gradients_without_the_frozen_head_gemm(co
 
     config = {"untied": CONFIG, "tied": CONFIG.replace(tie_weights=True),
               "llama": get_config("tiny-llama").replace(drop_rate=0.0)}[config_name]
-    targets = ("attention", "feedforward")
+    targets = ALL if trained == "head-adapters" else ("attention", "feedforward")
     base, adapters = adapted_params(config=config, targets=targets)
     params = {**base, **adapters}
-    names = {"adapters": sorted(n for n in adapters if not n.endswith("lora_scaling")),
+    adapter_names = sorted(n for n in adapters if not n.endswith("lora_scaling"))
+    names = {"adapters": adapter_names, "head-adapters": adapter_names,
              "embedding": ["tok_emb.weight"], "head": ["out_head.weight"]}[trained]
+    if trained == "head-adapters":
+        assert "out_head.lora_A" in names
     idx = IDX % config.vocab_size
     _, full = npmodel.loss_and_grads(params, idx, np.roll(idx, -1, axis=1), config)
 
@@ -300,4 +307,49 @@ def test_trainable_names_give_the_same_gradients_without_the_frozen_head_gemm(co
     assert sorted(some) == sorted(names)
     for name in names:
         np.testing.assert_array_equal(some[name], full[name])
-    assert head_weight_gradients == [trained != "adapters"]
+    assert head_weight_gradients == [head_dw]
+
+
+def test_a_frozen_plain_layer_gives_dx_only_and_never_touches_its_input():
+    """frozen=True: dx = dout W and no weight gradient at all (the input x, which only dW reads, is not read)."""
+    import npgpt.linear as nplinear
+
+    class Unreadable:                              # stands in for x: its shape is known, reading it fails
+        shape = (2, 3, 4)
+
+        def reshape(self, *args):
+            raise AssertionError("frozen backward read the layer's input")
+
+    weight = np.arange(20.0).reshape(5, 4)
+    dout = np.ones((2, 3, 5))
+    cache = nplinear.LinearCache(x=Unreadable(), weight=weight, has_bias=True)
+    dx, dweight, dbias = nplinear.linear_backward(dout, cache, frozen=True)
+    np.testing.assert_array_equal(dx, dout @ weight)
+    assert dweight is None and dbias is None
+    layer_cache = nplinear.LinearLayerCache(name="out_head", base=cache, lora=None)
+    dx, grads = nplinear.linear_layer_backward(dout, layer_cache, frozen=True)
+    assert grads == {} and dx.shape == (2, 3, 4)
+
+
+def test_instruct_backend_asks_for_its_trainable_gradients_only(monkeypatch):
+    """npgpt's instruction backend passes its trainable names to the backward (so a LoRA step skips the head's
+    weight gradient) and keeps exactly those gradients."""
+    import npgpt.instruct as npinstruct
+    from gptcore.engine.training import TrainSettings
+
+    base, adapters = adapted_params(targets=("attention",))
+    params = {**base, **adapters}
+    names = sorted(n for n in adapters if not n.endswith("lora_scaling"))
+    batches = [(IDX, np.roll(IDX, -1, axis=1))]
+    asked = []
+    real = npmodel.loss_and_grads
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs.get("trainable_names"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(npinstruct.model, "loss_and_grads", spy)
+    backend = npinstruct.InstructionBackend(params, CONFIG, lambda epoch: iter(batches), TrainSettings(),
+                                            trainable=names)
+    backend.compute_gradients()
+    assert asked == [names] and sorted(backend.grads) == names

@@ -196,6 +196,31 @@ def test_adamw_keeps_float32_and_is_thread_count_independent(monkeypatch):
         np.testing.assert_array_equal(results[0][name], results[1][name])
 
 
+def test_adamw_at_its_real_block_size_races_nothing_and_misses_no_block():
+    """At the real ADAMW_BLOCK (not patched), an array of 3 blocks and a partial one: two threads give the
+    bits one thread gives, and both equal the plain formulas. Catches a scratch buffer shared between blocks
+    (a race only enough work per thread shows) and a last partial block left out."""
+    rng = np.random.default_rng(9)
+    n = 3 * optim.ADAMW_BLOCK + 17
+    start = rng.standard_normal(n)
+    grads = [rng.standard_normal(n) for _ in range(2)]
+    results = []
+    for threads in (1, 2):
+        previous = parallel.set_num_threads(threads)
+        try:
+            params, opt = {"w": start.copy()[None]}, optim.AdamW(lr=1e-2, weight_decay=0.1)
+            for g in grads:
+                opt.step(params, {"w": g[None]})
+        finally:
+            parallel.set_num_threads(previous)
+        results.append(params["w"][0])
+    np.testing.assert_array_equal(results[0], results[1])
+    p, m, v = start, np.zeros(n), np.zeros(n)
+    for t, g in enumerate(grads, start=1):
+        p, m, v = plain_adamw_step(p, g, m, v, t, 1e-2, (0.9, 0.999), 1e-8, 0.1)
+    np.testing.assert_allclose(results[1], p, rtol=1e-13, atol=1e-15)
+
+
 def test_attention_and_model_stay_float32_and_thread_independent(two_threads):
     config = GPTConfig(vocab_size=97, context_length=16, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0)
     params = model.init_params(config, seed=0)

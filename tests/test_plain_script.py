@@ -71,3 +71,40 @@ def test_quick_plain_script_with_transformers(tmp_path):
     assert result["decode"]["same_tokens_as_numpy"] == {"numpy": True, "numpy_decoding_layout": True,
                                                         "torchgpt": True, "hf": True}
     assert result["ratios"]["decode numpy speed-up over hf"] > 0
+
+
+def test_machine_floor_arithmetic_with_a_fixed_gemm_rate(monkeypatch):
+    """The floor table from a known GEMM rate and known times: FLOPs of benchmarks.cases, B*T rows in every
+    probed linear GEMM, the ratio over torch (not NumPy), reachable only when that ratio is under the target,
+    and the markdown cells equal to the numbers."""
+    from benchmarks import cases, harness, plain_script
+    from gptcore.config import get_config
+
+    config, B, T = get_config("tiny"), 2, 16
+    probed = []
+
+    def fixed_rate(shapes, min_time, repeats=3):
+        probed.extend(shapes)
+        return {"best_gflops": 100.0, "best_shape": [1, 1, 1], "rates": [[1, 1, 1, 100.0]]}
+
+    monkeypatch.setattr(harness, "best_numpy_gemm_rate", fixed_rate)
+    infer_gflop = cases.min_matmul_flops(config, B, T, train=False) / 1e9
+    train_gflop = cases.min_matmul_flops(config, B, T, train=True) / 1e9
+    # infer: floor / torch just above the target (unreachable) while floor / numpy is below it; train: reachable
+    infer_torch = infer_gflop / 100.0 / 0.81
+    train_torch = train_gflop / 100.0 / 0.5
+    result = {"infer": {"times_s": {"numpy": [infer_torch * 2, infer_torch * 2], "torch": [infer_torch] * 2}},
+              "train_step": {"times_s": {"numpy": [train_torch, train_torch * 3, train_torch * 2],
+                                         "torch": [train_torch] * 3}}}
+    floor = plain_script.machine_floor(config, B, T, result, quick=True)
+    assert set(cases.linear_gemm_shapes(config, B * T)) <= set(probed)
+    infer, train = floor["tasks"]["infer"], floor["tasks"]["train_step"]
+    assert infer["min_gflop"] == pytest.approx(infer_gflop) and train["min_gflop"] == pytest.approx(3 * infer_gflop)
+    assert infer["lowest_ratio"] == pytest.approx(0.81) and infer["target_reachable"] is False
+    assert train["lowest_ratio"] == pytest.approx(0.5) and train["target_reachable"] is True
+    assert infer["numpy_s"] == pytest.approx(infer_torch * 2) and train["numpy_s"] == pytest.approx(train_torch * 2)
+    assert infer["numpy_share_of_floor"] == pytest.approx(0.81 / 2)
+    row = next(line for line in plain_script.floor_table(floor) if line.startswith("| infer |"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells == ["infer", f"{infer_gflop:.1f}", f"{infer['floor_s']:.3f} s", f"{infer_torch:.3f} s", "0.810",
+                     "0.8", "no", f"{infer_torch * 2:.3f} s", "40%"]
