@@ -13,9 +13,16 @@ Each variant runs --warmup steps (compilation happens there), then --steps timed
     model FLOPs per step = benchmarks.cases.model_flops(train=True) = 3 (2 N_mm B T + 4 L B T^2 C)
 
 the peak from torchgpt.train.PEAK_BF16_FLOPS by device name, or --peak-tflops.
-Decoding: batch 1, greedy, --new-tokens after a 32-token prompt, KV cache: torchgpt.generate on GPT-2 124M
-(random weights), and with transformers installed its GPT2LMHeadModel and a LlamaForCausalLM of SmolLM2-135M's
-shape (random weights; torchgpt has no Llama yet). Writes gpu.md and gpu.json into --out.
+Decoding: batch 1, greedy, --new-tokens after a 32-token prompt, KV cache: torchgpt.generate on GPT-2 124M and
+on torchgpt's Llama at SmolLM2-135M's shape (the `smollm2-135m` preset; random weights: the GPU machine may have
+no copy of the GGUF), and with transformers installed its GPT2LMHeadModel and a LlamaForCausalLM of the same
+SmolLM2 shape. Writes gpu.md and gpu.json into --out.
+
+    python -m benchmarks.gpu_bench --smoke --out /tmp/gpu-smoke     # the same code on the CPU, tiny models
+
+--smoke runs every step of the script but torch.compile on the CPU with the tiny presets (tiny, tiny-llama),
+a few tokens and steps, no transformers: the tests run it, so the script cannot rot on machines that never see
+a GPU. Its numbers mean nothing.
 """
 from __future__ import annotations
 
@@ -45,23 +52,30 @@ def mfu(flops_per_step: float, seconds_per_step: float, peak_flops: float | None
     return flops_per_step / seconds_per_step / peak_flops
 
 
-def _train_variant(config, batch_size, seq_len, *, compile_model, steps, warmup):
+def synchronize(device) -> None:
+    """Waits for the device's queued work (a CUDA GPU runs asynchronously; a CPU has nothing to wait for)."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _train_variant(config, batch_size, seq_len, *, compile_model, steps, warmup, device):
     """Seconds per train step (median of `steps` synchronised steps after `warmup`)."""
     import torch
     import torch.nn.functional as F
 
     from torchgpt import GPTModel
 
-    device = torch.device("cuda")
     model = GPTModel(config, use_sdpa=True, seed=0).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=6e-4, weight_decay=0.1, fused=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=6e-4, weight_decay=0.1, fused=device.type == "cuda")
     run = torch.compile(model) if compile_model else model
     idx = torch.randint(0, config.vocab_size, (batch_size, seq_len), device=device)
     targets = torch.randint(0, config.vocab_size, (batch_size, seq_len), device=device)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
             logits = run(idx)
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
         loss.backward()
@@ -69,26 +83,27 @@ def _train_variant(config, batch_size, seq_len, *, compile_model, steps, warmup)
 
     for _ in range(warmup):
         step()
-    torch.cuda.synchronize()
+    synchronize(device)
     times = []
     for _ in range(steps):
         start = time.perf_counter()
         step()
-        torch.cuda.synchronize()
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return times                                     # the model and optimizer go with this frame
 
 
-def train_rows(config, batch_sizes, seq_len, steps, warmup, peak, log) -> list[dict]:
+def train_rows(config, batch_sizes, seq_len, steps, warmup, peak, log, device, compile_variants=(False, True)):
     import torch
 
     rows = []
-    for compile_model in (False, True):
+    for compile_model in compile_variants:
         for batch_size in batch_sizes:
             try:
                 times = _train_variant(config, batch_size, seq_len, compile_model=compile_model, steps=steps,
-                                       warmup=warmup)
-                torch.cuda.empty_cache()
+                                       warmup=warmup, device=device)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
             except torch.cuda.OutOfMemoryError:
                 torch.cuda.empty_cache()
                 log(f"B={batch_size} T={seq_len} compile={compile_model}: out of memory, trying a smaller batch")
@@ -106,34 +121,41 @@ def train_rows(config, batch_sizes, seq_len, steps, warmup, peak, log) -> list[d
     return rows
 
 
-def _time_decode(fn, new_tokens, repeats):
-    import torch
-
+def _time_decode(fn, new_tokens, repeats, device):
     fn()                                              # warm-up
     rates = []
     for _ in range(repeats):
-        torch.cuda.synchronize()
+        synchronize(device)
         start = time.perf_counter()
         fn()
-        torch.cuda.synchronize()
+        synchronize(device)
         rates.append(new_tokens / (time.perf_counter() - start))
     return statistics.median(rates)
 
 
-def decode_rows(config, new_tokens, repeats, log) -> list[dict]:
+def decode_rows(config, llama_config, new_tokens, repeats, log, device, names=("GPT-2 124M", "SmolLM2-135M shape"),
+                use_hf=True) -> list[dict]:
+    """Batch-1 greedy decoding tokens/s of torchgpt's GPT-2 `config` and Llama `llama_config` (random weights),
+    and with use_hf and transformers installed, Hugging Face's models of the real sizes."""
     import torch
 
     import torchgpt.generate
-    from torchgpt import GPTModel
+    from torchgpt import GPTModel, build_model
 
-    device = torch.device("cuda")
-    prompt = torch.randint(0, config.vocab_size, (32,), generator=torch.Generator().manual_seed(0)).tolist()
+    gpt2_name, llama_name = names
+    prompt = torch.randint(0, min(config.vocab_size, llama_config.vocab_size), (32,),
+                           generator=torch.Generator().manual_seed(0)).tolist()
     model = GPTModel(config.replace(drop_rate=0.0), use_sdpa=True, seed=0).to(device).eval()
-    engines = {"torchgpt GPT-2 124M (fp32)": lambda: torchgpt.generate.generate(model, prompt, new_tokens, stop_ids=())}
+    llama = build_model(llama_config.replace(drop_rate=0.0), use_sdpa=True, seed=0).to(device).eval()
+    engines = {f"torchgpt {gpt2_name} (fp32)": lambda: torchgpt.generate.generate(model, prompt, new_tokens, stop_ids=()),
+               f"torchgpt {llama_name} (fp32)": lambda: torchgpt.generate.generate(llama, prompt, new_tokens,
+                                                                                   stop_ids=())}
     try:
+        if not use_hf:
+            raise ImportError
         from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
     except ImportError:
-        log("transformers is not installed: decoding without the Hugging Face rows")
+        log("decoding without the Hugging Face rows" + ("" if not use_hf else ": transformers is not installed"))
     else:
         hf_gpt2 = GPT2LMHeadModel(GPT2Config()).to(device).eval()
         smollm = LlamaForCausalLM(LlamaConfig(**SMOLLM2_135M)).to(device).eval()
@@ -148,7 +170,7 @@ def decode_rows(config, new_tokens, repeats, log) -> list[dict]:
         engines["transformers SmolLM2-135M shape (fp32)"] = lambda: hf_generate(smollm)
     rows = []
     for name, fn in engines.items():
-        rate = _time_decode(fn, new_tokens, repeats)
+        rate = _time_decode(fn, new_tokens, repeats, device)
         rows.append({"engine": name, "batch_size": 1, "prompt_tokens": 32, "new_tokens": new_tokens,
                      "tokens_per_s": rate})
         log(f"decode {name}: {rate:.1f} tokens/s")
@@ -156,11 +178,14 @@ def decode_rows(config, new_tokens, repeats, log) -> list[dict]:
 
 
 def markdown(result: dict) -> str:
-    lines = ["# GPU benchmark (benchmarks/gpu.sh)", "",
+    lines = ["# GPU benchmark (benchmarks/gpu.sh)", ""]
+    if result.get("smoke"):
+        lines += ["**Smoke run (--smoke) on the CPU with tiny models: these numbers are not claims.**", ""]
+    lines += [
              f"- GPU: {result['gpu']}, peak dense bf16 {result['peak_tflops'] or 'unknown'} TFLOP/s; torch "
              f"{result['torch']}, CUDA {result['cuda']}; {result['platform']}.",
-             "- Training: GPT-2 124M, bf16 autocast, SDPA, TF32, fused AdamW, random tokens; MFU = model FLOPs "
-             "(benchmarks.cases.model_flops) / step time / peak.", "",
+             f"- Training: {result.get('train_model', 'GPT-2 124M')}, bf16 autocast, SDPA, TF32, fused AdamW, random "
+             "tokens; MFU = model FLOPs (benchmarks.cases.model_flops) / step time / peak.", "",
              "| variant | B | T | tokens/s | step (median) | MFU |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for row in result["train"]:
         mfu_cell = "-" if row["mfu"] is None else f"{row['mfu']:.1%}"
@@ -183,30 +208,45 @@ def main(argv=None) -> int:
     parser.add_argument("--decode-repeats", type=int, default=5)
     parser.add_argument("--peak-tflops", type=float, help="the GPU's dense bf16 peak (default: by device name)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--smoke", action="store_true", help="the same code on the CPU with the tiny presets, a few "
+                                                             "steps and tokens, eager only, no transformers (for "
+                                                             "tests; the numbers mean nothing)")
     args = parser.parse_args(argv)
     import torch
 
-    if not torch.cuda.is_available():
+    if not args.smoke and not torch.cuda.is_available():
         print(f"error: {NO_CUDA}", file=sys.stderr)
         return 2
     from gptcore.config import get_config
     from gptcore.fileio import atomic_write_json, atomic_write_text
     from torchgpt.train import PEAK_BF16_FLOPS
 
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    gpu = torch.cuda.get_device_name(0)
-    peak = args.peak_tflops * 1e12 if args.peak_tflops else next(
-        (flops for key, flops in PEAK_BF16_FLOPS.items() if key in gpu), None)
-    config = get_config("gpt2-small", context_length=max(1024, args.seq_len), drop_rate=0.0)
-
     def log(message):
         print(message, file=sys.stderr, flush=True)
 
+    if args.smoke:
+        device, gpu, peak = torch.device("cpu"), "CPU (--smoke: tiny models, the numbers mean nothing)", None
+        config, llama_config = get_config("tiny", drop_rate=0.0), get_config("tiny-llama")
+        batch_sizes, seq_len, steps, warmup, new_tokens, repeats = [2], 32, 2, 1, 4, 1
+        compile_variants, names, use_hf = (False,), ("tiny", "tiny-llama"), False
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        device, gpu = torch.device("cuda"), torch.cuda.get_device_name(0)
+        peak = args.peak_tflops * 1e12 if args.peak_tflops else next(
+            (flops for key, flops in PEAK_BF16_FLOPS.items() if key in gpu), None)
+        config = get_config("gpt2-small", context_length=max(1024, args.seq_len), drop_rate=0.0)
+        llama_config = get_config("smollm2-135m")
+        batch_sizes, seq_len, steps, warmup = args.batch_sizes, args.seq_len, args.steps, args.warmup
+        new_tokens, repeats = args.new_tokens, args.decode_repeats
+        compile_variants, names, use_hf = (False, True), ("GPT-2 124M", "SmolLM2-135M shape"), True
+
     result = {"gpu": gpu, "peak_tflops": peak / 1e12 if peak else None, "torch": torch.__version__,
-              "cuda": torch.version.cuda, "platform": platform.platform(), "args": {k: str(v) for k, v in vars(args).items()}}
-    result["train"] = train_rows(config, args.batch_sizes, args.seq_len, args.steps, args.warmup, peak, log)
-    result["decode"] = decode_rows(config, args.new_tokens, args.decode_repeats, log)
+              "cuda": torch.version.cuda, "platform": platform.platform(), "smoke": args.smoke,
+              "train_model": "tiny (GPT-2 shape)" if args.smoke else "GPT-2 124M",
+              "args": {k: str(v) for k, v in vars(args).items()}}
+    result["train"] = train_rows(config, batch_sizes, seq_len, steps, warmup, peak, log, device, compile_variants)
+    result["decode"] = decode_rows(config, llama_config, new_tokens, repeats, log, device, names, use_hf)
     table = markdown(result)
     atomic_write_json(args.out / "gpu.json", result)
     atomic_write_text(args.out / "gpu.md", table + "\n")

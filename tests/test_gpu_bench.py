@@ -1,7 +1,10 @@
 """benchmarks/gpu.sh (issue 17): no test depends on a GPU. Here: the script refuses clearly where CUDA is
-missing, and the MFU arithmetic and the table are checked on numbers worked out by hand."""
+missing, every step of it runs on the CPU with tiny models (--smoke), and the MFU arithmetic and the table are
+checked on numbers worked out by hand."""
+import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,3 +42,21 @@ def test_gpu_table_from_a_result():
     table = gpu_bench.markdown(result)
     assert "| compiled | 32 | 1024 | 500,000 | 65.5 ms | 41.2% |" in table
     assert "| torchgpt GPT-2 124M (fp32) | 100 | 250.0 |" in table
+
+
+def test_smoke_run_goes_through_every_step_on_the_cpu(tmp_path):
+    """`--smoke`: the training rows (bf16 autocast, SDPA, AdamW, synchronised timing) and the decoding rows of
+    torchgpt's GPT-2 and Llama run here, in a fresh process as gpu.sh would start it, and write both files."""
+    done = subprocess.run([sys.executable, "-m", "benchmarks.gpu_bench", "--smoke", "--out", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "gpu.json").read_text())
+    assert result["smoke"] is True and result["peak_tflops"] is None
+    [train] = result["train"]
+    assert (train["variant"], train["batch_size"], train["seq_len"]) == ("eager", 2, 32)
+    assert train["tokens_per_s"] == pytest.approx(2 * 32 / train["step_s_median"]) and train["mfu"] is None
+    assert [row["engine"] for row in result["decode"]] == ["torchgpt tiny (fp32)", "torchgpt tiny-llama (fp32)"]
+    assert all(row["tokens_per_s"] > 0 and row["new_tokens"] == 4 for row in result["decode"])
+    table = (tmp_path / "gpu.md").read_text()
+    assert "not claims" in table and "| torchgpt tiny-llama (fp32) | 4 |" in table and table.strip() in done.stdout
