@@ -76,7 +76,7 @@ class TorchDecoder(Decoder):
     def new_cache(self, batch_size, capacity):
         return KVCache(self.config, batch_size, capacity, dtype=self.dtype, device=self.device)
 
-    @torch.no_grad()
+    @torch.inference_mode()     # no_grad without autograd's bookkeeping: +4% tokens/s on SmolLM2 (in-process A/B)
     def forward_last(self, ids, attention_mask, cache):
         idx = torch.from_numpy(np.ascontiguousarray(ids)).to(self.device)
         mask = None if attention_mask is None else torch.from_numpy(attention_mask).to(self.device)
