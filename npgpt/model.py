@@ -232,8 +232,13 @@ def backward(dlogits, cache, trainable_names=None):
     frozen_head = trainable_names is not None and not _head_trained(cache.trunk.params, set(trainable_names))
     dx, grads = linear_layer_backward(dlogits, cache.out_head, frozen=frozen_head)   # dx (B, T, C); dW (V, C)
     trunk_backward(dx, cache.trunk, grads)
-    wanted = cache.trunk.params if trainable_names is None else trainable_names
-    return {name: grads[name] for name in wanted if name in grads}
+    if trainable_names is None:
+        return {name: grads[name] for name in cache.trunk.params if name in grads}
+    missing = [name for name in trainable_names if name not in grads]
+    if missing:
+        raise ValueError(f"trainable_names has no gradient for {missing[:3]}: not a parameter of the model, or "
+                         f"one that does not train (a LoRA-adapted layer's frozen weight or bias, lora_scaling)")
+    return {name: grads[name] for name in trainable_names}
 
 
 def _head_trained(params, trainable: set) -> bool:

@@ -1,6 +1,7 @@
 """LoRA behaviour in both backends: merge/unmerge round trips, trainable-parameter counts, saving and loading
 adapters alone, frozen base weights during training, and the errors for bad settings and files."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -353,3 +354,14 @@ def test_instruct_backend_asks_for_its_trainable_gradients_only(monkeypatch):
                                             trainable=names)
     backend.compute_gradients()
     assert asked == [names] and sorted(backend.grads) == names
+
+
+@pytest.mark.parametrize("name", ["blocks.0.att.W_qery.lora_A", "blocks.0.att.W_query.weight",
+                                  "blocks.0.att.W_query.lora_scaling"])
+def test_trainable_names_without_a_gradient_are_an_error_that_names_them(name):
+    """A misspelt name, a LoRA-adapted layer's frozen weight or the adapters' constant scaling: no gradient
+    exists for it, and saying so beats returning a dict without it."""
+    base, adapters = adapted_params(targets=("attention",))
+    with pytest.raises(ValueError, match=re.escape(name)):
+        npmodel.loss_and_grads({**base, **adapters}, IDX, np.roll(IDX, -1, axis=1), CONFIG,
+                               trainable_names=["blocks.0.att.W_key.lora_A", name])
