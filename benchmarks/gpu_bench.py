@@ -133,6 +133,29 @@ def _time_decode(fn, new_tokens, repeats, device):
     return statistics.median(rates)
 
 
+def hf_engines(prompt, new_tokens, device, log) -> dict:
+    """transformers' GPT-2 124M and a Llama of SmolLM2-135M's shape (random weights) as decoding engines, or {}
+    when transformers is not installed."""
+    import torch
+
+    try:
+        from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+    except ImportError:
+        log("transformers is not installed: decoding without the Hugging Face rows")
+        return {}
+    hf_gpt2 = GPT2LMHeadModel(GPT2Config()).to(device).eval()
+    smollm = LlamaForCausalLM(LlamaConfig(**SMOLLM2_135M)).to(device).eval()
+    tprompt = torch.tensor([prompt], device=device)
+
+    def hf_generate(hf_model):
+        with torch.no_grad():
+            return hf_model.generate(tprompt, attention_mask=torch.ones_like(tprompt), max_new_tokens=new_tokens,
+                                     min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+
+    return {"transformers GPT-2 124M (fp32)": lambda: hf_generate(hf_gpt2),
+            "transformers SmolLM2-135M shape (fp32)": lambda: hf_generate(smollm)}
+
+
 def decode_rows(config, llama_config, new_tokens, repeats, log, device, names=("GPT-2 124M", "SmolLM2-135M shape"),
                 use_hf=True) -> list[dict]:
     """Batch-1 greedy decoding tokens/s of torchgpt's GPT-2 `config` and Llama `llama_config` (random weights),
@@ -150,24 +173,10 @@ def decode_rows(config, llama_config, new_tokens, repeats, log, device, names=("
     engines = {f"torchgpt {gpt2_name} (fp32)": lambda: torchgpt.generate.generate(model, prompt, new_tokens, stop_ids=()),
                f"torchgpt {llama_name} (fp32)": lambda: torchgpt.generate.generate(llama, prompt, new_tokens,
                                                                                    stop_ids=())}
-    try:
-        if not use_hf:
-            raise ImportError
-        from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
-    except ImportError:
-        log("decoding without the Hugging Face rows" + ("" if not use_hf else ": transformers is not installed"))
+    if use_hf:
+        engines.update(hf_engines(prompt, new_tokens, device, log))
     else:
-        hf_gpt2 = GPT2LMHeadModel(GPT2Config()).to(device).eval()
-        smollm = LlamaForCausalLM(LlamaConfig(**SMOLLM2_135M)).to(device).eval()
-        tprompt = torch.tensor([prompt], device=device)
-
-        def hf_generate(hf_model):
-            with torch.no_grad():
-                return hf_model.generate(tprompt, attention_mask=torch.ones_like(tprompt), max_new_tokens=new_tokens,
-                                         min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
-
-        engines["transformers GPT-2 124M (fp32)"] = lambda: hf_generate(hf_gpt2)
-        engines["transformers SmolLM2-135M shape (fp32)"] = lambda: hf_generate(smollm)
+        log("decoding without the Hugging Face rows")
     rows = []
     for name, fn in engines.items():
         rate = _time_decode(fn, new_tokens, repeats, device)

@@ -85,9 +85,8 @@ class InstructionBackend(NumpyOptimizerState, TrainingBackend):
 
     def compute_gradients(self) -> tuple[float, int]:
         inputs, targets = self._next_batch()
-        loss, grads = model.loss_and_grads(self.params, inputs, targets, self.config, train=True,
-                                           rng=self.dropout_rng, trainable_names=self.trainable)
-        self.grads = {name: grads[name] for name in self.trainable}
+        loss, self.grads = model.loss_and_grads(self.params, inputs, targets, self.config, train=True,
+                                                rng=self.dropout_rng, trainable_names=self.trainable)
         return float(loss), int(inputs.size)
 
     def clip_gradients(self, max_norm: float) -> float:

@@ -244,7 +244,7 @@ def backward(dlogits, cache, trainable_names=None):
 def _head_trained(params, trainable: set) -> bool:
     """Does any trained name need the head's weight gradient: the head's own, or the embedding it is tied to?"""
     tied = params.get("out_head.weight") is params.get("tok_emb.weight")
-    return bool({"out_head.weight", "out_head.bias"} & trainable) or (tied and "tok_emb.weight" in trainable)
+    return "out_head.weight" in trainable or (tied and "tok_emb.weight" in trainable)
 
 
 def loss_and_grads(params, idx, targets, config: GPTConfig, *, train=False, rng=None, trainable_names=None):
