@@ -118,10 +118,8 @@ def train_functions(config, params, torch_model, hf_model, idx, targets):
     import torch
     import torch.nn.functional as F
 
-    params = {name: value.copy() for name, value in params.items()}       # trained copies: the decode runs
-    head, embedding = "out_head.weight", "tok_emb.weight"                   # keep the loaded weights
-    if head in params and config.tie_weights:
-        params[head] = params[embedding]
+    params = copy.deepcopy(params)      # trained copies (ties and memory layout kept): the decode runs keep the
+                                        # loaded weights
     optimizer = AdamW(lr=4e-4, weight_decay=0.1)
 
     def numpy_step():

@@ -37,13 +37,15 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=4, help="train steps, the first not printed (default 4)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--layout", choices=npgpt.model.LAYOUTS, default="fast",
+                        help="the parameters' memory layout (npgpt.model.init_params; default fast)")
     args = parser.parse_args(argv)
     if args.steps < 2 or args.batch_size < 1 or args.seq_len < 1:
         parser.error("--steps must be at least 2, --batch-size and --seq-len at least 1")
     config = get_config(args.model).replace(drop_rate=0.0)
     if args.seq_len > config.context_length:
         parser.error(f"--seq-len {args.seq_len} is longer than {args.model}'s context ({config.context_length})")
-    params = npgpt.model.init_params(config, seed=0)
+    params = npgpt.model.init_params(config, seed=0, layout=args.layout)
     rng = np.random.default_rng(0)
     idx = rng.integers(0, config.vocab_size, (args.batch_size, args.seq_len))
     targets = rng.integers(0, config.vocab_size, (args.batch_size, args.seq_len))

@@ -21,6 +21,17 @@ from npgpt.speed.memory import apply_from_environment  # noqa: E402
 apply_from_environment()
 
 from gptcore.config import PRESETS, ConfigError, GPTConfig, get_config  # noqa: E402  (after the setting above)
-from gptcore.formats.weights import WeightsError, load_weights  # noqa: E402
+from gptcore.formats import weights as _weights  # noqa: E402
+from gptcore.formats.weights import WeightsError  # noqa: E402
 
 __all__ = ["GPTConfig", "PRESETS", "ConfigError", "get_config", "load_weights", "WeightsError"]
+
+
+def load_weights(path, layout="fast"):
+    """(config, params) from weights in any format gptcore.formats.weights.load_weights reads (an OpenAI or
+    Hugging Face folder, a GGUF file, a checkpoint or run, a manifest name), the matrices in npgpt's `layout`:
+    "fast" (the default: decodes fastest, trains as fast) or "torch" (row by row); see npgpt.model.LAYOUTS."""
+    from npgpt.model import check_layout, relay_in_place
+    check_layout(layout)
+    config, params = _weights.load_weights(path)
+    return config, relay_in_place(params, config) if layout == "fast" else params

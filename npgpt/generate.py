@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from gptcore.arch import spec_for
 from gptcore.config import GPTConfig
 from gptcore.engine.decoding import (EOT_ID, Decoder, check_sampling_temperature, generate_batch_tokens,
-                                     generate_tokens, reads_faster_transposed, stream_tokens, top_k_mask)
-from gptcore.lora import A_SUFFIX, split_lora
+                                     generate_tokens, stream_tokens, top_k_mask)
+from gptcore.lora import split_lora
 from npgpt.kvcache import KVCache
 from npgpt.linear import linear_layer_forward
-from npgpt.model import block_params, check_params, trunk_infer
+from npgpt.model import block_params, check_params, fast_layout, trunk_infer
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -101,51 +100,10 @@ class NumpyDecoder(Decoder):
 # The decoding memory layout
 # --------------------------------------------------------------------------------------------------------
 def decoding_layout(params, config: GPTConfig):
-    """The same parameters (names, shapes, values) with the matrices of reads_faster_transposed stored
-    transposed in memory: W becomes a view of the contiguous W^T. For decoding (the GEMVs of a batch-1
-    step are bound by memory speed, so the layout sets the speed); training and every other use work on
-    either layout. Returns a new dict; the copies replace the old arrays once the caller drops them.
-    A tied head keeps its tie: tok_emb.weight is out_head.weight, stored transposed (a lookup reads C
-    numbers at a stride, a negligible cost next to the head's V x C read).
-    """
-    check_params(split_lora(params)[0], config)
-    relaid = {}                                      # id(old array) -> new array, so tied names stay one array
-    out = {}
-    for name, array in params.items():
-        if not reads_faster_transposed(name, array.shape, config):
-            out[name] = array
-            continue
-        if id(array) not in relaid:
-            relaid[id(array)] = np.ascontiguousarray(array.T).T      # (out, in) view of a contiguous (in, out)
-        out[name] = relaid[id(array)]
-    for names in shared_input_groups(params, config):
-        out.update(stored_side_by_side({name: params[name] for name in names}))
-    return out
-
-
-def shared_input_groups(params, config: GPTConfig) -> list[tuple[str, ...]]:
-    """The weight names of every block's linear layers that read the same input (the spec's
-    SHARED_INPUT_LAYERS), leaving out a group with a LoRA adapter on any of its layers."""
-    groups = []
-    for i in range(config.n_layers):
-        for layers in spec_for(config).SHARED_INPUT_LAYERS:
-            if not any(f"blocks.{i}.{layer}{A_SUFFIX}" in params for layer in layers):
-                groups.append(tuple(f"blocks.{i}.{layer}.weight" for layer in layers))
-    return groups
-
-
-def stored_side_by_side(weights: dict) -> dict:
-    """name -> the same (out_i, in) values as views of the column blocks of one contiguous
-    (in, out_1 + ... + out_n) array, in the given order (npgpt.linear.side_by_side reads it back)."""
-    first = next(iter(weights.values()))
-    together = np.empty((first.shape[1], sum(w.shape[0] for w in weights.values())), dtype=first.dtype)
-    out, start = {}, 0
-    for name, w in weights.items():
-        block = together[:, start:start + w.shape[0]]                              # (in, out_i) column block
-        block[...] = w.T
-        out[name] = block.T
-        start += w.shape[0]
-    return out
+    """The same parameters (names, shapes, values, ties) in the layout that decodes fastest, as a new dict:
+    npgpt.model.fast_layout, the layout init_params and npgpt.load_weights give by default. For parameters
+    from elsewhere (a torch state dict, a checkpoint read by gptcore, copies), which come row by row."""
+    return fast_layout(params, config)
 
 
 # --------------------------------------------------------------------------------------------------------

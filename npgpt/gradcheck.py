@@ -10,23 +10,23 @@ import numpy as np
 def numerical_grad(loss_fn, array, *, h=1e-6, max_entries=None, rng=None):
     """Estimates dL/d(array) by central differences, perturbing `array` in place (restored after).
 
-    loss_fn() -> float reads `array`. Returns (flat indices checked, numerical gradient at them).
+    loss_fn() -> float reads `array`. Returns (the flat indices checked, in row order, and the numerical gradient at them).
     With max_entries, a random sample of entries is checked (big tensors).
     """
-    flat = array.reshape(-1)                         # a view: writes go into `array`
-    if max_entries is None or flat.size <= max_entries:
-        indices = np.arange(flat.size)
+    if max_entries is None or array.size <= max_entries:
+        indices = np.arange(array.size)
     else:
         rng = rng or np.random.default_rng(0)
-        indices = rng.choice(flat.size, size=max_entries, replace=False)
+        indices = rng.choice(array.size, size=max_entries, replace=False)
     estimates = np.empty(indices.size, dtype=np.float64)
     for j, i in enumerate(indices):
-        original = flat[i]
-        flat[i] = original + h
+        entry = np.unravel_index(i, array.shape)     # the i-th entry in row order, written in place whatever
+        original = array[entry]                      # the memory layout (a transposed view has no flat view)
+        array[entry] = original + h
         loss_plus = loss_fn()
-        flat[i] = original - h
+        array[entry] = original - h
         loss_minus = loss_fn()
-        flat[i] = original
+        array[entry] = original
         estimates[j] = (loss_plus - loss_minus) / (2 * h)
     return indices, estimates
 

@@ -54,9 +54,18 @@ def linear_backward(dout, cache, frozen=False):
     if frozen:
         return dx, None, None
     x2d = cache.x.reshape(-1, cache.x.shape[-1])     # (N, in)
-    dweight = dout2d.T @ x2d                         # (out, in)
+    if stored_transposed(cache.weight):              # the gradient in the weight's own layout, so that the
+        dweight = (x2d.T @ dout2d).T                 # optimizer steps both row by row: (out, in) view of
+    else:                                            # the contiguous dW^T = x^T dout (in, out)
+        dweight = dout2d.T @ x2d                     # (out, in)
     dbias = dout2d.sum(axis=0) if cache.has_bias else None
     return dx, dweight, dbias
+
+
+def stored_transposed(weight) -> bool:
+    """Is the (out, in) weight stored as its transpose W^T (in, out), rows contiguous (npgpt.model's "fast"
+    layout, alone or as a column block of a side-by-side group)? Its gradient is then made the same way."""
+    return weight.ndim == 2 and not weight.flags.c_contiguous and weight.strides[0] == weight.itemsize
 
 
 def linear_layer_forward(x, p, name):

@@ -21,12 +21,15 @@ import numpy as np
 
 from gptcore.arch import block_param_shapes, count_params_for, param_shapes, spec_for
 from gptcore.config import GPTConfig
+from gptcore.engine.decoding import reads_faster_transposed
+from gptcore.lora import A_SUFFIX, split_lora
 from gptcore.params import check_param_shapes, unique_arrays
 from npgpt import gpt2, llama
-from npgpt.linear import LinearLayerCache, linear_layer_backward, linear_layer_forward
+from npgpt.linear import (LinearLayerCache, linear_layer_backward, linear_layer_forward, side_by_side,
+                          stored_transposed)
 from npgpt.loss import cross_entropy_loss_and_grad
 
-__all__ = ["ARCHITECTURES", "ModelCache", "architecture", "init_params", "param_shapes", "block_param_shapes",
+__all__ = ["ARCHITECTURES", "ModelCache", "architecture", "init_params", "LAYOUTS", "fast_layout", "torch_layout", "param_shapes", "block_param_shapes",
            "count_params", "count_params_for", "check_params", "check_token_ids", "block_params",
            "trunk_forward", "trunk_backward", "trunk_infer", "forward", "backward", "infer", "loss_and_grads"]
 
@@ -52,12 +55,16 @@ def architecture(config: GPTConfig):
 # parameters
 # ---------------------------------------------------------------------------------------------------
 
-def init_params(config: GPTConfig, seed=0, dtype=np.float32):
+def init_params(config: GPTConfig, seed=0, dtype=np.float32, layout="fast"):
     """A fresh parameter dict by the architecture's init rule (gptcore.arch; GPT-2: weights ~ N(0, std),
     biases 0, LayerNorm scale 1 and shift 0).
 
     Values are drawn in float32 whatever `dtype` is, so a float64 model starts from the same numbers.
+    layout: how the matrices lie in memory, never their names, shapes or values (see LAYOUTS and fast_layout):
+    "fast" (the default) decodes fastest and trains as fast as "torch", every array row by row as torch
+    stores it.
     """
+    check_layout(layout)
     rng = np.random.default_rng(seed)
     head, embedding = spec_for(config).TIED_HEAD
     params = {}
@@ -73,7 +80,7 @@ def init_params(config: GPTConfig, seed=0, dtype=np.float32):
             draw = rng.standard_normal(shape, dtype=np.float32)
             draw *= np.float32(value)
             params[name] = draw.astype(dtype, copy=False)
-    return params
+    return relay_in_place(params, config) if layout == "fast" else params
 
 
 def count_params(params):
@@ -106,6 +113,88 @@ def check_token_ids(idx, config: GPTConfig):
 def block_params(params, config: GPTConfig):
     """Each block's parameters under their names inside the block (GPT-2: subdict(params, "blocks.i."))."""
     return architecture(config).block_params(params, config)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the memory layout of the parameters
+# ---------------------------------------------------------------------------------------------------
+# "fast": the matrices that a batch-1 product x @ W^T reads faster as the (in, out) matrix W^T in row order
+#   (gptcore.engine.decoding.reads_faster_transposed: out >= in, and a tied head with its embedding) are
+#   stored so, W an (out, in) view of the contiguous W^T; and each block's layers that read one input (the
+#   spec's SHARED_INPUT_LAYERS: the query, key and value projections, Llama's gate and up) side by side, as
+#   views of the column blocks of one (in, out_1 + ... + out_n) matrix that decoding reads with one product
+#   (npgpt.linear.linear_layers_together). Same names, shapes, values and ties. Decoding reads every weight
+#   once per token, so the layout sets its speed (GPT-2 124M here: 56 against 50 tokens/s). Training reads
+#   either layout: a gradient comes out in its weight's layout (npgpt.linear.linear_backward) and AdamW
+#   steps it block by block (npgpt.optim.blockable_views).
+# "torch": every array C-contiguous, W (out, in) row by row, as torch stores it.
+LAYOUTS = ("fast", "torch")
+
+
+def check_layout(layout):
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown parameter layout {layout!r}; choose one of {LAYOUTS}")
+
+
+def fast_layout(params, config: GPTConfig):
+    """The same parameters (names, shapes, values, ties) in the "fast" layout, as a new dict: W becomes an
+    (out, in) view of the contiguous W^T, a shared-input group views of one matrix's column blocks (a group
+    with a LoRA adapter stays apart). Arrays that stay as they are (biases, norms, embeddings read by rows,
+    fc2) are the same objects. The input dict is not touched; its matrices are freed once the caller drops it."""
+    check_params(split_lora(params)[0], config)
+    return relay_in_place(dict(params), config)
+
+
+def torch_layout(params):
+    """The same parameters (names, shapes, values, ties) with every array C-contiguous, as torch stores it
+    (arrays already so are the same objects), as a new dict."""
+    copies = {}
+    return {name: array if array.flags.c_contiguous else copies.setdefault(id(array), np.ascontiguousarray(array))
+            for name, array in params.items()}
+
+
+def relay_in_place(params, config: GPTConfig):
+    """fast_layout on `params` itself, entry by entry, so that each old matrix is freed as soon as its copy
+    is made (peak memory: the model plus its largest matrix, not two models). Arrays already in that layout
+    stay the same objects. Returns `params`."""
+    groups = shared_input_groups(params, config)
+    grouped = {name for names in groups for name in names}
+    relaid = {}                                      # id(old array) -> new array, so tied names stay one array
+    for name, array in list(params.items()):
+        if name not in grouped and reads_faster_transposed(name, array.shape, config) and not stored_transposed(array):
+            if id(array) not in relaid:
+                relaid[id(array)] = np.ascontiguousarray(array.T).T      # (out, in) view of a contiguous (in, out)
+            params[name] = relaid[id(array)]
+    del relaid
+    for names in groups:
+        if side_by_side([params[name] for name in names]) is None:       # not already so
+            params.update(stored_side_by_side({name: params[name] for name in names}))
+    return params
+
+
+def shared_input_groups(params, config: GPTConfig) -> list[tuple[str, ...]]:
+    """The weight names of every block's linear layers that read the same input (the spec's
+    SHARED_INPUT_LAYERS), leaving out a group with a LoRA adapter on any of its layers."""
+    groups = []
+    for i in range(config.n_layers):
+        for layers in spec_for(config).SHARED_INPUT_LAYERS:
+            if not any(f"blocks.{i}.{layer}{A_SUFFIX}" in params for layer in layers):
+                groups.append(tuple(f"blocks.{i}.{layer}.weight" for layer in layers))
+    return groups
+
+
+def stored_side_by_side(weights: dict) -> dict:
+    """name -> the same (out_i, in) values as views of the column blocks of one contiguous
+    (in, out_1 + ... + out_n) array, in the given order (npgpt.linear.side_by_side reads it back)."""
+    first = next(iter(weights.values()))
+    together = np.empty((first.shape[1], sum(w.shape[0] for w in weights.values())), dtype=first.dtype)
+    out, start = {}, 0
+    for name, w in weights.items():
+        block = together[:, start:start + w.shape[0]]                              # (in, out_i) column block
+        block[...] = w.T
+        out[name] = block.T
+        start += w.shape[0]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -54,6 +54,8 @@ class AdamW:
             if name not in self.m:
                 self.m[name] = np.zeros_like(p)
                 self.v[name] = np.zeros_like(p)
+            elif blockable_views((p, self.m[name])) is None:   # restored row by row for a transposed p:
+                self.m[name], self.v[name] = laid_out_like(p, self.m[name]), laid_out_like(p, self.v[name])
             decayed = self.weight_decay and (self.decay_filter is None or self.decay_filter(name, p))
             decay_factor = 1.0 - lr * self.weight_decay if decayed else 1.0
             self._update(p, grads[name], self.m[name], self.v[name], decay_factor, step_size,
@@ -69,13 +71,12 @@ class AdamW:
         beta1, beta2 = self.betas
         eps = self.eps
         weight = 1.0 - beta1                              # torch: exp_avg.lerp_(grad, 1 - beta1)
-        arrays = (p, g, m, v)
-        if all(a.flags.c_contiguous for a in arrays):
-            flat = [a.reshape(-1) for a in arrays]        # views: writing them writes p, m, v
-            n, block = p.size, ADAMW_BLOCK
-        else:                                             # e.g. a transposed view from a loader: one block
-            flat = [a[None] for a in arrays]
+        flat = blockable_views((p, g, m, v))          # views: writing them writes p, m, v
+        if flat is None:                                  # layouts that differ (e.g. a C-ordered m restored
+            flat = [a[None] for a in (p, g, m, v)]        # for a transposed p): one block, correct but slow
             n, block = 1, 1
+        else:                                             # blocks of about ADAMW_BLOCK elements
+            n, block = flat[0].shape[0], max(1, ADAMW_BLOCK // max(1, flat[0][0].size))
 
         def update_block(start, stop):
             pb, gb, mb, vb = (a[start:stop] for a in flat)
@@ -110,11 +111,34 @@ class AdamW:
         self.t, self.m, self.v = int(state["t"]), dict(state["m"]), dict(state["v"])
 
 
+def blockable_views(arrays):
+    """Views of the same-shaped arrays, element for element alike, that blocks along the first axis cut into
+    pieces with a contiguous last axis: 1-D views of contiguous arrays (of the transposes of matrices stored
+    transposed, npgpt.model's "fast" layout), else the (in, out) transposes of matrices stored transposed
+    whose rows are contiguous but apart (a side-by-side group's column blocks, npgpt.linear.stored_transposed);
+    None when the arrays are laid out differently from each other."""
+    if all(a.flags.c_contiguous for a in arrays):
+        return [a.reshape(-1) for a in arrays]
+    if all(a.ndim == 2 and a.T.flags.c_contiguous for a in arrays):
+        return [a.T.reshape(-1) for a in arrays]
+    if all(a.ndim == 2 and a.strides[0] == a.itemsize and a.strides[1] >= a.shape[0] * a.itemsize
+           for a in arrays):
+        return [a.T for a in arrays]
+    return None
+
+
+def laid_out_like(p, values):
+    """A copy of `values` in the memory layout of `p` (same shape)."""
+    out = np.empty_like(p)
+    out[...] = values
+    return out
+
+
 def global_grad_norm(grads):
     """sqrt of the sum of squares of every gradient entry (a tied gradient counted once)."""
     total = 0.0
     for _, g in unique_arrays(grads):
-        flat = g.reshape(-1)
+        flat = g.ravel(order="K")                    # a view for C- and F-contiguous arrays, else a copy
         total += float(np.dot(flat, flat))
     return math.sqrt(total)
 

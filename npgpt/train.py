@@ -99,7 +99,10 @@ class NumpyBackend(NumpyOptimizerState, TrainingBackend):
 
     def __init__(self, params: dict, config, train_dataset, val_dataset, settings: TrainSettings, *,
                  metadata: dict | None = None, sample_fn=None):
-        self.params, self.config, self.settings = params, config, settings
+        # The same layout whatever the weights came from (init_params, a loader, a checkpoint): a resumed run
+        # then repeats the original's GEMMs bit for bit. The dict's entries are replaced, not its values.
+        self.params = model.relay_in_place(params, config)
+        self.config, self.settings = config, settings
         self.train_dataset, self.val_dataset = train_dataset, val_dataset
         self.metadata, self.sample_fn = dict(metadata or {}), sample_fn
         self.optimizer = AdamW(lr=settings.lr, betas=settings.betas, weight_decay=settings.weight_decay)
@@ -167,7 +170,8 @@ class NumpyBackend(NumpyOptimizerState, TrainingBackend):
 def train(params, config, train_dataset, val_dataset, settings: TrainSettings, *, progress=True, on_log=None,
           run_log: RunLog | None = None, resume_state: dict | None = None, on_step=None, metadata=None,
           sample_fn=None):
-    """Trains `params` in place; returns the history, a list of dicts per logged step:
+    """Trains `params` in place (first put in npgpt.model's "fast" layout: the dict's matrices in another layout
+    are replaced by same-valued arrays); returns the history, a list of dicts per logged step:
     {step, epoch, train_loss (the step's mean micro-batch loss), train_perplexity, lr, grad_norm, tokens_seen,
     tokens_per_sec, elapsed_s} plus, at eval steps, {eval_train_loss, eval_train_perplexity, val_loss,
     val_perplexity}.

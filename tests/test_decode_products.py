@@ -78,7 +78,7 @@ def test_split_product_layer_trains_like_nn_linear():
 
 def test_numpy_llama_layout_puts_each_group_side_by_side():
     config = llama_config()
-    params = init_params(config, seed=1, dtype=np.float64)
+    params = init_params(config, seed=1, dtype=np.float64, layout="torch")
     relaid = np_generate.decoding_layout(params, config)
     for i in range(config.n_layers):
         for group in LLAMA_GROUPS:
@@ -93,7 +93,7 @@ def test_numpy_llama_layout_puts_each_group_side_by_side():
 
 def test_numpy_side_by_side_layers_give_the_separate_products():
     config = llama_config()
-    params = init_params(config, seed=2, dtype=np.float64)
+    params = init_params(config, seed=2, dtype=np.float64, layout="torch")
     relaid = np_generate.decoding_layout(params, config)
     x = np.random.default_rng(0).standard_normal((2, 3, config.emb_dim))
     block = {name[len("blocks.0.att."):]: value for name, value in relaid.items() if name.startswith("blocks.0.att.")}
@@ -107,7 +107,7 @@ def test_numpy_side_by_side_layers_give_the_separate_products():
 
 def test_numpy_gpt2_biases_join_the_side_by_side_product():
     config = get_config("tiny", vocab_size=97, context_length=24, qkv_bias=True)
-    params = init_params(config, seed=3, dtype=np.float64)
+    params = init_params(config, seed=3, dtype=np.float64, layout="torch")
     for name in ("W_query", "W_key", "W_value"):       # nonzero biases, so a lost or misplaced one shows
         params[f"blocks.0.att.{name}.bias"] = np.random.default_rng(len(name)).standard_normal(config.emb_dim)
     relaid = np_generate.decoding_layout(params, config)
@@ -117,7 +117,7 @@ def test_numpy_gpt2_biases_join_the_side_by_side_product():
 
 def test_numpy_layout_leaves_a_group_with_a_lora_adapter_apart():
     config = llama_config()
-    params = np_add_lora(init_params(config, seed=4, dtype=np.float64), LoRAConfig(rank=2, targets=("att.W_key",)))
+    params = np_add_lora(init_params(config, seed=4, dtype=np.float64, layout="torch"), LoRAConfig(rank=2, targets=("att.W_key",)))
     for name in params:
         if name.endswith(".lora_B"):                    # nonzero B: the adapter changes the output
             params[name] = np.random.default_rng(0).standard_normal(params[name].shape) * 0.1
@@ -132,7 +132,7 @@ def test_numpy_layout_leaves_a_group_with_a_lora_adapter_apart():
 
 def test_torch_llama_layout_side_by_side_and_the_same_tokens_as_numpy():
     config = llama_config()
-    params = init_params(config, seed=5)
+    params = init_params(config, seed=5, layout="torch")
     model = load_numpy_params(build_model(config, use_sdpa=True), params).eval()
     plain_tokens = torch_generate.generate(model, [5, 17, 3], 12, stop_ids=())
     with torch.no_grad():
@@ -154,7 +154,7 @@ def test_torch_side_by_side_layers_still_train_each_weight():
     """With autograd on, the layers run one by one: every weight of a group gets its own gradient, equal
     to the plain layout's (the joint product would send them all to the first weight's view)."""
     config = llama_config()
-    params = init_params(config, seed=6, dtype=np.float64)
+    params = init_params(config, seed=6, dtype=np.float64, layout="torch")
     plain = load_numpy_params(build_model(config), params).double()
     relaid = torch_generate.decoding_layout(load_numpy_params(build_model(config), params).double())
     idx = torch.tensor([[3, 1, 4, 1, 5, 9]])
@@ -166,7 +166,7 @@ def test_torch_side_by_side_layers_still_train_each_weight():
 
 def test_torch_layout_leaves_a_lora_wrapped_group_apart():
     config = llama_config()
-    model = load_numpy_params(build_model(config, use_sdpa=True), init_params(config, seed=7)).eval()
+    model = load_numpy_params(build_model(config, use_sdpa=True), init_params(config, seed=7, layout="torch")).eval()
     torch_add_lora(model, LoRAConfig(rank=2, targets=("att.W_value",)), seed=0)
     with torch.no_grad():
         for name, p in model.named_parameters():

@@ -33,7 +33,7 @@ def is_stored_transposed(array) -> bool:
 @pytest.mark.parametrize("tie_weights", [True, False])
 def test_numpy_layout_keeps_names_shapes_values_and_the_tie(tie_weights):
     config = small_config(tie_weights)
-    params = init_params(config, seed=3)
+    params = init_params(config, seed=3, layout="torch")
     relaid = np_generate.decoding_layout(params, config)
     assert list(relaid) == list(params)
     for name in params:
@@ -57,7 +57,7 @@ def test_numpy_layout_keeps_names_shapes_values_and_the_tie(tie_weights):
 
 def test_numpy_layout_gives_the_same_logits_and_tokens():
     config = small_config()
-    params = init_params(config, seed=4, dtype=np.float64)    # float64: any difference is summation order only
+    params = init_params(config, seed=4, dtype=np.float64, layout="torch")    # float64: any difference is summation order only
     relaid = np_generate.decoding_layout(params, config)
     idx = np.random.default_rng(0).integers(0, config.vocab_size, size=(2, 10))
     logits, _ = forward(params, idx, config)
@@ -72,7 +72,7 @@ def test_numpy_layout_gives_the_same_logits_and_tokens():
 @pytest.mark.parametrize("tie_weights", [True, False])
 def test_torch_layout_in_place_keeps_state_dict_tie_and_tokens(tie_weights):
     config = small_config(tie_weights)
-    params = init_params(config, seed=5)
+    params = init_params(config, seed=5, layout="torch")
     model = load_numpy_params(GPTModel(config, use_sdpa=True), params).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     idx = torch.tensor([[1, 2, 3, 40, 5]])
