@@ -32,7 +32,7 @@ def test_quick_plain_script_writes_markdown_and_json_with_the_kernel_header(tmp_
         assert result["ratios"][f"{task} numpy/torch time"] > 0
         assert result["ratios"][f"{task} numpy/hf time"] is None                   # --no-hf
     decode = result["decode"]
-    assert set(decode["median_tokens_per_s"]) == {"numpy", "numpy_decoding_layout", "torchgpt"}
+    assert set(decode["median_tokens_per_s"]) == {"numpy", "numpy_torch_layout", "torchgpt"}
     assert all(decode["same_tokens_as_numpy"].values())                          # same weights, same greedy tokens
     floor = result["floor"]                                                      # what the machine allows
     assert floor["gemm"]["best_gflops"] == max(rate[3] for rate in floor["gemm"]["rates"])
@@ -68,7 +68,7 @@ def test_quick_plain_script_with_transformers(tmp_path):
     for task in ("infer", "train_step"):
         assert set(result[task]["times_s"]) == {"numpy", "torch", "hf"}
         assert result["ratios"][f"{task} numpy/hf time"] > 0
-    assert result["decode"]["same_tokens_as_numpy"] == {"numpy": True, "numpy_decoding_layout": True,
+    assert result["decode"]["same_tokens_as_numpy"] == {"numpy": True, "numpy_torch_layout": True,
                                                         "torchgpt": True, "hf": True}
     assert result["ratios"]["decode numpy speed-up over hf"] > 0
 
