@@ -60,7 +60,7 @@ def classifier_from_lm_params(lm_params: dict[str, np.ndarray], config: GPTConfi
             head[name] = lm_params[name]
     params.update(head)
     check_classifier_params(params, config, num_classes)
-    return config, params
+    return config, lm.relay_in_place(params, config)      # the untied embedding back to rows (npgpt.model.LAYOUTS)
 
 
 # ---------------------------------------------------------------------------------------------------

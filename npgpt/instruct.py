@@ -52,7 +52,10 @@ class InstructionBackend(NumpyOptimizerState, TrainingBackend):
 
     def __init__(self, params: dict, config, make_batches, settings: TrainSettings, *, trainable, eval_sets=None,
                  metadata: dict | None = None):
-        self.params, self.config, self.settings = params, config, settings
+        # One layout whatever the weights came from, as npgpt.train.NumpyBackend (a resumed run repeats the
+        # original's products bit for bit); the dict's entries are replaced, not its values.
+        self.params = model.relay_in_place(params, config)
+        self.config, self.settings = config, settings
         self.make_batches, self.eval_sets = make_batches, dict(eval_sets or {})
         self.trainable = sorted(trainable)
         missing = [name for name in self.trainable if name not in params]

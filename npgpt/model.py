@@ -155,16 +155,20 @@ def torch_layout(params):
 
 def relay_in_place(params, config: GPTConfig):
     """fast_layout on `params` itself, entry by entry, so that each old matrix is freed as soon as its copy
-    is made (peak memory: the model plus its largest matrix, not two models). Arrays already in that layout
-    stay the same objects. Returns `params`."""
+    is made (peak memory: the model plus its largest matrix, not two models). Every other array ends up
+    C-contiguous. Arrays already in that layout stay the same objects. Returns `params`."""
     groups = shared_input_groups(params, config)
     grouped = {name for names in groups for name in names}
     relaid = {}                                      # id(old array) -> new array, so tied names stay one array
     for name, array in list(params.items()):
-        if name not in grouped and reads_faster_transposed(name, array.shape, config) and not stored_transposed(array):
-            if id(array) not in relaid:
+        if name in grouped:
+            continue
+        if reads_faster_transposed(name, array.shape, config):
+            if not stored_transposed(array) and id(array) not in relaid:
                 relaid[id(array)] = np.ascontiguousarray(array.T).T      # (out, in) view of a contiguous (in, out)
-            params[name] = relaid[id(array)]
+        elif not array.flags.c_contiguous and id(array) not in relaid:  # e.g. an embedding untied from a
+            relaid[id(array)] = np.ascontiguousarray(array)              # transposed head: back to rows
+        params[name] = relaid.get(id(array), array)
     del relaid
     for names in groups:
         if side_by_side([params[name] for name in names]) is None:       # not already so

@@ -72,6 +72,9 @@ class AdamW:
         eps = self.eps
         weight = 1.0 - beta1                              # torch: exp_avg.lerp_(grad, 1 - beta1)
         flat = blockable_views((p, g, m, v))          # views: writing them writes p, m, v
+        if flat is None and blockable_views((p, m, v)) is not None:    # a gradient laid out unlike its parameter
+            g = laid_out_like(p, g)                                   # (made elsewhere): one copy, then blocks
+            flat = blockable_views((p, g, m, v))
         if flat is None:                                  # layouts that differ (e.g. a C-ordered m restored
             flat = [a[None] for a in (p, g, m, v)]        # for a transposed p): one block, correct but slow
             n, block = 1, 1

@@ -15,7 +15,8 @@ from gptcore.engine.decoding import reads_faster_transposed
 from gptcore.params import unique_arrays
 from npgpt.gradcheck import check_gradient, numerical_grad
 from npgpt.linear import linear_backward, linear_forward, side_by_side, stored_transposed
-from npgpt.model import fast_layout, init_params, loss_and_grads, torch_layout
+from npgpt.classifier import classifier_from_lm_params
+from npgpt.model import fast_layout, init_params, loss_and_grads, relay_in_place, torch_layout
 from npgpt.optim import AdamW, blockable_views, clip_grad_norm, global_grad_norm
 
 QKV = ("W_query", "W_key", "W_value")
@@ -182,11 +183,59 @@ def test_finite_differences_perturb_a_transposed_parameter_in_place():
     check_gradient(lambda: float(np.sin(column_block).sum()), column_block, np.cos(column_block), name="block")
 
 
-def test_training_from_either_layout_gives_the_same_weights():
+def test_relay_puts_every_array_where_the_layout_wants_it_whatever_it_was():
+    config = configs()["gpt2"]
+    rows = init_params(config, seed=5, layout="torch")
+    odd = dict(rows)
+    for layer in QKV:                                # each transposed on its own: still to be grouped
+        name = f"blocks.0.att.{layer}.weight"
+        odd[name] = np.ascontiguousarray(rows[name].T).T
+    odd["blocks.0.ff.fc2.weight"] = np.asfortranarray(rows["blocks.0.ff.fc2.weight"])   # read by rows: back
+    relaid = relay_in_place(dict(odd), config)
+    assert side_by_side([relaid[f"blocks.0.att.{layer}.weight"] for layer in QKV]) is not None
+    assert relaid["blocks.0.ff.fc2.weight"].flags.c_contiguous
+    for name in rows:
+        np.testing.assert_array_equal(relaid[name], rows[name], err_msg=name)
+    # torch_layout leaves arrays already row by row as they are (no second copy of the model)
+    assert all(torch_layout(rows)[name] is rows[name] for name in rows)
+
+
+def test_an_embedding_untied_from_its_transposed_head_goes_back_to_rows_and_adamw_keeps_its_blocks():
+    config = configs()["gpt2"]
+    params = init_params(config, seed=6)
+    assert stored_transposed(params["tok_emb.weight"])         # tied: stored with the head
+    params["out_head.weight"] = params["tok_emb.weight"].copy()      # the untie recipe of npgpt.lora's error
+    untied = config.replace(tie_weights=False)
+    relay_in_place(params, untied)
+    assert params["tok_emb.weight"].flags.c_contiguous and stored_transposed(params["out_head.weight"])
+    idx, targets = batch(untied)
+    _, grads = loss_and_grads(params, idx, targets, untied)
+    m = np.zeros_like(params["tok_emb.weight"])
+    assert blockable_views((params["tok_emb.weight"], grads["tok_emb.weight"], m, m)) is not None
+    _, classifier = classifier_from_lm_params(init_params(config, seed=6), config, 2)
+    assert classifier["tok_emb.weight"].flags.c_contiguous
+
+
+def test_adamw_copies_a_gradient_laid_out_unlike_its_parameter_and_still_steps_in_blocks(monkeypatch):
+    rng = np.random.default_rng(3)
+    p_rows = rng.standard_normal((40, 30)).astype(np.float32)
+    p_fast = np.ascontiguousarray(p_rows.T).T
+    g = rng.standard_normal((40, 30)).astype(np.float32)          # row by row, unlike p_fast
+    calls = []
+    real = np_optim.parallel_for
+    monkeypatch.setattr(np_optim, "parallel_for", lambda fn, n, block: calls.append((n, block)) or real(fn, n, block))
+    for params in ({"w": p_rows}, {"w": p_fast}):
+        AdamW(lr=0.1).step(params, {"w": g})
+    np.testing.assert_array_equal(p_fast, p_rows)
+    assert calls == [(1200, np_optim.ADAMW_BLOCK)] * 2                  # never the one-block fallback
+
+
+@pytest.mark.parametrize("which", list(configs()))
+def test_training_from_either_layout_gives_the_same_weights(which):
     from npgpt.train import train
     from gptcore.data import SlidingWindowDataset
     from gptcore.engine.training import TrainSettings
-    config = configs()["gpt2"]
+    config = configs()[which]
     ids = np.random.default_rng(3).integers(0, config.vocab_size, 400)
     dataset = SlidingWindowDataset(ids, 8, 8)
     settings = TrainSettings(max_steps=3, batch_size=2, lr=1e-2, seed=0)
@@ -195,6 +244,6 @@ def test_training_from_either_layout_gives_the_same_weights():
     train(fast, config, dataset, None, settings, progress=False)
     train(rows, config, dataset, None, settings, progress=False)
     assert stored_transposed(rows["out_head.weight"])               # the dict itself was relaid
-    assert rows["out_head.weight"] is rows["tok_emb.weight"]
+    assert (rows["out_head.weight"] is rows["tok_emb.weight"]) == config.tie_weights
     for name in fast:
         np.testing.assert_array_equal(fast[name], rows[name], err_msg=name)
