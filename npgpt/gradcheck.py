@@ -10,7 +10,8 @@ import numpy as np
 def numerical_grad(loss_fn, array, *, h=1e-6, max_entries=None, rng=None):
     """Estimates dL/d(array) by central differences, perturbing `array` in place (restored after).
 
-    loss_fn() -> float reads `array`. Returns (the flat indices checked, in row order, and the numerical gradient at them).
+    loss_fn() -> float reads `array`. Returns (the flat indices checked, in row order, and the numerical
+    gradient at them).
     With max_entries, a random sample of entries is checked (big tensors).
     """
     if max_entries is None or array.size <= max_entries:

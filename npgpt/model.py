@@ -29,8 +29,9 @@ from npgpt.linear import (LinearLayerCache, linear_layer_backward, linear_layer_
                           stored_transposed)
 from npgpt.loss import cross_entropy_loss_and_grad
 
-__all__ = ["ARCHITECTURES", "ModelCache", "architecture", "init_params", "LAYOUTS", "fast_layout", "torch_layout", "param_shapes", "block_param_shapes",
-           "count_params", "count_params_for", "check_params", "check_token_ids", "block_params",
+__all__ = ["ARCHITECTURES", "ModelCache", "architecture", "init_params", "LAYOUTS", "fast_layout", "torch_layout",
+           "param_shapes", "block_param_shapes", "count_params", "count_params_for", "check_params", "check_token_ids",
+           "block_params",
            "trunk_forward", "trunk_backward", "trunk_infer", "forward", "backward", "infer", "loss_and_grads"]
 
 # config.arch -> the module with that architecture's trunk_forward / trunk_backward / block_params.

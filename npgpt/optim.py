@@ -54,12 +54,13 @@ class AdamW:
             if name not in self.m:
                 self.m[name] = np.zeros_like(p)
                 self.v[name] = np.zeros_like(p)
-            elif blockable_views((p, self.m[name])) is None:   # restored row by row for a transposed p:
-                self.m[name], self.v[name] = laid_out_like(p, self.m[name]), laid_out_like(p, self.v[name])
+            # Each array in p's memory layout, so that _update steps them in blocks: state restored row by row
+            # for a transposed p is relaid once and kept; a gradient made elsewhere is copied for this step.
+            m = self.m[name] = laid_out_like(p, self.m[name])
+            v = self.v[name] = laid_out_like(p, self.v[name])
             decayed = self.weight_decay and (self.decay_filter is None or self.decay_filter(name, p))
             decay_factor = 1.0 - lr * self.weight_decay if decayed else 1.0
-            self._update(p, grads[name], self.m[name], self.v[name], decay_factor, step_size,
-                         inv_sqrt_bias_correction2)
+            self._update(p, laid_out_like(p, grads[name]), m, v, decay_factor, step_size, inv_sqrt_bias_correction2)
 
     def _update(self, p, g, m, v, decay_factor, step_size, inv_sqrt_bias_correction2):
         """The AdamW formulas for one parameter, in place, on blocks of ADAMW_BLOCK elements on all cores.
@@ -72,11 +73,8 @@ class AdamW:
         eps = self.eps
         weight = 1.0 - beta1                              # torch: exp_avg.lerp_(grad, 1 - beta1)
         flat = blockable_views((p, g, m, v))          # views: writing them writes p, m, v
-        if flat is None and blockable_views((p, m, v)) is not None:    # a gradient laid out unlike its parameter
-            g = laid_out_like(p, g)                                   # (made elsewhere): one copy, then blocks
-            flat = blockable_views((p, g, m, v))
-        if flat is None:                                  # layouts that differ (e.g. a C-ordered m restored
-            flat = [a[None] for a in (p, g, m, v)]        # for a transposed p): one block, correct but slow
+        if flat is None:                                  # a p with no blockable layout (a view at odd
+            flat = [a[None] for a in (p, g, m, v)]        # strides): one block, correct but slow
             n, block = 1, 1
         else:                                             # blocks of about ADAMW_BLOCK elements
             n, block = flat[0].shape[0], max(1, ADAMW_BLOCK // max(1, flat[0][0].size))
@@ -131,7 +129,10 @@ def blockable_views(arrays):
 
 
 def laid_out_like(p, values):
-    """A copy of `values` in the memory layout of `p` (same shape)."""
+    """`values` itself when it and p can be stepped block by block together (blockable_views), else a copy of
+    it in p's memory layout (same shape)."""
+    if blockable_views((p, values)) is not None:
+        return values
     out = np.empty_like(p)
     out[...] = values
     return out
