@@ -19,6 +19,7 @@ import os
 import platform
 import re
 import statistics
+import sys
 import time
 from typing import Callable
 
@@ -203,6 +204,12 @@ def torch_parallel_info() -> list[str]:
     return head + [line for line in lines if line.startswith("ATen parallel backend")]
 
 
+def openblas_thread_timeout_how() -> str | None:
+    """What `import npgpt` did about OPENBLAS_THREAD_TIMEOUT (npgpt.speed.blas_threads.state), None before it."""
+    module = sys.modules.get("npgpt.speed.blas_threads")
+    return module.state() if module is not None else None
+
+
 def machine_info(threads: int) -> dict:
     import numpy as np
     import torch
@@ -213,6 +220,7 @@ def machine_info(threads: int) -> dict:
         "numpy": np.__version__, "torch": torch.__version__, "torch_blas": torch_blas(),
         "thread_pools": blas_info(), "load_average_start": load_average(),
         "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT"),
+        "openblas_thread_timeout_how": openblas_thread_timeout_how(),
         "blas_kernel": openblas_kernel(),
     }
 

@@ -9,7 +9,8 @@ this script measures what a learner's or a researcher's script gets. It runs in 
 nothing, limits no threads (every library runs with its own defaults, recorded in the header) and calls
 only the public API:
 
-    import npgpt                                   # first, as a script would
+    import numpy as np                             # NumPy first, as most scripts do (npgpt restarts
+    import npgpt                                   # OpenBLAS's threads with its short timeout, see header)
     config, params = npgpt.load_weights(path)      # or npgpt.model.init_params(config)
     npgpt.model.infer(params, idx, config)         # against torch's no_grad forward
     logits, cache = npgpt.model.forward(...); npgpt.model.backward(...); AdamW.step(...)   # a train step
@@ -31,7 +32,9 @@ import sys
 if __package__ in (None, ""):                      # run as `python benchmarks/plain_script.py`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import npgpt  # noqa: E402  (first, as a user's script would import it)
+import numpy as np  # noqa: E402  (before npgpt, as most scripts import them)
+
+import npgpt  # noqa: E402
 import npgpt.generate  # noqa: E402
 import npgpt.model  # noqa: E402
 
@@ -42,8 +45,6 @@ import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
 
 from benchmarks import harness  # noqa: E402
 from gptcore.fileio import atomic_write_json, atomic_write_text  # noqa: E402
@@ -240,6 +241,7 @@ def header() -> dict:
             "blas_threads": [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"],
             "blas_kernel": harness.openblas_kernel(),
             "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT"),
+            "openblas_thread_timeout_how": harness.openblas_thread_timeout_how(),
             "malloc_keeps_freed_memory": memory.is_applied(), "load_average_start": harness.load_average()}
 
 
@@ -307,7 +309,8 @@ def markdown(result: dict) -> str:
         f"- Machine: {machine['cpu']}, {machine['usable_cpus']} usable CPUs; {machine['platform']}; Python "
         f"{machine['python']}, NumPy {machine['numpy']}, torch {machine['torch']}.",
         f"- Threads as each library defaults (nothing limited): torch {machine['torch_threads']}, NumPy's BLAS "
-        f"{machine['blas_threads']}. OPENBLAS_THREAD_TIMEOUT={machine['openblas_thread_timeout']}; glibc malloc "
+        f"{machine['blas_threads']}. OPENBLAS_THREAD_TIMEOUT={machine['openblas_thread_timeout']} "
+        f"({machine.get('openblas_thread_timeout_how')}); glibc malloc "
         f"keeps freed memory: {machine['malloc_keeps_freed_memory']} (import npgpt).",
         f"- NumPy's BLAS kernel: {harness.kernel_line(machine['blas_kernel'])}.",
         f"- Load average (1/5/15 min) at start {machine['load_average_start']}, at end "

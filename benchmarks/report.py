@@ -68,7 +68,8 @@ def header(result: dict) -> list[str]:
         f"torch.set_num_threads). Load average (1/5/15 min) at start {load_start}, at end {load_end}.",
         f"- torch parallel info (as measured): {'; '.join(machine.get('torch_parallel') or ['not recorded'])}.",
         f"- Native thread pools: {pools}. OPENBLAS_THREAD_TIMEOUT={machine.get('openblas_thread_timeout')} "
-        f"(idle OpenBLAS workers sleep after 2^n cycles; npgpt sets 4, see npgpt/__init__.py).",
+        f"(idle OpenBLAS workers sleep after 2^n cycles; npgpt sets 4, see npgpt/speed/blas_threads.py: "
+        f"{machine.get('openblas_thread_timeout_how') or 'not recorded'}).",
         f"- NumPy's BLAS kernel: {kernel_line(machine['blas_kernel']) if machine.get('blas_kernel') else 'not recorded'} "
         f"(a forced core type changes NumPy's GEMM rate; compare runs with the same kernel, docs/benchmarks.md).",
         f"- Measured GEMM ({gemm['numpy']['n']}^3, float32): numpy {gemm['numpy']['median']:.1f} GFLOP/s "

@@ -2,16 +2,17 @@
 
 Never imports torch. See npgpt/README.md for the layout and the speed notes.
 """
-import os
 
 # OpenBLAS (NumPy's BLAS) keeps its worker threads busy-waiting for 2**28 cycles (~0.1 s) after every
-# matmul. Between the matmuls of a GPT-2 step npgpt runs elementwise work on all cores (npgpt.speed.parallel),
-# and those spinning threads take the cores from it (and from every other process): measured here, the
-# 124M forward on 2 threads took 2.4 s with a short timeout and 7-16 s with the default on a busy machine.
-# 2**4 cycles lets idle workers sleep at once. It only takes effect if NumPy is not loaded yet, so npgpt
-# sets it before its first NumPy import (and gpt2cli / benchmarks import npgpt first); a value the user
-# set wins.
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+# matmul. Between the matmuls of a step npgpt runs elementwise work on all cores (npgpt.speed.parallel), and
+# those spinning threads take the cores from it (and from every other process): measured here, the 124M
+# forward on 2 threads took 2.4 s with a short timeout and 7-16 s with the default on a busy machine.
+# OPENBLAS_THREAD_TIMEOUT=4 lets idle workers sleep at once. OpenBLAS reads it when its threads start, so
+# this runs before npgpt's first NumPy import; if the script imported NumPy first, the running threads are
+# restarted with it (npgpt.speed.blas_threads). A value the user set wins.
+from npgpt.speed.blas_threads import apply_at_import as _short_blas_thread_timeout  # noqa: E402
+
+_short_blas_thread_timeout()
 
 # Freed activations stay with malloc for the next call instead of going back to the kernel (npgpt.speed.memory):
 # a loop over npgpt.model.forward / backward paid 1-2 s of page faults per GPT-2 124M step without it.

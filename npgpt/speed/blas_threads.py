@@ -1,0 +1,96 @@
+"""OpenBLAS's idle worker threads sleep at once, whichever of NumPy and npgpt a script imports first.
+
+After every multi-threaded product, OpenBLAS (NumPy's BLAS in the PyPI wheels) keeps its worker threads
+busy-waiting for 2**OPENBLAS_THREAD_TIMEOUT cycles (default 2**28, ~0.1 s) in case another product comes.
+Between its products npgpt runs elementwise work and attention heads on all cores (npgpt.speed.parallel),
+and the spinning workers take those cores: measured here, SmolLM2's attention core took 11.8 + 17.3 ms per
+layer (forward + backward) right after a projection with the default, 7.7 + 10.5 ms with 2**4 cycles.
+
+OpenBLAS reads the variable once, when its thread pool starts (the first product after NumPy loads):
+- npgpt imported before NumPy: setting the variable is enough (set_before_numpy_loads);
+- NumPy imported first (`import numpy as np` then `import npgpt`, the usual order): the pool is already
+  running with the long timeout, so restart_loaded_openblas() sets the variable, asks each loaded OpenBLAS
+  to re-read its environment (openblas_read_env) and stops its worker threads (blas_thread_shutdown_, what
+  OpenBLAS itself does before a fork); the next product starts them again, with the short timeout.
+
+`import npgpt` does one or the other (apply_at_import). A value you set yourself wins and nothing is touched:
+OPENBLAS_THREAD_TIMEOUT=28 keeps OpenBLAS's default. Stopping the workers is safe while no other thread is
+inside a BLAS call; import npgpt before starting threads that multiply. OpenBLAS built with OpenMP and other
+BLAS libraries (MKL, Accelerate) have no such pool and are left alone.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+
+ENV = "OPENBLAS_THREAD_TIMEOUT"
+SHORT_TIMEOUT = "4"           # 2**4 cycles: OpenBLAS's smallest
+
+# What apply_at_import found (state()): one of
+USER_VALUE = "left as set by the user"
+SET_BEFORE_NUMPY = "set before NumPy loaded"
+RESTARTED = "NumPy loaded first: OpenBLAS threads restarted with it"
+NOT_APPLICABLE = "NumPy loaded first: no OpenBLAS thread pool to restart"
+
+_state: str | None = None
+
+
+def state() -> str | None:
+    """What `import npgpt` did about OPENBLAS_THREAD_TIMEOUT (one of the constants above; None before)."""
+    return _state
+
+
+def apply_at_import() -> str:
+    """What `import npgpt` runs first, before it imports NumPy itself: the short timeout for NumPy's OpenBLAS,
+    unless the user set the variable. Returns (and records) what was done."""
+    global _state
+    if _state is not None:
+        return _state
+    if ENV in os.environ:
+        _state = USER_VALUE
+    elif "numpy" not in sys.modules:
+        os.environ[ENV] = SHORT_TIMEOUT
+        _state = SET_BEFORE_NUMPY
+    else:
+        os.environ[ENV] = SHORT_TIMEOUT
+        _state = RESTARTED if restart_loaded_openblas() else NOT_APPLICABLE
+    return _state
+
+
+def loaded_openblas_pools() -> list[str]:
+    """File paths of the OpenBLAS libraries loaded in this process that run their own thread pool
+    (threading layer "pthreads"), as threadpoolctl finds them."""
+    from threadpoolctl import threadpool_info
+
+    return [info["filepath"] for info in threadpool_info()
+            if info.get("internal_api") == "openblas" and info.get("threading_layer") == "pthreads"]
+
+
+def restart_loaded_openblas() -> list[str]:
+    """Makes every loaded OpenBLAS thread pool take the current OPENBLAS_THREAD_TIMEOUT: re-reads its
+    environment and stops its workers, which its next product starts again. Returns the libraries
+    restarted (none where a library lacks the entry points: it keeps its timeout)."""
+    restarted = []
+    for path in loaded_openblas_pools():
+        try:
+            library = ctypes.CDLL(path, mode=getattr(os, "RTLD_NOLOAD", 0))
+            shutdown = library.blas_thread_shutdown_
+        except (OSError, AttributeError):
+            continue
+        read_env = getattr(library, "openblas_read_env", None)   # older OpenBLAS read the variable at start
+        if read_env is not None:
+            read_env()
+        shutdown()
+        restarted.append(path)
+    return restarted
+
+
+def pool_timeout(path: str) -> int | None:
+    """The timeout exponent the OpenBLAS at `path` will start its workers with (openblas_thread_timeout;
+    0: the built-in default), or None where the library does not say."""
+    try:
+        library = ctypes.CDLL(path, mode=getattr(os, "RTLD_NOLOAD", 0))
+        return int(library.openblas_thread_timeout())
+    except (OSError, AttributeError):
+        return None
