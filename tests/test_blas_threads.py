@@ -8,11 +8,14 @@ directly: the CPU time the process burns while its main thread sleeps 50 ms righ
 product. Spinning workers burn most of those 50 ms; sleeping ones burn ~0. A process without npgpt is the
 control that shows the probe sees the spinning.
 """
+import ctypes.util
 import json
 import os
 import subprocess
 import sys
 import textwrap
+
+import pytest
 
 from npgpt.speed import blas_threads
 
@@ -42,15 +45,24 @@ PROBE = textwrap.dedent("""
 """)
 
 
-def run_probe(imports, timeout_value=None):
+def clean_env(timeout_value=None):
+    """This environment without the timeout variables (npgpt set one in this process: a child would inherit it)."""
     env = {k: v for k, v in os.environ.items() if k not in (blas_threads.ENV, "GOTO_THREAD_TIMEOUT")}
     env["OPENBLAS_NUM_THREADS"] = "2"            # worker threads exist even on a one-CPU machine
     if timeout_value is not None:
         env[blas_threads.ENV] = timeout_value
-    done = subprocess.run([sys.executable, "-c", PROBE.format(imports=imports)], env=env, capture_output=True,
-                          text=True, timeout=120)
+    return env
+
+
+def run_code(code, timeout_value=None, timeout=120):
+    done = subprocess.run([sys.executable, "-c", code], env=clean_env(timeout_value), capture_output=True,
+                          text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_probe(imports, timeout_value=None):
+    return run_code(PROBE.format(imports=imports), timeout_value)
 
 
 def test_numpy_imported_first_gets_its_openblas_threads_restarted_with_the_short_timeout():
@@ -78,3 +90,76 @@ def test_a_value_the_user_set_wins_and_nothing_is_restarted():
     assert kept["state"] == blas_threads.USER_VALUE
     assert kept["timeouts"] == [28] * len(kept["pools"])
     assert kept["idle_cpu"] > 0.02, kept                             # OpenBLAS's own spinning, as asked
+
+
+# The OS threads of the process before and after `import npgpt` (Linux: /proc/self/task): a restart stops
+# OpenBLAS's workers (they come back with the next product); a value already set leaves them running.
+THREADS_PROBE = textwrap.dedent("""
+    import json, os
+    import numpy as np
+    a = np.ones((600, 600)); a @ a
+    before = sorted(os.listdir("/proc/self/task"))
+    import npgpt
+    after = sorted(os.listdir("/proc/self/task"))
+    print(json.dumps({"before": before, "after": after, "state": npgpt.speed.blas_threads.state()}))
+""")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads through Linux's /proc")
+def test_the_restart_stops_the_workers_and_a_value_already_set_leaves_them_running():
+    restarted = run_code(THREADS_PROBE)
+    assert restarted["state"] == blas_threads.RESTARTED
+    assert len(restarted["after"]) < len(restarted["before"])
+    kept = run_code(THREADS_PROBE, timeout_value="28")
+    assert kept["state"] == blas_threads.USER_VALUE
+    assert kept["after"] == kept["before"]
+
+
+# Another thread multiplies while the main thread imports npgpt: stopping OpenBLAS's workers under a running
+# product deadlocks both, so npgpt must leave them alone and say so. The subprocess timeout catches a hang.
+BUSY_PROBE = textwrap.dedent("""
+    import json, threading
+    import numpy as np
+    stop, done = threading.Event(), []
+    def multiply():
+        a = np.ones((400, 400))
+        while not stop.is_set():
+            a @ a
+        done.append(True)
+    worker = threading.Thread(target=multiply)
+    worker.start()
+    import npgpt
+    stop.set()
+    worker.join(timeout=30)
+    print(json.dumps({"state": npgpt.speed.blas_threads.state(), "worker_finished": bool(done)}))
+""")
+
+
+def test_import_beside_a_thread_that_multiplies_leaves_openblas_alone_and_does_not_hang():
+    busy = run_code(BUSY_PROBE, timeout=60)
+    assert busy == {"state": blas_threads.OTHER_THREADS, "worker_finished": True}
+
+
+def test_import_never_fails_over_the_setting():
+    """threadpoolctl unimportable (it is a dependency, but a broken install must not break `import npgpt`)."""
+    code = textwrap.dedent("""
+        import json, sys
+        sys.modules["threadpoolctl"] = None
+        import numpy
+        import npgpt
+        print(json.dumps({"state": npgpt.speed.blas_threads.state()}))
+    """)
+    assert run_code(code) == {"state": blas_threads.NOT_APPLICABLE}
+
+
+def test_a_library_without_the_entry_points_is_not_counted_as_restarted(monkeypatch):
+    libc = ctypes.util.find_library("c") or "libc.so.6"
+    monkeypatch.setattr(blas_threads, "loaded_openblas_pools", lambda: [libc])
+    assert blas_threads.restart_loaded_openblas() == []
+    assert blas_threads.pool_timeout(libc) is None
+
+
+def test_benchmark_headers_record_what_import_npgpt_did():
+    from benchmarks import harness
+    assert blas_threads.state() is not None
+    assert harness.openblas_thread_timeout_how() == blas_threads.state()

@@ -10,11 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from npgpt.speed import blas_threads
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_quick_plain_script_writes_markdown_and_json_with_the_kernel_header(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    # as a user's shell runs it: without the OPENBLAS_THREAD_TIMEOUT npgpt set in this test process, so the
+    # script (NumPy imported first) has npgpt restart OpenBLAS's threads, and its header says so
+    env = {k: v for k, v in os.environ.items() if k != blas_threads.ENV} | {"PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "plain_script.py"), "--quick", "--no-hf",
                            "--out", str(tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
@@ -26,6 +30,8 @@ def test_quick_plain_script_writes_markdown_and_json_with_the_kernel_header(tmp_
     assert set(machine["blas_kernel"]["environment"]) == {"OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"}
     assert machine["blas_kernel"]["environment"]["OPENBLAS_CORETYPE"] == os.environ.get("OPENBLAS_CORETYPE")
     assert machine["blas_kernel"]["blas"]
+    assert machine["openblas_thread_timeout"] == blas_threads.SHORT_TIMEOUT
+    assert machine["openblas_thread_timeout_how"] == blas_threads.RESTARTED
     for task in ("infer", "train_step"):
         times = result[task]["times_s"]
         assert set(times) == {"numpy", "torch"} and all(len(t) == 2 and min(t) > 0 for t in times.values())
@@ -44,6 +50,7 @@ def test_quick_plain_script_writes_markdown_and_json_with_the_kernel_header(tmp_
     markdown = (tmp_path / "plain_script.md").read_text()
     assert "| infer | " in markdown.split("What the machine allows")[1]
     assert "not claims" in markdown and "NumPy's BLAS kernel: " in markdown and "| infer |" in markdown
+    assert f"OPENBLAS_THREAD_TIMEOUT=4 ({blas_threads.RESTARTED})" in markdown
     assert markdown.strip() in done.stdout
 
 

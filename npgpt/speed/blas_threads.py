@@ -6,31 +6,38 @@ Between its products npgpt runs elementwise work and attention heads on all core
 and the spinning workers take those cores: measured here, SmolLM2's attention core took 11.8 + 17.3 ms per
 layer (forward + backward) right after a projection with the default, 7.7 + 10.5 ms with 2**4 cycles.
 
-OpenBLAS reads the variable once, when its thread pool starts (the first product after NumPy loads):
-- npgpt imported before NumPy: setting the variable is enough (set_before_numpy_loads);
-- NumPy imported first (`import numpy as np` then `import npgpt`, the usual order): the pool is already
-  running with the long timeout, so restart_loaded_openblas() sets the variable, asks each loaded OpenBLAS
-  to re-read its environment (openblas_read_env) and stops its worker threads (blas_thread_shutdown_, what
-  OpenBLAS itself does before a fork); the next product starts them again, with the short timeout.
+OpenBLAS reads the variable once, when the library loads (`import numpy`) and starts its worker threads:
+- npgpt imported before NumPy: setting the variable is enough;
+- NumPy imported first (`import numpy as np` then `import npgpt`, the usual order): the workers already run
+  with the long timeout, so restart_loaded_openblas() sets the variable, asks each loaded OpenBLAS to re-read
+  its environment (openblas_read_env) and stops its worker threads (blas_thread_shutdown_, what OpenBLAS
+  itself does before a fork); the next product starts them again, with the short timeout. Stopping them while
+  another thread is inside a product deadlocks both, so `import npgpt` does it only when the importing thread
+  is the process's only Python thread (a script). Elsewhere (a notebook kernel, a server) it leaves OpenBLAS
+  as it runs and says so in state(); call restart_loaded_openblas() yourself at a moment when no other thread
+  multiplies, or import npgpt before NumPy.
 
-`import npgpt` does one or the other (apply_at_import). A value you set yourself wins and nothing is touched:
-OPENBLAS_THREAD_TIMEOUT=28 keeps OpenBLAS's default. Stopping the workers is safe while no other thread is
-inside a BLAS call; import npgpt before starting threads that multiply. OpenBLAS built with OpenMP and other
-BLAS libraries (MKL, Accelerate) have no such pool and are left alone.
+`import npgpt` does the applicable one (apply_at_import). A value already in the environment (yours, or
+inherited from a parent process whose npgpt set it) is left alone: OPENBLAS_THREAD_TIMEOUT=28 keeps OpenBLAS's
+default. OpenBLAS built with OpenMP and other BLAS libraries (MKL, Accelerate) are not handled: their
+runtimes have their own idle-spin settings (OMP_WAIT_POLICY, GOMP_SPINCOUNT, KMP_BLOCKTIME).
 """
 from __future__ import annotations
 
 import ctypes
 import os
 import sys
+import threading
 
 ENV = "OPENBLAS_THREAD_TIMEOUT"
 SHORT_TIMEOUT = "4"           # 2**4 cycles: OpenBLAS's smallest
 
 # What apply_at_import found (state()): one of
-USER_VALUE = "left as set by the user"
+USER_VALUE = "already set (by the user or a parent process): left alone"
 SET_BEFORE_NUMPY = "set before NumPy loaded"
 RESTARTED = "NumPy loaded first: OpenBLAS threads restarted with it"
+OTHER_THREADS = ("NumPy loaded first, other threads running: OpenBLAS left spinning "
+                 "(npgpt.speed.blas_threads.restart_loaded_openblas() when no other thread multiplies)")
 NOT_APPLICABLE = "NumPy loaded first: no OpenBLAS thread pool to restart"
 
 _state: str | None = None
@@ -49,12 +56,18 @@ def apply_at_import() -> str:
         return _state
     if ENV in os.environ:
         _state = USER_VALUE
-    elif "numpy" not in sys.modules:
-        os.environ[ENV] = SHORT_TIMEOUT
+        return _state
+    os.environ[ENV] = SHORT_TIMEOUT               # also for child processes, which read it when they load NumPy
+    if "numpy" not in sys.modules:
         _state = SET_BEFORE_NUMPY
+    elif threading.active_count() > 1:            # one of them may be inside a product: stopping its
+        _state = OTHER_THREADS                    # workers now could deadlock it
     else:
-        os.environ[ENV] = SHORT_TIMEOUT
-        _state = RESTARTED if restart_loaded_openblas() else NOT_APPLICABLE
+        try:
+            restarted = restart_loaded_openblas()
+        except Exception:                         # never fail `import npgpt` over a speed setting
+            restarted = []
+        _state = RESTARTED if restarted else NOT_APPLICABLE
     return _state
 
 
@@ -70,7 +83,10 @@ def loaded_openblas_pools() -> list[str]:
 def restart_loaded_openblas() -> list[str]:
     """Makes every loaded OpenBLAS thread pool take the current OPENBLAS_THREAD_TIMEOUT: re-reads its
     environment and stops its workers, which its next product starts again. Returns the libraries
-    restarted (none where a library lacks the entry points: it keeps its timeout)."""
+    restarted (none where a library lacks the entry points: it keeps its timeout).
+
+    Call it only when no other thread is inside a NumPy product: OpenBLAS's shutdown does not wait for running
+    work, and the product and the shutdown then wait for each other for ever."""
     restarted = []
     for path in loaded_openblas_pools():
         try:
