@@ -87,9 +87,22 @@ def gqa_attention_infer(x, p, n_heads, n_kv_heads, cos, sin, *, kv_cache=None):
         context = _causal_attention_infer(q, repeat_kv(k, group), repeat_kv(v, group))
     else:
         k, v = kv_cache.append(k, v)                                                # (B, KV, S, D)
-        context, _ = _attention_core_forward(q, repeat_kv(k, group), repeat_kv(v, group), causal=False,
-                                             drop_rate=0.0, rng=None, dropout_mask=None, hide=kv_cache.hide)
+        context = _grouped_attention(q, k, v, group, kv_cache.hide)
     return linear_layer_forward(_merge_heads(context), p, "out_proj")[0]           # (B, T, C)
+
+
+def _grouped_attention(q, k, v, group, hide):
+    """Attention of H = KV * G query heads over KV key/value heads without repeating the keys and values:
+    the G query heads of kv head j are one (G, T) stack against j's keys, (B, KV, G, T, D) @ (B, KV, 1, D, S),
+    which matmul broadcasts (no copy: a decoding step would otherwise copy the whole cache G times per layer).
+    q: (B, H, T, D); k, v: (B, KV, S, D); hide: None or bool broadcastable to (B, 1, T, S) -> (B, H, T, D).
+    The same products and softmax as over repeat_kv's copies, so the same values."""
+    B, H, T, D = q.shape
+    grouped_q = q.reshape(B, H // group, group, T, D)                              # head h = kv * G + g
+    context, _ = _attention_core_forward(grouped_q, k[:, :, None], v[:, :, None], causal=False, drop_rate=0.0,
+                                         rng=None, dropout_mask=None,
+                                         hide=None if hide is None else hide[:, :, None])
+    return context.reshape(B, H, T, D)
 
 
 def gqa_attention_backward(dout, cache):

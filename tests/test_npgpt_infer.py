@@ -14,8 +14,8 @@ import pytest
 from gptcore.config import GPTConfig, get_config
 from gptcore.data import SlidingWindowDataset
 from gptcore.lora import LoRAConfig
-from npgpt import (attention, block, feedforward, gelu, generate, gpt2, gqa_attention, layernorm, llama, model, rmsnorm,
-                   rope, swiglu, train)
+from npgpt import (attention, block, feedforward, gelu, generate, gpt2, gqa_attention, kvcache, layernorm, llama, model,
+                   rmsnorm, rope, swiglu, train)
 from npgpt.loss import cross_entropy_forward
 from npgpt.lora import add_lora
 
@@ -239,3 +239,27 @@ def test_llama_generation_runs_through_its_inference_trunk(monkeypatch, use_cach
     assert expected == ids[len(prompt):]
     monkeypatch.setattr(llama, "trunk_forward", _no_caching_forward)
     assert generate.generate(params, LLAMA, prompt, 6, stop_ids=(), use_cache=use_cache) == expected
+
+
+@pytest.mark.parametrize("n_kv_heads", [1, 2, 6])
+@pytest.mark.parametrize("T, S, padded", [(1, 9, False), (4, 9, False), (4, 9, True)],
+                         ids=["decode-step", "prefill-after-cache", "left-padding"])
+def test_grouped_attention_equals_attention_over_repeated_heads(n_kv_heads, T, S, padded):
+    """The KV-cache path of Llama's attention reads each kv head's keys for its G query heads by broadcasting
+    (gqa_attention._grouped_attention); repeating the heads first (repeat_kv, Hugging Face's way) is the
+    reference: the same products, so equal bit for bit, with and without a hide mask."""
+    rng = np.random.default_rng(n_kv_heads + 10 * T)
+    B, H, D = 2, 6, 5
+    q = rng.standard_normal((B, H, T, D)).astype(np.float32)
+    k, v = (rng.standard_normal((B, n_kv_heads, S, D)).astype(np.float32) for _ in range(2))
+    hide = None
+    if T > 1:
+        valid = np.ones((B, S), dtype=bool)
+        if padded:
+            valid[0, :3] = False                                     # row 0 left-padded by 3
+        hide = kvcache.attention_layout(valid, T)[1]
+    group = H // n_kv_heads
+    reference, _ = attention._attention_core_forward(q, gqa_attention.repeat_kv(k, group),
+                                                     gqa_attention.repeat_kv(v, group), causal=False,
+                                                     drop_rate=0.0, rng=None, dropout_mask=None, hide=hide)
+    np.testing.assert_array_equal(gqa_attention._grouped_attention(q, k, v, group, hide), reference)
