@@ -9,6 +9,10 @@ queries and keys rotated by RoPE.
 
 KV = H is multi-head attention, KV = 1 multi-query attention. The backward is the forward read in reverse;
 the repeat is a copy, so its backward sums the gradients of the G query heads that read one kv head.
+
+In the code the repeat is not made: the query heads are grouped by the kv head they read, (B, KV, G, T, D)
+(group_heads), and each kv head's keys and values are a broadcast view over its G query heads (shared_by_group),
+so attention.py's core reads them where they are (repeat_kv, the copy, is the reference the tests compare with).
 """
 from typing import NamedTuple
 
@@ -61,10 +65,10 @@ def gqa_attention_forward(x, p, n_heads, n_kv_heads, cos, sin, *, kv_cache=None)
     if kv_cache is not None:
         k, v = kv_cache.append(k, v)                              # (B, KV, S, D): cached, then the new ones
         hide = kv_cache.hide
-    context, core_cache = _attention_core_forward(
-        q, repeat_kv(k, group), repeat_kv(v, group), causal=kv_cache is None, drop_rate=0.0, rng=None,
-        dropout_mask=None, hide=hide)                             # (B, H, T, D)
-    out, out_cache = linear_layer_forward(_merge_heads(context), p, "out_proj")
+    context, core_cache = _attention_core_forward(                # over (B, KV, G) heads, no copies of k, v
+        group_heads(q, group), *(shared_by_group(t, group) for t in (k, v)), causal=kv_cache is None,
+        drop_rate=0.0, rng=None, dropout_mask=None, hide=None if hide is None else hide[:, :, None])
+    out, out_cache = linear_layer_forward(_merge_heads(ungroup_heads(context)), p, "out_proj")
     return out, GQACache(n_heads=n_heads, n_kv_heads=n_kv_heads, qkv=qkv_cache, rope_q=rope_q, rope_k=rope_k,
                          core=core_cache, out_proj=out_cache)
 
@@ -97,12 +101,29 @@ def _grouped_attention(q, k, v, group, hide):
     which matmul broadcasts (no copy: a decoding step would otherwise copy the whole cache G times per layer).
     q: (B, H, T, D); k, v: (B, KV, S, D); hide: None or bool broadcastable to (B, 1, T, S) -> (B, H, T, D).
     The same products and softmax as over repeat_kv's copies, so the same values."""
-    B, H, T, D = q.shape
-    grouped_q = q.reshape(B, H // group, group, T, D)                              # head h = kv * G + g
-    context, _ = _attention_core_forward(grouped_q, k[:, :, None], v[:, :, None], causal=False, drop_rate=0.0,
-                                         rng=None, dropout_mask=None,
+    context, _ = _attention_core_forward(group_heads(q, group), k[:, :, None], v[:, :, None], causal=False,
+                                         drop_rate=0.0, rng=None, dropout_mask=None,
                                          hide=None if hide is None else hide[:, :, None])
-    return context.reshape(B, H, T, D)
+    return ungroup_heads(context)
+
+
+def group_heads(t, group):
+    """(B, H, T, D) -> (B, KV, G, T, D), query head h = kv * G + g at [:, kv, g] (a view when t's heads allow)."""
+    B, H, T, D = t.shape
+    return t.reshape(B, H // group, group, T, D)
+
+
+def ungroup_heads(t):
+    """group_heads' inverse: (B, KV, G, T, D) -> (B, H, T, D)."""
+    B, KV, G, T, D = t.shape
+    return t.reshape(B, KV * G, T, D)
+
+
+def shared_by_group(t, group):
+    """A kv head's keys or values as seen by each of its G query heads: (B, KV, S, D) -> (B, KV, G, S, D), a
+    read-only broadcast view (repeat_kv's values without its copy)."""
+    B, KV, S, D = t.shape
+    return np.broadcast_to(t[:, :, None], (B, KV, group, S, D))
 
 
 def gqa_attention_backward(dout, cache):
@@ -116,7 +137,8 @@ def gqa_attention_backward(dout, cache):
     """
     group = cache.n_heads // cache.n_kv_heads
     dcontext, grads = linear_layer_backward(dout, cache.out_proj)             # (B, T, C)
-    dq, dk, dv = _attention_core_backward(_split_heads(dcontext, cache.n_heads), cache.core)
+    dq, dk, dv = (ungroup_heads(t) for t in _attention_core_backward(          # the core ran over (B, KV, G)
+        group_heads(_split_heads(dcontext, cache.n_heads), group), cache.core))
     dk, dv = sum_over_groups(dk, group), sum_over_groups(dv, group)           # (B, KV, T, D)
     dq = rope_backward(dq, cache.rope_q)
     dk = rope_backward(dk, cache.rope_k)
