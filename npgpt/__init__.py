@@ -7,9 +7,9 @@ Never imports torch. See npgpt/README.md for the layout and the speed notes.
 # matmul. Between the matmuls of a step npgpt runs elementwise work on all cores (npgpt.speed.parallel), and
 # those spinning threads take the cores from it (and from every other process): measured here, the 124M
 # forward on 2 threads took 2.4 s with a short timeout and 7-16 s with the default on a busy machine.
-# OPENBLAS_THREAD_TIMEOUT=4 lets idle workers sleep at once. OpenBLAS reads it when its threads start, so
-# this runs before npgpt's first NumPy import; if the script imported NumPy first, the running threads are
-# restarted with it (npgpt.speed.blas_threads). A value the user set wins.
+# OPENBLAS_THREAD_TIMEOUT=4 lets idle workers sleep at once. OpenBLAS reads it when it loads, so this runs
+# before npgpt's first NumPy import; if a script (one Python thread) imported NumPy first, OpenBLAS's threads
+# are restarted with it (npgpt.speed.blas_threads). A value already set wins.
 from npgpt.speed.blas_threads import apply_at_import as _short_blas_thread_timeout  # noqa: E402
 
 _short_blas_thread_timeout()

@@ -102,8 +102,8 @@ def _grouped_attention(q, k, v, group, hide):
     q: (B, H, T, D); k, v: (B, KV, S, D); hide: None or bool broadcastable to (B, 1, T, S) -> (B, H, T, D).
     The same products and softmax as over repeat_kv's copies, so the same values."""
     context, _ = _attention_core_forward(group_heads(q, group), k[:, :, None], v[:, :, None], causal=False,
-                                         drop_rate=0.0, rng=None, dropout_mask=None,
-                                         hide=None if hide is None else hide[:, :, None])
+                                         drop_rate=0.0, rng=None, dropout_mask=None,   # matmul broadcasts the
+                                         hide=None if hide is None else hide[:, :, None])   # size-1 axis itself
     return ungroup_heads(context)
 
 
