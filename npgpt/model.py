@@ -149,9 +149,11 @@ def fast_layout(params, config: GPTConfig):
 def torch_layout(params):
     """The same parameters (names, shapes, values, ties) with every array C-contiguous, as torch stores it
     (arrays already so are the same objects), as a new dict."""
-    copies = {}
-    return {name: array if array.flags.c_contiguous else copies.setdefault(id(array), np.ascontiguousarray(array))
-            for name, array in params.items()}
+    copies = {}                                      # id(old array) -> its copy: a tied pair is copied once
+    for array in params.values():
+        if not array.flags.c_contiguous and id(array) not in copies:
+            copies[id(array)] = np.ascontiguousarray(array)
+    return {name: copies.get(id(array), array) for name, array in params.items()}
 
 
 def relay_in_place(params, config: GPTConfig):

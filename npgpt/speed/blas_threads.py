@@ -90,7 +90,7 @@ def restart_loaded_openblas() -> list[str]:
     restarted = []
     for path in loaded_openblas_pools():
         try:
-            library = ctypes.CDLL(path, mode=getattr(os, "RTLD_NOLOAD", 0))
+            library = _loaded_library(path)
             shutdown = library.blas_thread_shutdown_
         except (OSError, AttributeError):
             continue
@@ -106,7 +106,11 @@ def pool_timeout(path: str) -> int | None:
     """The timeout exponent the OpenBLAS at `path` will start its workers with (openblas_thread_timeout;
     0: the built-in default), or None where the library does not say."""
     try:
-        library = ctypes.CDLL(path, mode=getattr(os, "RTLD_NOLOAD", 0))
-        return int(library.openblas_thread_timeout())
+        return int(_loaded_library(path).openblas_thread_timeout())
     except (OSError, AttributeError):
         return None
+
+
+def _loaded_library(path: str):
+    """The already loaded library at `path` (RTLD_NOLOAD: never loads a second copy)."""
+    return ctypes.CDLL(path, mode=getattr(os, "RTLD_NOLOAD", 0))
