@@ -183,54 +183,99 @@ def _attention_core_backward(dcontext, cache):
     dscores = _scaled_softmax_backward(dweights, cache.att, cache.scale)
     dq = matmul_stack(dscores, cache.k)                                    # (..., T, D)
     dk = matmul_stack(np.swapaxes(dscores, -1, -2), cache.q)               # (..., T, D)
+    dk, dv = _summed_to(dk, cache.k.shape), _summed_to(dv, cache.v.shape)  # grouped k, v: over their G readers
     return dq, dk, dv
 
 
+def _kv_head_groups(q, k, v, *outputs):
+    """The arrays seen one key/value head at a time: (q, k, v, *outputs) as (..., G, T, X) query-side arrays and
+    (..., S, D) key/value arrays, G the query heads that read one key/value head.
+
+    Grouped-query attention passes k and v with a size-1 axis where q has its G heads, (B, KV, 1, S, D) against
+    (B, KV, G, T, D) (npgpt.gqa_attention), and matmul's broadcasting would give every query head the same keys;
+    here that axis is dropped. Otherwise every query head has its own keys and values (G = 1, a new axis of views).
+    outputs: arrays shaped like q's side (the weights, the context, dq), viewed the same way as q."""
+    grouped = k.ndim == q.ndim >= 3 and k.shape[-3] == 1 < q.shape[-3] and k.shape[:-3] == q.shape[:-3]
+    if grouped:
+        return (q, k[..., 0, :, :], v[..., 0, :, :], *outputs)
+    return (q[..., None, :, :], k, v, *(t[..., None, :, :] for t in outputs))
+
+
+def _stacked_rows(t):
+    """(G, T, X) -> (G * T, X): a group's G query heads one below the other, so that one product serves them all
+    (a view when t is contiguous)."""
+    return t.reshape(-1, t.shape[-1])
+
+
+def summed_over_group(a, b, out):
+    """out = sum over the group's G heads of a[g]^T b[g]:   a (G, T, S), b (G, T, D) -> out (S, D).
+
+    The gradient of a key/value head read by G query heads is the sum of what each of them sends back
+    (dk = sum_g dscores_g^T q_g, dv = sum_g weights_g^T dcontext_g); as one product of the stacked rows,
+    (S, G*T) @ (G*T, D), BLAS does the sum."""
+    np.matmul(_stacked_rows(a).T, _stacked_rows(b), out=out)
+
+
+def _summed_to(t, shape):
+    """t summed over the axes where `shape` has size 1 and t has more: the gradient of an input that the products
+    broadcast (grouped-query attention's (..., 1, S, D) keys and values, read by G query heads)."""
+    axes = tuple(axis for axis, (n, m) in enumerate(zip(t.shape, shape)) if m == 1 < n)
+    return t.sum(axis=axes, keepdims=True) if axes else t
+
+
 def _causal_heads_forward(q, k, v, scale):
-    """Causal softmax attention without dropout, head by head: q, k, v (..., T, D) -> context (..., T, D),
-    weights (..., T, T) (0 above the diagonal).
+    """Causal softmax attention without dropout, one key/value head at a time.
 
-    Each worker takes whole heads and runs a head's scores, mask, softmax and weighted sum one after another
-    while its (T, T) matrix is in the CPU cache, with single-threaded BLAS (npgpt.speed.parallel.for_each_matrix):
-    one hand-off to the threads per layer instead of one per step. The operations are those of the general
-    path (matmul_stack, _masked_scaled_softmax's block), so the values are the same."""
-    lead, (T, D) = q.shape[:-2], q.shape[-2:]
+    q: (..., T, D) with k, v: (..., T, D), or grouped (..., G, T, D) with k, v: (..., 1, T, D) (_kv_head_groups)
+    -> context (..., T, D) and weights (..., T, T) (0 above the diagonal), shaped like q's side.
+
+    Each worker takes whole key/value heads and runs their scores, mask, softmax and weighted sum one after
+    another while the (G*T, T) weights are in the CPU cache, with single-threaded BLAS
+    (npgpt.speed.parallel.for_each_matrix): one hand-off to the threads per layer instead of one per step. The
+    G query heads of a key/value head are stacked (G*T rows): one product each for the scores and the context
+    instead of G smaller ones. The operations are those of the general path (a product, _masked_scaled_softmax's
+    block), so the values are the same."""
+    T, D = q.shape[-2:]
     dtype = np.result_type(q, k, v)
-    att = np.empty(lead + (T, T), dtype=dtype)
-    context = np.empty(lead + (T, D), dtype=dtype)
+    att = np.empty(q.shape[:-2] + (T, T), dtype=dtype)
+    context = np.empty(q.shape[:-2] + (T, D), dtype=dtype)
+    q_g, k_g, v_g, att_g, context_g = _kv_head_groups(q, k, v, att, context)      # (..., G, T, *) and (..., T, D)
     future = causal_mask(T)
-    heads = list(np.ndindex(*lead))
+    kv_heads = list(np.ndindex(*k_g.shape[:-2]))
 
-    def head_block(start, stop):
-        for i in heads[start:stop]:
-            weights = att[i]
-            np.matmul(q[i], k[i].T, out=weights)                # (T, T) scores
-            _scaled_masked_softmax_into(weights, scale, future)
-            np.matmul(weights, v[i], out=context[i])           # (T, D)
+    def kv_head_block(start, stop):
+        for i in kv_heads[start:stop]:
+            weights = _stacked_rows(att_g[i])                                # (G*T, T)
+            np.matmul(_stacked_rows(q_g[i]), k_g[i].T, out=weights)          # scores of all G heads
+            _scaled_masked_softmax_into(att_g[i], scale, future)             # per head: (G, T, T)
+            np.matmul(weights, v_g[i], out=_stacked_rows(context_g[i]))      # (G*T, D)
 
-    for_each_matrix(head_block, len(heads))
+    for_each_matrix(kv_head_block, len(kv_heads))
     return context, att
 
 
 def _heads_backward(dcontext, cache):
-    """_attention_core_backward without dropout, head by head (as _causal_heads_forward: a head's five steps
-    in one worker, the same operations as the general path)."""
+    """_attention_core_backward without dropout, one key/value head at a time (as _causal_heads_forward: a head's
+    five steps in one worker, its G query heads stacked; the same operations as the general path, except that the
+    key/value gradients of a group are summed by the products themselves, summed_over_group)."""
     q, k, v, att, scale = cache.q, cache.k, cache.v, cache.att, cache.scale
-    lead = att.shape[:-2]
     dtype = np.result_type(dcontext, att)
-    dq, dk, dv = (np.empty(lead + t.shape[-2:], dtype=dtype) for t in (q, k, v))
-    heads = list(np.ndindex(*lead))
+    dq = np.empty(q.shape, dtype=dtype)
+    dk, dv = np.empty(k.shape, dtype=dtype), np.empty(v.shape, dtype=dtype)
+    q_g, k_g, v_g, att_g, dcontext_g, dq_g = _kv_head_groups(q, k, v, att, dcontext, dq)
+    _, dk_g, dv_g = _kv_head_groups(q, dk, dv)
+    kv_heads = list(np.ndindex(*k_g.shape[:-2]))
 
-    def head_block(start, stop):
-        for i in heads[start:stop]:
-            weights = att[i]
-            np.matmul(weights.T, dcontext[i], out=dv[i])                  # dv = att^T dcontext
-            dscores = dcontext[i] @ v[i].T                                # dweights (T, S)
-            _scaled_softmax_backward_into(dscores, weights, scale, dscores)
-            np.matmul(dscores, k[i], out=dq[i])                           # dq = dscores k
-            np.matmul(dscores.T, q[i], out=dk[i])                         # dk = dscores^T q
+    def kv_head_block(start, stop):
+        for i in kv_heads[start:stop]:
+            weights, group_dcontext = att_g[i], dcontext_g[i]                         # (G, T, S), (G, T, D)
+            summed_over_group(weights, group_dcontext, out=dv_g[i])                  # dv = sum_g att_g^T dcontext_g
+            dscores = _stacked_rows(group_dcontext) @ v_g[i].T                       # dweights (G*T, S)
+            _scaled_softmax_backward_into(dscores, _stacked_rows(weights), scale, dscores)
+            np.matmul(dscores, k_g[i], out=_stacked_rows(dq_g[i]))                   # dq = dscores k
+            summed_over_group(dscores.reshape(weights.shape), q_g[i], out=dk_g[i])   # dk = sum_g dscores_g^T q_g
 
-    for_each_matrix(head_block, len(heads))
+    for_each_matrix(kv_head_block, len(kv_heads))
     return dq, dk, dv
 
 

@@ -11,8 +11,11 @@ KV = H is multi-head attention, KV = 1 multi-query attention. The backward is th
 the repeat is a copy, so its backward sums the gradients of the G query heads that read one kv head.
 
 In the code the repeat is not made: the query heads are grouped by the kv head they read, (B, KV, G, T, D)
-(group_heads), and each kv head's keys and values are a broadcast view over its G query heads (shared_by_group),
-so attention.py's core reads them where they are (repeat_kv, the copy, is the reference the tests compare with).
+(group_heads), against keys and values with a size-1 axis there, (B, KV, 1, S, D). attention.py's core then
+takes one kv head at a time with its G query heads stacked, (G*T, D) rows: one product gives the scores of all G
+heads, and in the backward one product of the stacked rows gives the summed gradient,
+dk = sum_g dscores_g^T q_g = [dscores_1; ...; dscores_G]^T [q_1; ...; q_G] (attention.summed_over_group).
+repeat_kv, the copy, is the reference the tests compare with.
 """
 from typing import NamedTuple
 
@@ -26,27 +29,19 @@ from npgpt.rope import RopeCache, rope_backward, rope_forward
 
 
 class GQACache(NamedTuple):
-    """The projections' caches, the two rotations', the attention core's over the repeated heads, out_proj's."""
+    """The projections' caches, the two rotations', the attention core's over the grouped heads, out_proj's."""
     n_heads: int
     n_kv_heads: int
     qkv: QKVCache
     rope_q: RopeCache
     rope_k: RopeCache
-    core: AttentionCoreCache         # per query head: arrays (B, H, T, D) and (B, H, T, S)
+    core: AttentionCoreCache         # q (B, KV, G, T, D), k and v (B, KV, 1, T, D), weights (B, KV, G, T, T)
     out_proj: LinearLayerCache
 
 
 def repeat_kv(t, group):
     """(B, KV, S, D) -> (B, KV * G, S, D), head h a copy of head h // G (Hugging Face's repeat_kv)."""
     return t if group == 1 else np.repeat(t, group, axis=1)
-
-
-def sum_over_groups(dt, group):
-    """repeat_kv's backward: (B, KV * G, S, D) -> (B, KV, S, D), the G copies' gradients summed."""
-    if group == 1:
-        return dt
-    B, H, S, D = dt.shape
-    return dt.reshape(B, H // group, group, S, D).sum(axis=2)
 
 
 def gqa_attention_forward(x, p, n_heads, n_kv_heads, cos, sin, *, kv_cache=None):
@@ -65,8 +60,8 @@ def gqa_attention_forward(x, p, n_heads, n_kv_heads, cos, sin, *, kv_cache=None)
     if kv_cache is not None:
         k, v = kv_cache.append(k, v)                              # (B, KV, S, D): cached, then the new ones
         hide = kv_cache.hide
-    context, core_cache = _attention_core_forward(                # over (B, KV, G) heads, no copies of k, v
-        group_heads(q, group), *(shared_by_group(t, group) for t in (k, v)), causal=kv_cache is None,
+    context, core_cache = _attention_core_forward(                # (B, KV, G) query heads over (B, KV, 1) kv
+        group_heads(q, group), k[:, :, None], v[:, :, None], causal=kv_cache is None,   # heads: no copies
         drop_rate=0.0, rng=None, dropout_mask=None, hide=None if hide is None else hide[:, :, None])
     out, out_cache = linear_layer_forward(_merge_heads(ungroup_heads(context)), p, "out_proj")
     return out, GQACache(n_heads=n_heads, n_kv_heads=n_kv_heads, qkv=qkv_cache, rope_q=rope_q, rope_k=rope_k,
@@ -119,27 +114,21 @@ def ungroup_heads(t):
     return t.reshape(B, KV * G, T, D)
 
 
-def shared_by_group(t, group):
-    """A kv head's keys or values as seen by each of its G query heads: (B, KV, S, D) -> (B, KV, G, S, D), a
-    read-only broadcast view (repeat_kv's values without its copy)."""
-    B, KV, S, D = t.shape
-    return np.broadcast_to(t[:, :, None], (B, KV, group, S, D))
-
-
 def gqa_attention_backward(dout, cache):
     """dout: (B, T, C) -> dx: (B, T, C), grads under p's keys.
 
         dcontext = dout Wo                            (B, T, C) -> heads (B, H, T, D)
         dq, dk_rep, dv_rep = attention core backward  (B, H, T, D) each
         dk = sum over the G query heads of a group of dk_rep    (B, KV, T, D), likewise dv
+                                                      (the core sums them: attention.summed_over_group)
         dq, dk = rope_backward(dq), rope_backward(dk)           rotation by -angle
         dx = dq Wq + dk Wk + dv Wv
     """
     group = cache.n_heads // cache.n_kv_heads
     dcontext, grads = linear_layer_backward(dout, cache.out_proj)             # (B, T, C)
-    dq, dk, dv = (ungroup_heads(t) for t in _attention_core_backward(          # the core ran over (B, KV, G)
-        group_heads(_split_heads(dcontext, cache.n_heads), group), cache.core))
-    dk, dv = sum_over_groups(dk, group), sum_over_groups(dv, group)           # (B, KV, T, D)
+    dq, dk, dv = _attention_core_backward(group_heads(_split_heads(dcontext, cache.n_heads), group), cache.core)
+    dq = ungroup_heads(dq)                                                    # (B, H, T, D)
+    dk, dv = dk[:, :, 0], dv[:, :, 0]                                         # (B, KV, T, D): summed over G
     dq = rope_backward(dq, cache.rope_q)
     dk = rope_backward(dk, cache.rope_k)
     dx = _project_qkv_backward(*(_merge_heads(t) for t in (dq, dk, dv)), cache.qkv, grads)

@@ -78,3 +78,64 @@ def test_float32_stays_float32_and_matches():
     assert context.dtype == cache.att.dtype == np.float32
     expected, _ = brute_force_attention(*(a.astype(np.float64) for a in (q, k, v)))
     np.testing.assert_allclose(context, expected, rtol=0, atol=1e-5)
+
+
+# --- grouped-query heads: G query heads over one key/value head, k and v with a size-1 axis (B, KV, 1, T, D) ---
+
+def random_grouped_qkv(B, KV, G, T, D, seed):
+    """q (B, KV, G, T, D) and the shared k, v (B, KV, 1, T, D), float64."""
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((B, KV, G, T, D)), rng.standard_normal((B, KV, 1, T, D)), \
+        rng.standard_normal((B, KV, 1, T, D))
+
+
+def torch_grouped_grads(q, k, v, dcontext, dropout_keep=None, drop_rate=0.0):
+    """Autograd of the formula with k and v broadcast over the group by torch's matmul (its backward sums them)."""
+    T, D = q.shape[-2:]
+    qt, kt, vt = (torch.tensor(a, requires_grad=True) for a in (q, k, v))
+    scores = (qt @ kt.transpose(-1, -2) / math.sqrt(D)).masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1),
+                                                                     float("-inf"))
+    weights = torch.softmax(scores, dim=-1)
+    if dropout_keep is not None:
+        weights = weights * torch.tensor(dropout_keep) / (1.0 - drop_rate)
+    (weights @ vt).backward(torch.tensor(dcontext))
+    return qt.grad.numpy(), kt.grad.numpy(), vt.grad.numpy()
+
+
+@pytest.mark.parametrize("G", [1, 3])
+def test_grouped_forward_equals_attention_over_repeated_heads(G):
+    """Each of the G stacked query heads reads its key/value head: the per-head brute force over copies of k, v."""
+    q, k, v = random_grouped_qkv(2, 2, G, 7, 4, seed=G)
+    context, cache = causal_core(q, k, v)
+    repeated = [np.broadcast_to(t, q.shape) for t in (k, v)]
+    expected_context, expected_weights = brute_force_attention(q, *repeated)
+    assert context.shape == q.shape and cache.att.shape == q.shape[:-1] + (7,)
+    np.testing.assert_allclose(context, expected_context, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(cache.att, expected_weights, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("B, KV, G", [(2, 2, 3), (1, 1, 4), (3, 1, 2)])
+def test_grouped_backward_sums_each_kv_heads_gradient(B, KV, G):
+    """dk and dv come back in k's (B, KV, 1, T, D) shape, the sum over the group's query heads (torch autograd)."""
+    q, k, v = random_grouped_qkv(B, KV, G, 6, 4, seed=B * 10 + G)
+    dcontext = np.random.default_rng(7).standard_normal(q.shape)
+    _, cache = causal_core(q, k, v)
+    grads = attention._attention_core_backward(dcontext, cache)
+    for name, ours, reference in zip(("dq", "dk", "dv"), grads, torch_grouped_grads(q, k, v, dcontext)):
+        assert ours.shape == reference.shape, name
+        np.testing.assert_allclose(ours, reference, rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+def test_general_path_sums_grouped_gradients_too():
+    """With dropout the core takes the general path (matmul_stack over every query head); its key/value gradients
+    are summed over the group as well (attention._summed_to)."""
+    q, k, v = random_grouped_qkv(2, 2, 3, 5, 4, seed=3)
+    keep = np.random.default_rng(4).random(q.shape[:-1] + (5,)) < 0.7
+    dcontext = np.random.default_rng(5).standard_normal(q.shape)
+    _, cache = attention._attention_core_forward(q, k, v, causal=True, drop_rate=0.3, rng=None, dropout_mask=keep)
+    assert cache.dropout is not None
+    grads = attention._attention_core_backward(dcontext, cache)
+    expected = torch_grouped_grads(q, k, v, dcontext, dropout_keep=keep, drop_rate=0.3)
+    for name, ours, reference in zip(("dq", "dk", "dv"), grads, expected):
+        assert ours.shape == reference.shape, name
+        np.testing.assert_allclose(ours, reference, rtol=1e-10, atol=1e-12, err_msg=name)
