@@ -31,6 +31,7 @@ class AttentionCoreCache(NamedTuple):
     att_dropped: np.ndarray          # (..., T, S) the weights after dropout (att itself without dropout)
     scale: float                     # 1 / sqrt(D)
     dropout: Optional[DropoutCache]  # None without dropout
+    causal: bool = False             # weights from _causal_heads_forward: the backward may skip the future's block
 
 
 class QKVCache(NamedTuple):
@@ -158,7 +159,8 @@ def _attention_core_forward(q, k, v, *, causal, drop_rate, rng, dropout_mask, hi
     scale = 1.0 / math.sqrt(q.shape[-1])
     if causal and hide is None and dropout_mask is None and drop_rate == 0.0 and q.shape[-2] == k.shape[-2]:
         context, att = _causal_heads_forward(q, k, v, scale)
-        return context, AttentionCoreCache(q=q, k=k, v=v, att=att, att_dropped=att, scale=scale, dropout=None)
+        return context, AttentionCoreCache(q=q, k=k, v=v, att=att, att_dropped=att, scale=scale, dropout=None,
+                                           causal=True)
     scores = matmul_stack(q, np.swapaxes(k, -1, -2))    # (..., T, S)
     att = _masked_scaled_softmax(scores, causal, scale, hide)                   # (..., T, S), in scores' buffer
     att_dropped, dropout_cache = dropout_forward(att, drop_rate, rng=rng, mask=dropout_mask)
@@ -223,6 +225,18 @@ def _summed_to(t, shape):
     return t.sum(axis=axes, keepdims=True) if axes else t
 
 
+def _row_blocks(T, S, causal):
+    """The query rows in blocks (start, stop, keys): rows [start, stop) read the keys [0, keys).
+
+    Causal attention (S = T) goes in two halves: the first half's rows see only the first half's keys (the block
+    right of them is all future: weight 0, gradient 0), so a quarter of the (T, T) weights is never computed.
+    Otherwise one block of every row and key."""
+    half = T // 2
+    if not causal or half == 0:
+        return [(0, T, S)]
+    return [(0, half, half), (half, T, T)]
+
+
 def _causal_heads_forward(q, k, v, scale):
     """Causal softmax attention without dropout, one key/value head at a time.
 
@@ -230,25 +244,28 @@ def _causal_heads_forward(q, k, v, scale):
     -> context (..., T, D) and weights (..., T, T) (0 above the diagonal), shaped like q's side.
 
     Each worker takes whole key/value heads and runs their scores, mask, softmax and weighted sum one after
-    another while the (G*T, T) weights are in the CPU cache, with single-threaded BLAS
-    (npgpt.speed.parallel.for_each_matrix): one hand-off to the threads per layer instead of one per step. The
-    G query heads of a key/value head are stacked (G*T rows): one product each for the scores and the context
-    instead of G smaller ones. The operations are those of the general path (a product, _masked_scaled_softmax's
-    block), so the values are the same."""
+    another while the weights are in the CPU cache, with single-threaded BLAS (npgpt.speed.parallel.for_each_matrix):
+    one hand-off to the threads per layer instead of one per step. Each product covers the G query heads of the
+    key/value head at once, and the rows go in _row_blocks: the first half of the positions never multiplies
+    the second half's keys. A skipped weight is exp(-inf) = 0 in the full computation too; the rows' products
+    and softmax are otherwise the general path's (equal to ~1e-16 relative: BLAS may add in another order)."""
     T, D = q.shape[-2:]
     dtype = np.result_type(q, k, v)
     att = np.empty(q.shape[:-2] + (T, T), dtype=dtype)
     context = np.empty(q.shape[:-2] + (T, D), dtype=dtype)
     q_g, k_g, v_g, att_g, context_g = _kv_head_groups(q, k, v, att, context)      # (..., G, T, *) and (..., T, D)
     future = causal_mask(T)
+    blocks = _row_blocks(T, T, causal=True)
     kv_heads = list(np.ndindex(*k_g.shape[:-2]))
 
     def kv_head_block(start, stop):
         for i in kv_heads[start:stop]:
-            weights = _stacked_rows(att_g[i])                                # (G*T, T)
-            np.matmul(_stacked_rows(q_g[i]), k_g[i].T, out=weights)          # scores of all G heads
-            _scaled_masked_softmax_into(att_g[i], scale, future)             # per head: (G, T, T)
-            np.matmul(weights, v_g[i], out=_stacked_rows(context_g[i]))      # (G*T, D)
+            for first, last, seen in blocks:
+                weights = att_g[i][:, first:last, :seen]                                  # (G, rows, seen)
+                np.matmul(q_g[i][:, first:last], k_g[i][:seen].T, out=weights)          # scores
+                _scaled_masked_softmax_into(weights, scale, future[first:last, :seen])
+                np.matmul(weights, v_g[i][:seen], out=context_g[i][:, first:last])      # (G, rows, D)
+                att_g[i][:, first:last, seen:] = 0.0                                     # all future
 
     for_each_matrix(kv_head_block, len(kv_heads))
     return context, att
@@ -256,24 +273,36 @@ def _causal_heads_forward(q, k, v, scale):
 
 def _heads_backward(dcontext, cache):
     """_attention_core_backward without dropout, one key/value head at a time (as _causal_heads_forward: a head's
-    five steps in one worker, its G query heads stacked; the same operations as the general path, except that the
-    key/value gradients of a group are summed by the products themselves, summed_over_group)."""
+    steps in one worker, its G query heads together, causal weights in _row_blocks).
+
+    The key/value gradients of a group are summed by the products themselves (summed_over_group), block by
+    block of keys: keys [0, seen) of a row block are read by its rows and every later row."""
     q, k, v, att, scale = cache.q, cache.k, cache.v, cache.att, cache.scale
+    T, S = att.shape[-2:]
     dtype = np.result_type(dcontext, att)
     dq = np.empty(q.shape, dtype=dtype)
     dk, dv = np.empty(k.shape, dtype=dtype), np.empty(v.shape, dtype=dtype)
     q_g, k_g, v_g, att_g, dcontext_g, dq_g = _kv_head_groups(q, k, v, att, dcontext, dq)
     _, dk_g, dv_g = _kv_head_groups(q, dk, dv)
+    blocks = _row_blocks(T, S, cache.causal)
     kv_heads = list(np.ndindex(*k_g.shape[:-2]))
 
     def kv_head_block(start, stop):
         for i in kv_heads[start:stop]:
-            weights, group_dcontext = att_g[i], dcontext_g[i]                         # (G, T, S), (G, T, D)
-            summed_over_group(weights, group_dcontext, out=dv_g[i])                  # dv = sum_g att_g^T dcontext_g
-            dscores = _stacked_rows(group_dcontext) @ v_g[i].T                       # dweights (G*T, S)
-            _scaled_softmax_backward_into(dscores, _stacked_rows(weights), scale, dscores)
-            np.matmul(dscores, k_g[i], out=_stacked_rows(dq_g[i]))                   # dq = dscores k
-            summed_over_group(dscores.reshape(weights.shape), q_g[i], out=dk_g[i])   # dk = sum_g dscores_g^T q_g
+            weights, group_dcontext = att_g[i], dcontext_g[i]                     # (G, T, S), (G, T, D)
+            dscores = np.empty(weights.shape, dtype=dtype)                         # (G, T, S), blocks' parts only
+            for first, last, seen in blocks:
+                rows = slice(first, last)
+                np.matmul(group_dcontext[:, rows], v_g[i][:seen].T, out=dscores[:, rows, :seen])   # dweights
+                _scaled_softmax_backward_into(dscores[:, rows, :seen], weights[:, rows, :seen], scale,
+                                              dscores[:, rows, :seen])
+                np.matmul(dscores[:, rows, :seen], k_g[i][:seen], out=dq_g[i][:, rows])         # dq = dscores k
+            new_keys = 0
+            for first, _, seen in blocks:             # keys [new_keys, seen) are read by the rows from `first` on
+                keys, later = slice(new_keys, seen), slice(first, None)
+                summed_over_group(weights[:, later, keys], group_dcontext[:, later], out=dv_g[i][keys])
+                summed_over_group(dscores[:, later, keys], q_g[i][:, later], out=dk_g[i][keys])
+                new_keys = seen                       # dv = sum_g att_g^T dcontext_g, dk = sum_g dscores_g^T q_g
 
     for_each_matrix(kv_head_block, len(kv_heads))
     return dq, dk, dv

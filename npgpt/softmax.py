@@ -65,7 +65,9 @@ def softmax_backward(dout, cache, *, out=None):
     """
     y, axis = cache.probs, cache.axis
     dx = np.empty(y.shape, dtype=np.result_type(dout, y)) if out is None else out
-    rows = _last_axis_rows((np.ascontiguousarray(dout), y, dx), axis)
+    if y.flags.c_contiguous and dx.flags.c_contiguous:
+        dout = np.ascontiguousarray(dout)            # for the row blocks below (no copy if it already is)
+    rows = _last_axis_rows((dout, y, dx), axis)
     if rows is None:
         _softmax_backward_into(dout, y, dx, axis)
     else:

@@ -48,14 +48,17 @@ def test_forward_equals_the_full_masked_attention(T):
 
 
 def test_head_kernel_gives_the_general_paths_values():
-    """The same operations as the general path (an explicit mask sends the core there): equal bit for bit."""
+    """The same operations as the general path (an explicit mask sends the core there) except the skipped block
+    of future keys (_row_blocks), whose weights are exactly 0 there: equal up to the order BLAS and the softmax's
+    sum add the remaining terms in (float64, ~1e-16)."""
     q, k, v = random_qkv(2, 3, 9, 4, seed=1)
     context, cache = causal_core(q, k, v)
     hide = np.triu(np.ones((9, 9), dtype=bool), k=1)
     general, general_cache = attention._attention_core_forward(q, k, v, causal=False, drop_rate=0.0, rng=None,
                                                                dropout_mask=None, hide=hide)
-    np.testing.assert_array_equal(context, general)
-    np.testing.assert_array_equal(cache.att, general_cache.att)
+    np.testing.assert_allclose(context, general, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(cache.att, general_cache.att, rtol=1e-13, atol=1e-16)
+    assert np.all(cache.att[..., hide] == 0.0)
 
 
 def test_backward_equals_torch_autograd():
@@ -68,6 +71,21 @@ def test_backward_equals_torch_autograd():
     scores = qt @ kt.transpose(-1, -2) / math.sqrt(D)
     scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
     (torch.softmax(scores, dim=-1) @ vt).backward(torch.tensor(dcontext))
+    for name, ours, reference in (("dq", dq, qt.grad), ("dk", dk, kt.grad), ("dv", dv, vt.grad)):
+        np.testing.assert_allclose(ours, reference.numpy(), rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+def test_backward_of_unmasked_weights_reads_every_key():
+    """Weights of attention without a causal mask (single_head_attention(causal=False)) go through the same head
+    kernel backward; it must not skip the block the causal forward leaves out (cache.causal is False)."""
+    T, D = 6, 4
+    q, k, v = random_qkv(2, 3, T, D, seed=8)
+    dcontext = np.random.default_rng(9).standard_normal(q.shape)
+    _, cache = attention._attention_core_forward(q, k, v, causal=False, drop_rate=0.0, rng=None, dropout_mask=None)
+    assert not cache.causal and cache.dropout is None
+    dq, dk, dv = attention._attention_core_backward(dcontext, cache)
+    qt, kt, vt = (torch.tensor(a, requires_grad=True) for a in (q, k, v))
+    (torch.softmax(qt @ kt.transpose(-1, -2) / math.sqrt(D), dim=-1) @ vt).backward(torch.tensor(dcontext))
     for name, ours, reference in (("dq", dq, qt.grad), ("dk", dk, kt.grad), ("dv", dv, vt.grad)):
         np.testing.assert_allclose(ours, reference.numpy(), rtol=1e-10, atol=1e-12, err_msg=name)
 
