@@ -10,6 +10,7 @@
 - torch_with_reference: run a torch computation in the test's dtype and, for float32, in float64
 - KeyBiasFloors: the magnitude of the exactly-zero key-bias gradients of a torch model
 - planted_bug: the context that proves a check rejects a deliberately broken backward
+- causal_split: npgpt's causal attention core with its rows split in two, or whole (both paths checked)
 - RecordingGenerator: npgpt's dropout rng that records the masks; fed_dropout_masks feeds torch the same ones
 - numerical_grad / assert_matches_finite_differences: float64 central differences (npgpt.gradcheck)
 - strategies: shapes (B <= 3, T <= 16, C <= 48, H | C, V small), value recipes (normal at magnitudes
@@ -30,6 +31,7 @@ import torch
 from hypothesis import settings
 from hypothesis import strategies as st
 
+from npgpt import attention as npattention
 from npgpt import gradcheck
 from gptcore.fileio import atomic_write_json
 from tests.hypothesis_profiles import load_profile_from_env
@@ -293,6 +295,19 @@ class KeyBiasFloors:
             handle.remove()
         return {f"{name}.bias": float(out.grad.abs().reshape(-1, out.shape[-1]).sum(0).max())
                 for name, out in self.outputs.items() if out.grad is not None}
+
+
+@contextmanager
+def causal_split(split: bool):
+    """Inside: npgpt's causal attention core splits its rows in two (attention._row_blocks) whatever the size
+    (split=True), or never. The split needs CAUSAL_SPLIT_MIN_SKIPPED weights to pay, which no small test shape
+    reaches, so the parity tests draw the path they check."""
+    previous = npattention.CAUSAL_SPLIT_MIN_SKIPPED
+    npattention.CAUSAL_SPLIT_MIN_SKIPPED = 1 if split else 2**62
+    try:
+        yield
+    finally:
+        npattention.CAUSAL_SPLIT_MIN_SKIPPED = previous
 
 
 @contextmanager

@@ -16,7 +16,7 @@ import torchgpt.gqa_attention as tgqa
 from gptcore.config import GPTConfig
 from npgpt.rope import rope_tables
 from parity_tests.conftest import (Values, assert_close, assert_grads_close, assert_matches_finite_differences,
-                                   budget, dtypes, make_array, planted_bug, record_example, to_torch,
+                                   budget, causal_split, dtypes, make_array, planted_bug, record_example, to_torch,
                                    torch_with_reference, values, weights)
 from torchgpt.rope import rope_tables as torch_rope_tables
 
@@ -88,10 +88,11 @@ def check_gqa(B, T, KV, G, D, offset, recipe, dtype, score, use_sdpa=False):
 
 @budget(40)
 @given(dims=gqa_dims(), offset=st.integers(0, 5000), recipe=values(scales=(1e-3, 1.0, 10.0)), dtype=dtypes,
-       score=st.sampled_from(SCORE_MAGNITUDES))
-def test_gqa_attention(dims, offset, recipe, dtype, score):
+       score=st.sampled_from(SCORE_MAGNITUDES), split=st.booleans())
+def test_gqa_attention(dims, offset, recipe, dtype, score, split):
     record_example()
-    check_gqa(*dims, offset, recipe, dtype, score)
+    with causal_split(split):
+        check_gqa(*dims, offset, recipe, dtype, score)
 
 
 @budget(10)
@@ -102,15 +103,17 @@ def test_gqa_attention_sdpa_path(dims, offset, recipe, score):
     check_gqa(*dims, offset, recipe, np.float64, score, use_sdpa=True)
 
 
+@pytest.mark.parametrize("split", [False, True])
 @pytest.mark.parametrize("KV, G", [(1, 4), (2, 2), (4, 1)])       # multi-query, grouped, multi-head
-def test_gqa_attention_finite_differences(KV, G):
+def test_gqa_attention_finite_differences(KV, G, split):
     record_example()
-    x, p, cos, sin, dout, dx, grads = check_gqa(2, 4, KV, G, 4, 7, Values(seed=3, scale=1.0, ties=False),
-                                                np.float64, 3.0)
-    loss = lambda: float((npgqa.gqa_attention_forward(x, p, KV * G, KV, cos, sin)[0] * dout).sum())
-    assert_matches_finite_differences(loss, x, dx, name="gqa dx", rtol=1e-5)
-    for name in p:
-        assert_matches_finite_differences(loss, p[name], grads[name], name=f"gqa {name}", rtol=1e-5)
+    with causal_split(split):
+        x, p, cos, sin, dout, dx, grads = check_gqa(2, 4, KV, G, 4, 7, Values(seed=3, scale=1.0, ties=False),
+                                                    np.float64, 3.0)
+        loss = lambda: float((npgqa.gqa_attention_forward(x, p, KV * G, KV, cos, sin)[0] * dout).sum())
+        assert_matches_finite_differences(loss, x, dx, name="gqa dx", rtol=1e-5)
+        for name in p:
+            assert_matches_finite_differences(loss, p[name], grads[name], name=f"gqa {name}", rtol=1e-5)
 
 
 def test_multi_head_case_equals_gpt2_attention_with_rotated_inputs():
@@ -133,10 +136,12 @@ def backward_without_summing_the_group(a, b, out):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_planted_bug_gqa_backward_not_summing_over_the_group(dtype, monkeypatch):
+@pytest.mark.parametrize("split", [False, True])
+def test_planted_bug_gqa_backward_not_summing_over_the_group(dtype, split, monkeypatch):
     record_example()
     plain = Values(seed=1, scale=1.0, ties=False)
-    check_gqa(2, 5, 2, 2, 4, 3, plain, dtype, 3.0)
-    monkeypatch.setattr(npattention, "summed_over_group", backward_without_summing_the_group)
-    with planted_bug("gqa backward not summing over the group"):
+    with causal_split(split):
         check_gqa(2, 5, 2, 2, 4, 3, plain, dtype, 3.0)
+        monkeypatch.setattr(npattention, "summed_over_group", backward_without_summing_the_group)
+        with planted_bug("gqa backward not summing over the group"):
+            check_gqa(2, 5, 2, 2, 4, 3, plain, dtype, 3.0)

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 import npgpt.attention as npatt
 import npgpt.dropout as npdrop
 import torchgpt.attention as tatt
-from parity_tests.conftest import (assert_close, assert_grads_close, budget, make_array, model_dims, record_example,
-                                   torch_dtype, torch_with_reference, values)
+from parity_tests.conftest import (assert_close, assert_grads_close, budget, causal_split, make_array, model_dims,
+                                   record_example, torch_dtype, torch_with_reference, values)
 from parity_tests.test_attention import (attention_floors, attention_term_magnitudes, cast, dtype_and_score, load_into,
                                          projection_params, run_module, set_score_magnitude)
 
@@ -54,11 +54,12 @@ def check_multihead(B, T, C, H, qkv_bias, drop_rate, recipe, dtype, score, mask_
 
 @budget(40)
 @given(dims=model_dims(), qkv_bias=st.booleans(), drop_rate=st.sampled_from([0.0, 0.0, 0.1, 0.5]),
-       mask_seed=st.integers(0, 2**16), recipe=values(), case=dtype_and_score())
-def test_multihead_attention(dims, qkv_bias, drop_rate, mask_seed, recipe, case):
+       mask_seed=st.integers(0, 2**16), recipe=values(), case=dtype_and_score(), split=st.booleans())
+def test_multihead_attention(dims, qkv_bias, drop_rate, mask_seed, recipe, case, split):
     record_example()
     B, T, C, H = dims
-    check_multihead(B, T, C, H, qkv_bias, drop_rate, recipe, *case, mask_seed=mask_seed)
+    with causal_split(split):
+        check_multihead(B, T, C, H, qkv_bias, drop_rate, recipe, *case, mask_seed=mask_seed)
 
 
 def test_one_head_equals_causal_attention_with_identity_projection():

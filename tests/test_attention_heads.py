@@ -37,8 +37,16 @@ def causal_core(q, k, v):
     return attention._attention_core_forward(q, k, v, causal=True, drop_rate=0.0, rng=None, dropout_mask=None)
 
 
+@pytest.fixture(params=["rows split", "rows whole"])
+def split(request, monkeypatch):
+    """Both paths of the causal kernel: rows split in two (attention._row_blocks) or whole. Shapes this small
+    never reach CAUSAL_SPLIT_MIN_SKIPPED, so the threshold is set for each."""
+    monkeypatch.setattr(attention, "CAUSAL_SPLIT_MIN_SKIPPED", 1 if request.param == "rows split" else 2**62)
+    return request.param == "rows split"
+
+
 @pytest.mark.parametrize("T", [1, 7, 40])
-def test_forward_equals_the_full_masked_attention(T):
+def test_forward_equals_the_full_masked_attention(T, split):
     q, k, v = random_qkv(2, 3, T, 5, seed=T)
     context, cache = causal_core(q, k, v)
     expected_context, expected_weights = brute_force_attention(q, k, v)
@@ -47,7 +55,7 @@ def test_forward_equals_the_full_masked_attention(T):
     assert np.all(cache.att[..., np.triu(np.ones((T, T), dtype=bool), k=1)] == 0.0)    # exactly 0, not tiny
 
 
-def test_head_kernel_gives_the_general_paths_values():
+def test_head_kernel_gives_the_general_paths_values(split):
     """The same operations as the general path (an explicit mask sends the core there) except the skipped block
     of future keys (_row_blocks), whose weights are exactly 0 there: equal up to the order BLAS and the softmax's
     sum add the remaining terms in (float64, ~1e-16)."""
@@ -61,7 +69,7 @@ def test_head_kernel_gives_the_general_paths_values():
     assert np.all(cache.att[..., hide] == 0.0)
 
 
-def test_backward_equals_torch_autograd():
+def test_backward_equals_torch_autograd(split):
     T, D = 11, 4
     q, k, v = random_qkv(2, 3, T, D, seed=5)
     dcontext = np.random.default_rng(6).standard_normal(q.shape)
@@ -75,7 +83,7 @@ def test_backward_equals_torch_autograd():
         np.testing.assert_allclose(ours, reference.numpy(), rtol=1e-10, atol=1e-12, err_msg=name)
 
 
-def test_backward_of_unmasked_weights_reads_every_key():
+def test_backward_of_unmasked_weights_reads_every_key(split):
     """Weights of attention without a causal mask (single_head_attention(causal=False)) go through the same head
     kernel backward; it must not skip the block the causal forward leaves out (cache.causal is False)."""
     T, D = 6, 4
@@ -90,7 +98,7 @@ def test_backward_of_unmasked_weights_reads_every_key():
         np.testing.assert_allclose(ours, reference.numpy(), rtol=1e-10, atol=1e-12, err_msg=name)
 
 
-def test_float32_stays_float32_and_matches():
+def test_float32_stays_float32_and_matches(split):
     q, k, v = (a.astype(np.float32) for a in random_qkv(1, 2, 9, 8, seed=2))
     context, cache = causal_core(q, k, v)
     assert context.dtype == cache.att.dtype == np.float32
@@ -121,7 +129,7 @@ def torch_grouped_grads(q, k, v, dcontext, dropout_keep=None, drop_rate=0.0):
 
 
 @pytest.mark.parametrize("G", [1, 3])
-def test_grouped_forward_equals_attention_over_repeated_heads(G):
+def test_grouped_forward_equals_attention_over_repeated_heads(G, split):
     """Each of the G stacked query heads reads its key/value head: the per-head brute force over copies of k, v."""
     q, k, v = random_grouped_qkv(2, 2, G, 7, 4, seed=G)
     context, cache = causal_core(q, k, v)
@@ -133,7 +141,7 @@ def test_grouped_forward_equals_attention_over_repeated_heads(G):
 
 
 @pytest.mark.parametrize("B, KV, G", [(2, 2, 3), (1, 1, 4), (3, 1, 2)])
-def test_grouped_backward_sums_each_kv_heads_gradient(B, KV, G):
+def test_grouped_backward_sums_each_kv_heads_gradient(B, KV, G, split):
     """dk and dv come back in k's (B, KV, 1, T, D) shape, the sum over the group's query heads (torch autograd)."""
     q, k, v = random_grouped_qkv(B, KV, G, 6, 4, seed=B * 10 + G)
     dcontext = np.random.default_rng(7).standard_normal(q.shape)
@@ -157,3 +165,19 @@ def test_general_path_sums_grouped_gradients_too():
     for name, ours, reference in zip(("dq", "dk", "dv"), grads, expected):
         assert ours.shape == reference.shape, name
         np.testing.assert_allclose(ours, reference, rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("T", [1, 2, 3, 7, 256])
+@pytest.mark.parametrize("group", [1, 3])
+def test_row_blocks_cover_every_visible_key_once(T, group):
+    """Brute force over (row, key) pairs: every key a causal row sees (s <= t) lies in exactly one block's range,
+    read by that row's block; no block reads past the keys; and the rows are covered in order."""
+    for causal in (True, False):
+        blocks = attention._row_blocks(T, T, causal, group)
+        assert [b[0] for b in blocks] == [0] + [b[1] for b in blocks[:-1]] and blocks[-1][1] == T
+        for first, last, seen in blocks:
+            assert seen <= T and all(t < seen or not causal for t in range(first, last))
+            assert causal or seen == T
+    split_size = attention.CAUSAL_SPLIT_MIN_SKIPPED
+    expected_split = group * (T // 2) ** 2 >= split_size
+    assert (len(attention._row_blocks(T, T, True, group)) == 2) == expected_split
