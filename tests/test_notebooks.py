@@ -65,3 +65,20 @@ def test_the_course_has_its_ten_chapters_in_order():
     assert [path.stem for path in NOTEBOOKS] == [
         "01_tokens", "02_attention", "03_block", "04_gpt", "05_training", "06_generation", "07_pretrained",
         "08_classification", "09_instruct", "10_llama"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[path.stem for path in NOTEBOOKS])
+def test_npgpt_is_imported_before_numpy(path):
+    """A Jupyter kernel has other threads, so npgpt imported after NumPy leaves OpenBLAS's idle workers spinning
+    (npgpt.speed.blas_threads); a chapter that runs npgpt imports it first in its first code cell."""
+    import nbformat
+
+    code_cells = [cell.source for cell in nbformat.read(path, as_version=4).cells if cell.cell_type == "code"]
+    if not any("npgpt" in source for source in code_cells):
+        return                                   # a chapter without npgpt (tokens) has nothing to set
+    lines = code_cells[0].splitlines()
+    first_npgpt = next((i for i, line in enumerate(lines) if line.startswith("import npgpt")), None)
+    first_numpy = next(i for i, line in enumerate(lines)
+                       if line.startswith(("import numpy", "import matplotlib", "import torch", "from npgpt")))
+    assert first_npgpt is not None and first_npgpt < first_numpy, (
+        f"{path.name}: put `import npgpt` before NumPy, matplotlib and torch in the first code cell")
