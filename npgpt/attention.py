@@ -157,7 +157,8 @@ def _attention_core_forward(q, k, v, *, causal, drop_rate, rng, dropout_mask, hi
     (_causal_heads_forward: the same operations, so the same values).
     """
     scale = 1.0 / math.sqrt(q.shape[-1])
-    if causal and hide is None and dropout_mask is None and drop_rate == 0.0 and q.shape[-2] == k.shape[-2]:
+    if (causal and hide is None and dropout_mask is None and drop_rate == 0.0 and q.shape[-2] == k.shape[-2]
+            and _one_kv_head_each(q, k, v)):
         context, att = _causal_heads_forward(q, k, v, scale)
         return context, AttentionCoreCache(q=q, k=k, v=v, att=att, att_dropped=att, scale=scale, dropout=None,
                                            causal=True)
@@ -177,7 +178,8 @@ def _attention_core_backward(dcontext, cache):
         dq = dscores k                 dk = dscores^T q
     Masked positions have weight 0, so softmax_backward already gives them zero gradient.
     """
-    if cache.dropout is None and cache.att.ndim > 2 and math.prod(cache.att.shape[:-2]) > 1:
+    if (cache.dropout is None and cache.att.ndim > 2 and math.prod(cache.att.shape[:-2]) > 1
+            and _one_kv_head_each(cache.q, cache.k, cache.v)):
         return _heads_backward(dcontext, cache)
     dv = matmul_stack(np.swapaxes(cache.att_dropped, -1, -2), dcontext)    # (..., T, D)
     ddropped = matmul_stack(dcontext, np.swapaxes(cache.v, -1, -2))        # (..., T, T)
@@ -197,10 +199,21 @@ def _kv_head_groups(q, k, v, *outputs):
     (B, KV, G, T, D) (npgpt.gqa_attention), and matmul's broadcasting would give every query head the same keys;
     here that axis is dropped. Otherwise every query head has its own keys and values (G = 1, a new axis of views).
     outputs: arrays shaped like q's side (the weights, the context, dq), viewed the same way as q."""
-    grouped = k.ndim == q.ndim >= 3 and k.shape[-3] == 1 < q.shape[-3] and k.shape[:-3] == q.shape[:-3]
-    if grouped:
+    if _grouped(q, k):
         return (q, k[..., 0, :, :], v[..., 0, :, :], *outputs)
     return (q[..., None, :, :], k, v, *(t[..., None, :, :] for t in outputs))
+
+
+def _grouped(q, k):
+    """Grouped-query layout: k (..., 1, S, D) against q (..., G, T, D), G > 1, the leading axes alike."""
+    return k.ndim == q.ndim >= 3 and k.shape[-3] == 1 < q.shape[-3] and k.shape[:-3] == q.shape[:-3]
+
+
+def _one_kv_head_each(q, k, v):
+    """Can the head kernels take these shapes: k and v with q's leading axes (one key/value head per query
+    head) or grouped (_grouped)? Other broadcasts (a batch axis of 1 in k, say) go the general path, whose
+    products broadcast any leading axes."""
+    return k.shape[:-2] == v.shape[:-2] and (k.shape[:-2] == q.shape[:-2] or _grouped(q, k))
 
 
 def _stacked_rows(t):
@@ -240,7 +253,7 @@ def _row_blocks(T, S, causal, group):
     right of them is all future: weight 0, gradient 0), so a quarter of the (T, T) weights is never computed.
     Otherwise one block of every row and key."""
     half = T // 2
-    if not causal or group * half * half < CAUSAL_SPLIT_MIN_SKIPPED:
+    if not causal or half == 0 or group * half * half < CAUSAL_SPLIT_MIN_SKIPPED:
         return [(0, T, S)]
     return [(0, half, half), (half, T, T)]
 
@@ -257,10 +270,10 @@ def _causal_heads_forward(q, k, v, scale):
     key/value head at once, and the rows go in _row_blocks: the first half of the positions never multiplies
     the second half's keys. A skipped weight is exp(-inf) = 0 in the full computation too; the rows' products
     and softmax are otherwise the general path's (equal to ~1e-16 relative: BLAS may add in another order)."""
-    T, D = q.shape[-2:]
+    T = q.shape[-2]
     dtype = np.result_type(q, k, v)
     att = np.empty(q.shape[:-2] + (T, T), dtype=dtype)
-    context = np.empty(q.shape[:-2] + (T, D), dtype=dtype)
+    context = np.empty(q.shape[:-2] + (T, v.shape[-1]), dtype=dtype)
     q_g, k_g, v_g, att_g, context_g = _kv_head_groups(q, k, v, att, context)      # (..., G, T, *) and (..., T, D)
     future = causal_mask(T)
     blocks = _row_blocks(T, T, causal=True, group=q_g.shape[-3])

@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 import npgpt.attention as npatt
 import npgpt.dropout as npdrop
 import torchgpt.attention as tatt
-from parity_tests.conftest import (KeyBiasFloors, assert_close, assert_grads_close, budget, dtypes, fed_dropout_masks,
-                                   make_array, record_example, to_torch, torch_with_reference, values, weights)
+from parity_tests.conftest import (KeyBiasFloors, assert_close, assert_grads_close, budget, causal_split, dtypes,
+                                   fed_dropout_masks, make_array, record_example, to_torch, torch_with_reference,
+                                   values, weights)
 
 SCORE_MAGNITUDES = {np.float64: (1e-3, 1.0, 30.0, 1e3, 1e4), np.float32: (1e-3, 1.0, 10.0, 100.0)}
 PROJECTIONS = ("W_query", "W_key", "W_value")
@@ -270,8 +271,10 @@ def test_simple_attention(T, C, recipe, case):
 @budget(30)
 @given(B=st.integers(1, 3), T=st.integers(1, 16), C=st.integers(1, 48), D=st.integers(1, 16),
        causal=st.booleans(), qkv_bias=st.booleans(), drop_rate=st.sampled_from([0.0, 0.0, 0.1, 0.5]),
-       mask_seed=st.integers(0, 2**16), recipe=values(), case=dtype_and_score())
-def test_single_head_attention(B, T, C, D, causal, qkv_bias, drop_rate, mask_seed, recipe, case):
+       mask_seed=st.integers(0, 2**16), recipe=values(), case=dtype_and_score(), split=st.booleans())
+def test_single_head_attention(B, T, C, D, causal, qkv_bias, drop_rate, mask_seed, recipe, case, split):
     record_example()
     dtype, score = case
-    check_single_head(B, T, C, D, causal, qkv_bias, drop_rate if causal else 0.0, recipe, dtype, score, mask_seed)
+    with causal_split(split):                        # unmasked weights must never be split (cache.causal False)
+        check_single_head(B, T, C, D, causal, qkv_bias, drop_rate if causal else 0.0, recipe, dtype, score,
+                          mask_seed)

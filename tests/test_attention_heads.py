@@ -37,6 +37,22 @@ def causal_core(q, k, v):
     return attention._attention_core_forward(q, k, v, causal=True, drop_rate=0.0, rng=None, dropout_mask=None)
 
 
+@pytest.fixture(autouse=True)
+def unset_memory_is_nan(monkeypatch):
+    """np.empty's float arrays come filled with NaN here, so a kernel that reads memory it never wrote (the
+    skipped block of the scores, an output written into a copy) fails every time, not when the garbage happens
+    to be nonzero."""
+    real_empty = np.empty
+
+    def nan_empty(*args, **kwargs):
+        array = real_empty(*args, **kwargs)
+        if array.dtype.kind == "f":
+            array.fill(np.nan)
+        return array
+
+    monkeypatch.setattr(attention.np, "empty", nan_empty)
+
+
 @pytest.fixture(params=["rows split", "rows whole"])
 def split(request, monkeypatch):
     """Both paths of the causal kernel: rows split in two (attention._row_blocks) or whole. Shapes this small
@@ -49,6 +65,7 @@ def split(request, monkeypatch):
 def test_forward_equals_the_full_masked_attention(T, split):
     q, k, v = random_qkv(2, 3, T, 5, seed=T)
     context, cache = causal_core(q, k, v)
+    assert cache.causal                      # the backward may skip the future block
     expected_context, expected_weights = brute_force_attention(q, k, v)
     np.testing.assert_allclose(context, expected_context, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(cache.att, expected_weights, rtol=1e-12, atol=1e-14)
@@ -152,11 +169,12 @@ def test_grouped_backward_sums_each_kv_heads_gradient(B, KV, G, split):
         np.testing.assert_allclose(ours, reference, rtol=1e-10, atol=1e-12, err_msg=name)
 
 
-def test_general_path_sums_grouped_gradients_too():
+@pytest.mark.parametrize("B, KV, G, T", [(2, 2, 3, 5), (1, 1, 4, 7)])
+def test_general_path_sums_grouped_gradients_too(B, KV, G, T):
     """With dropout the core takes the general path (matmul_stack over every query head); its key/value gradients
     are summed over the group as well (attention._summed_to)."""
-    q, k, v = random_grouped_qkv(2, 2, 3, 5, 4, seed=3)
-    keep = np.random.default_rng(4).random(q.shape[:-1] + (5,)) < 0.7
+    q, k, v = random_grouped_qkv(B, KV, G, T, 4, seed=3)
+    keep = np.random.default_rng(4).random(q.shape[:-1] + (T,)) < 0.7
     dcontext = np.random.default_rng(5).standard_normal(q.shape)
     _, cache = attention._attention_core_forward(q, k, v, causal=True, drop_rate=0.3, rng=None, dropout_mask=keep)
     assert cache.dropout is not None
@@ -181,3 +199,53 @@ def test_row_blocks_cover_every_visible_key_once(T, group):
     split_size = attention.CAUSAL_SPLIT_MIN_SKIPPED
     expected_split = group * (T // 2) ** 2 >= split_size
     assert (len(attention._row_blocks(T, T, True, group)) == 2) == expected_split
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_float32_backward_stays_float32(grouped, split):
+    """dq, dk, dv in float32 for float32 inputs, and close to the float64 gradients."""
+    if grouped:
+        q, k, v = random_grouped_qkv(2, 2, 3, 9, 8, seed=4)
+    else:
+        q, k, v = random_qkv(2, 3, 9, 8, seed=4)
+    dcontext = np.random.default_rng(5).standard_normal(q.shape)
+    expected = attention._attention_core_backward(dcontext, causal_core(q, k, v)[1])
+    as32 = [a.astype(np.float32) for a in (q, k, v, dcontext)]
+    grads = attention._attention_core_backward(as32[3], causal_core(*as32[:3])[1])
+    for name, ours, reference in zip(("dq", "dk", "dv"), grads, expected):
+        assert ours.dtype == np.float32, name
+        np.testing.assert_allclose(ours, reference, rtol=0, atol=1e-5 * np.abs(reference).max(), err_msg=name)
+
+
+def test_keys_broadcast_over_the_batch_go_the_general_path():
+    """k, v with a batch axis of 1 against q's B: neither one kv head per query head nor grouped, so the head
+    kernels do not apply (they would loop over k's axes only); the general path broadcasts them correctly."""
+    rng = np.random.default_rng(6)
+    q = rng.standard_normal((2, 3, 5, 4))
+    k, v = rng.standard_normal((1, 3, 5, 4)), rng.standard_normal((1, 3, 5, 4))
+    dcontext = rng.standard_normal(q.shape)
+    context, cache = causal_core(q, k, v)
+    expected, _ = brute_force_attention(q, *(np.broadcast_to(t, q.shape) for t in (k, v)))
+    np.testing.assert_allclose(context, expected, rtol=1e-12, atol=1e-12)
+    dq, dk, dv = attention._attention_core_backward(dcontext, cache)
+    qt, kt, vt = (torch.tensor(a, requires_grad=True) for a in (q, k, v))
+    scores = (qt @ kt.transpose(-1, -2) / 2.0).masked_fill(torch.ones(5, 5, dtype=torch.bool).triu(1), float("-inf"))
+    (torch.softmax(scores, dim=-1) @ vt).backward(torch.tensor(dcontext))
+    for name, ours, reference in (("dq", dq, qt.grad), ("dk", dk, kt.grad), ("dv", dv, vt.grad)):
+        np.testing.assert_allclose(ours, reference.numpy(), rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+def test_values_wider_than_keys():
+    """The value width may differ from the key width: context (..., T, Dv)."""
+    rng = np.random.default_rng(7)
+    q, k, v = rng.standard_normal((2, 3, 6, 4)), rng.standard_normal((2, 3, 6, 4)), rng.standard_normal((2, 3, 6, 5))
+    context, _ = causal_core(q, k, v)
+    _, weights = brute_force_attention(q, k, k)                        # the weights do not depend on v
+    np.testing.assert_allclose(context, weights @ v, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("threshold", [0, 1, 2**15])
+def test_one_position_never_splits(threshold, monkeypatch):
+    """T = 1 has no half to skip, whatever the threshold."""
+    monkeypatch.setattr(attention, "CAUSAL_SPLIT_MIN_SKIPPED", threshold)
+    assert attention._row_blocks(1, 1, True, 3) == [(0, 1, 1)]
