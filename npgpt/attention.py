@@ -153,8 +153,9 @@ def _attention_core_forward(q, k, v, *, causal, drop_rate, rng, dropout_mask, hi
 
     q: (..., T, D), k, v: (..., S, D) (S = T without a KV cache) -> context: (..., T, D), AttentionCoreCache.
     One matmul per head (matmul_stack: the heads shared among the cores), not einsum. Causal attention without
-    dropout or another mask (Llama, GPT-2 without dropout) runs each head start to end in one worker instead
-    (_causal_heads_forward: the same operations, so the same values).
+    dropout or another mask (Llama, GPT-2 without dropout) runs each key/value head start to end in one worker
+    instead (_causal_heads_forward: the same operations, less the all-future block it may skip, so the same
+    values to ~1e-16).
     """
     scale = 1.0 / math.sqrt(q.shape[-1])
     if (causal and hide is None and dropout_mask is None and drop_rate == 0.0 and q.shape[-2] == k.shape[-2]

@@ -60,10 +60,8 @@ def gqa_attention_forward(x, p, n_heads, n_kv_heads, cos, sin, *, kv_cache=None)
     if kv_cache is not None:
         k, v = kv_cache.append(k, v)                              # (B, KV, S, D): cached, then the new ones
         hide = kv_cache.hide
-    context, core_cache = _attention_core_forward(                # (B, KV, G) query heads over (B, KV, 1) kv
-        group_heads(q, group), k[:, :, None], v[:, :, None], causal=kv_cache is None,   # heads: no copies
-        drop_rate=0.0, rng=None, dropout_mask=None, hide=None if hide is None else hide[:, :, None])
-    out, out_cache = linear_layer_forward(_merge_heads(ungroup_heads(context)), p, "out_proj")
+    context, core_cache = _grouped_core_forward(q, k, v, group, causal=kv_cache is None, hide=hide)   # (B, H, T, D)
+    out, out_cache = linear_layer_forward(_merge_heads(context), p, "out_proj")
     return out, GQACache(n_heads=n_heads, n_kv_heads=n_kv_heads, qkv=qkv_cache, rope_q=rope_q, rope_k=rope_k,
                          core=core_cache, out_proj=out_cache)
 
@@ -91,15 +89,23 @@ def gqa_attention_infer(x, p, n_heads, n_kv_heads, cos, sin, *, kv_cache=None):
 
 
 def _grouped_attention(q, k, v, group, hide):
-    """Attention of H = KV * G query heads over KV key/value heads without repeating the keys and values:
-    the G query heads of kv head j are one (G, T) stack against j's keys, (B, KV, G, T, D) @ (B, KV, 1, D, S),
-    which matmul broadcasts (no copy: a decoding step would otherwise copy the whole cache G times per layer).
-    q: (B, H, T, D); k, v: (B, KV, S, D); hide: None or bool broadcastable to (B, 1, T, S) -> (B, H, T, D).
-    The same products and softmax as over repeat_kv's copies, so the same values."""
-    context, _ = _attention_core_forward(group_heads(q, group), k[:, :, None], v[:, :, None], causal=False,
-                                         drop_rate=0.0, rng=None, dropout_mask=None,   # matmul broadcasts the
-                                         hide=None if hide is None else hide[:, :, None])   # size-1 axis itself
-    return ungroup_heads(context)
+    """Attention of H = KV * G query heads over KV key/value heads without repeating the keys and values
+    (decoding): the G query heads of kv head j are one (G, T) stack against j's keys,
+    (B, KV, G, T, D) @ (B, KV, 1, D, S), which matmul broadcasts (no copy: a decoding step would otherwise copy
+    the whole cache G times per layer). q: (B, H, T, D); k, v: (B, KV, S, D); hide: None or bool broadcastable
+    to (B, 1, T, S) -> (B, H, T, D). The same products and softmax as over repeat_kv's copies, so the same values."""
+    return _grouped_core_forward(q, k, v, group, causal=False, hide=hide)[0]
+
+
+def _grouped_core_forward(q, k, v, group, *, causal, hide):
+    """attention.py's core over the query heads grouped by their kv head, (B, KV, G, T, D), and the keys and
+    values with a size-1 axis there, (B, KV, 1, S, D): no copies of k, v.
+    q: (B, H, T, D); k, v: (B, KV, S, D); hide: None or bool broadcastable to (B, 1, T, S)
+    -> context (B, H, T, D), the core's cache (over the grouped shapes)."""
+    context, core_cache = _attention_core_forward(group_heads(q, group), k[:, :, None], v[:, :, None],
+                                                  causal=causal, drop_rate=0.0, rng=None, dropout_mask=None,
+                                                  hide=None if hide is None else hide[:, :, None])
+    return ungroup_heads(context), core_cache
 
 
 def group_heads(t, group):
